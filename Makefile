@@ -1,0 +1,54 @@
+# Newsroom: `make demo` sets everything up and runs a batch on the embedded default; `make test` runs the tests.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cksum requirements.txt | cut -d' ' -f1)
+MANAGE := $(BIN)/python manage.py
+PG_URL ?= postgres://postgres@127.0.0.1:5432/postgres
+REDIS_URL ?= redis://127.0.0.1:6379/15
+
+.PHONY: install demo test test-sqlite test-postgres bench serve worker migrate check-deploy clean
+
+$(STAMP): requirements.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	rm -f $(VENV)/.installed-*
+	touch $(STAMP)
+
+.env:
+	cp .env.example .env
+	$(PYTHON) -c "import secrets,re,pathlib; p=pathlib.Path('.env'); k=secrets.token_urlsafe(50); p.write_text(re.sub(r'(?m)^SECRET_KEY=.*$$', 'SECRET_KEY='+k, p.read_text()))"
+
+install: $(STAMP) .env
+
+migrate: install
+	$(MANAGE) migrate --noinput -v 0
+
+demo: migrate
+	$(MANAGE) import_topics topics/sample_data/sample_topics.json
+	$(MANAGE) preflight || true
+	$(MANAGE) runbatch --dry-run
+	$(BIN)/python -m bench.demo_live
+
+test: install
+	$(MAKE) test-sqlite
+
+test-sqlite: install
+	DATABASE_URL= $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-postgres: install
+	DATABASE_URL=$(PG_URL) $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: migrate
+	$(BIN)/python -m bench.run
+
+serve: migrate
+	$(BIN)/honcho start
+
+check-deploy: install
+	DJANGO_DEBUG=0 SECRET_KEY=$$($(BIN)/python -c "import secrets; print(secrets.token_urlsafe(50))") \
+	ALLOWED_HOSTS=newsroom.example.com $(MANAGE) check --deploy --fail-level WARNING
+
+clean:
+	rm -rf var/broker var/*.sqlite3*

@@ -1,0 +1,214 @@
+from __future__ import annotations
+
+import json
+import sys
+import time
+from decimal import Decimal, InvalidOperation
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+
+from batches import running
+from batches.ledger import monthly_remaining
+from batches.models import Batch, Newsletter
+from batches.planning import plan_batch
+from batches.preflight import ERROR, run_checks
+from batches.pricing import PriceMissing, to_money
+
+EXIT_ERROR, EXIT_BUDGET, EXIT_FAILED_ITEMS = 1, 3, 4
+POLL_SECONDS = 0.5
+
+
+def money(value: Decimal) -> str:
+    return str(to_money(Decimal(value)))
+
+
+def parse_budget(value: str) -> Decimal:
+    try:
+        budget = Decimal(value)
+    except InvalidOperation:
+        raise CommandError(f"--budget must be a number of dollars, got {value!r}", returncode=EXIT_ERROR) from None
+    if not budget.is_finite() or budget <= 0:
+        raise CommandError(f"--budget must be above 0, got {value}", returncode=EXIT_ERROR)
+    return budget
+
+
+class Command(BaseCommand):
+    help = "Run a batch: diversity selection, then one newsletter draft per topic (in-process or on the workers)."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--dry-run", action="store_true", help="Show the selection and the estimated cost only.")
+        parser.add_argument("--size", type=int, default=None, help="Newsletters in the batch (1-100).")
+        parser.add_argument("--budget", default=None, help="Budget in USD for this batch (default BATCH_BUDGET_USD).")
+        parser.add_argument("--include-new", action="store_true", help="Also select topics not yet reviewed.")
+        parser.add_argument("--discover-only", action="store_true", help="Run discovery and stop.")
+        parser.add_argument("--queue", action="store_true", help="Hand the batch to the Celery workers.")
+        parser.add_argument("--wait", action="store_true", help="With --queue: follow the batch to its end.")
+        parser.add_argument("--json", action="store_true", dest="as_json", help="Print one JSON object.")
+
+    def handle(self, *args, **opts):
+        self.as_json = opts["as_json"]
+        size = opts["size"] if opts["size"] is not None else settings.BATCH_SIZE
+        if not 1 <= size <= 100:
+            raise CommandError(f"--size must be between 1 and 100, got {size}", returncode=EXIT_ERROR)
+        budget = parse_budget(opts["budget"] if opts["budget"] is not None else str(settings.BATCH_BUDGET_USD))
+        if opts["wait"] and not opts["queue"]:
+            raise CommandError("--wait only goes with --queue", returncode=EXIT_ERROR)
+        if opts["discover_only"]:
+            return self.discover()
+        if opts["dry_run"]:
+            return self.dry_run(size=size, budget=budget, include_new=opts["include_new"])
+        self.require_preflight()
+        batch = running.create_batch(size=size, budget_usd=budget, include_new=opts["include_new"])
+        if opts["queue"]:
+            try:
+                running.enqueue_batch(batch=batch)
+            except running.BrokerUnavailable as exc:
+                raise CommandError(f"Batch #{batch.pk} failed: {exc}", returncode=EXIT_ERROR) from None
+            self.say(f"Batch #{batch.pk} queued for the workers.")
+            if not opts["wait"]:
+                if self.as_json:
+                    self.stdout.write(json.dumps(self.report(batch)))
+                return
+            batch = self.follow(batch)
+        else:
+            self.say(f"Batch #{batch.pk}: drafting in this process with {batch.model}.")
+            batch = running.run_inline(batch=batch, on_item=self.show_item)
+        return self.finish(batch)
+
+    # --- modes ------------------------------------------------------------------------------------
+
+    def discover(self):
+        from topics.discovery import run_discovery
+
+        run = run_discovery()
+        if self.as_json:
+            self.stdout.write(json.dumps(run.as_dict()))
+        else:
+            self.stdout.write(run.summary_text())
+        if run.status == "failed":
+            raise CommandError("discovery failed for every source", returncode=EXIT_ERROR)
+
+    def dry_run(self, *, size: int, budget: Decimal, include_new: bool):
+        try:
+            plan = plan_batch(size=size, include_new=include_new)
+        except PriceMissing as exc:
+            raise CommandError(str(exc), returncode=EXIT_ERROR) from None
+        if not plan.items:
+            raise CommandError(
+                "Nothing to select: no approved topic is left that no draft has used yet "
+                "(approve topics in the admin, import some, or use --include-new).",
+                returncode=EXIT_ERROR,
+            )
+        if self.as_json:
+            self.stdout.write(
+                json.dumps(
+                    {
+                        "batch": None,
+                        "dry_run": True,
+                        "status": "dry_run",
+                        "budget_usd": money(budget),
+                        "spent_usd": money(Decimal(0)),
+                        "estimated_cost_usd": money(plan.estimated_cost_usd),
+                        "items": [
+                            {
+                                "topic": item.topic.pk,
+                                "title": item.topic.title,
+                                "category": item.topic.category.slug,
+                                "score": item.topic.score,
+                                "status": "selected",
+                                "cost_usd": money(item.estimated_cost_usd),
+                                "subject": None,
+                            }
+                            for item in plan.items
+                        ],
+                    }
+                )
+            )
+            return
+        self.stdout.write(f"Dry run: {len(plan.items)} topics selected across {len(plan.categories)} categories "
+                          f"(model {plan.model}). No API was called and nothing was charged.")
+        for number, item in enumerate(plan.items, start=1):
+            topic = item.topic
+            self.stdout.write(
+                f"{number:>3}. [{topic.category.slug}] {topic.title} (score {topic.score:g}, "
+                f"up to ${money(item.estimated_cost_usd)})"
+            )
+        remaining = monthly_remaining()
+        self.stdout.write(f"Estimated cost: ${money(plan.estimated_cost_usd)} (upper bound) of a ${money(budget)} budget; "
+                          f"${money(budget - plan.estimated_cost_usd)} would remain.")
+        if remaining is not None:
+            self.stdout.write(f"Monthly cap: ${money(remaining)} left this month.")
+
+    def require_preflight(self):
+        errors = [c for c in run_checks() if c.status == ERROR]
+        if errors:
+            details = "; ".join(f"{c.name}: {c.detail}" for c in errors)
+            raise CommandError(f"Preflight failed, no batch was started: {details}", returncode=EXIT_ERROR)
+
+    def follow(self, batch: Batch) -> Batch:
+        seen: set[int] = set()
+        while True:
+            batch.refresh_from_db()
+            for newsletter in batch.newsletters.select_related("topic__category").exclude(pk__in=seen):
+                if newsletter.status not in Newsletter.OPEN_STATUSES:
+                    seen.add(newsletter.pk)
+                    self.show_item(newsletter)
+            if batch.is_finished:
+                return batch
+            time.sleep(POLL_SECONDS)
+
+    # --- output -----------------------------------------------------------------------------------
+
+    def say(self, line: str) -> None:
+        if not self.as_json:
+            self.stdout.write(line)
+
+    def show_item(self, newsletter: Newsletter) -> None:
+        if self.as_json:
+            return
+        label = newsletter.subject or newsletter.error or newsletter.get_status_display()
+        line = (f"  #{newsletter.position + 1} [{newsletter.get_status_display()}] {newsletter.topic.title[:60]} "
+                f"(${money(newsletter.cost_usd)}) — {label[:100]}")
+        if sys.stdout.isatty():
+            self.stdout.write(f"\r\033[K{line}")
+        else:
+            self.stdout.write(line)
+
+    def report(self, batch: Batch) -> dict:
+        items = batch.newsletters.select_related("topic__category").order_by("position", "pk")
+        return {
+            "batch": batch.pk,
+            "dry_run": False,
+            "status": batch.status,
+            "budget_usd": money(batch.budget_usd),
+            "spent_usd": money(batch.spent_usd()),
+            "estimated_cost_usd": money(batch.estimated_cost_usd),
+            "items": [
+                {
+                    "topic": n.topic_id,
+                    "title": n.topic.title,
+                    "category": n.topic.category.slug,
+                    "score": n.topic.score,
+                    "status": n.status,
+                    "cost_usd": money(n.cost_usd),
+                    "subject": n.subject or None,
+                }
+                for n in items
+            ],
+        }
+
+    def finish(self, batch: Batch):
+        if self.as_json:
+            self.stdout.write(json.dumps(self.report(batch)))
+        else:
+            self.stdout.write(f"Batch #{batch.pk}: {batch.get_status_display()}. {batch.status_reason} "
+                              f"Spent ${money(batch.spent_usd())} of ${money(batch.budget_usd)}.")
+        if batch.status == Batch.Status.BUDGET_EXHAUSTED:
+            raise CommandError("stopped by the budget", returncode=EXIT_BUDGET)
+        if batch.status in (Batch.Status.PARTIAL,) or (
+            batch.status == Batch.Status.FAILED and batch.newsletters.exists()
+        ):
+            raise CommandError("finished with failed items", returncode=EXIT_FAILED_ITEMS)
+        if batch.status == Batch.Status.FAILED:
+            raise CommandError(batch.status_reason or "batch failed", returncode=EXIT_ERROR)

@@ -1,0 +1,201 @@
+from __future__ import annotations
+
+from decimal import Decimal
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q, Sum
+from django.utils import timezone
+
+MONEY = {"max_digits": 14, "decimal_places": 6}
+PER_MTOK = {"max_digits": 12, "decimal_places": 6}
+
+
+class ModelPrice(models.Model):
+    """One model's list price in USD per million tokens, valid from `effective_date`."""
+
+    model = models.CharField(max_length=100, help_text="The model id exactly as sent to the API.")
+    provider = models.CharField(max_length=40, default="anthropic")
+    input_per_mtok = models.DecimalField("input $/MTok", **PER_MTOK)
+    output_per_mtok = models.DecimalField("output $/MTok", **PER_MTOK)
+    cache_write_per_mtok = models.DecimalField("cache write (5 min) $/MTok", **PER_MTOK)
+    cache_write_1h_per_mtok = models.DecimalField("cache write (1 h) $/MTok", **PER_MTOK)
+    cache_read_per_mtok = models.DecimalField("cache read $/MTok", **PER_MTOK)
+    batch_discount = models.DecimalField(
+        max_digits=4, decimal_places=3, default=Decimal("0.5"),
+        help_text="Fraction taken off every bucket for Message Batches API calls (0.5 = half price).",
+    )
+    source = models.CharField(max_length=300, help_text="Where this price was published.")
+    effective_date = models.DateField()
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["model", "-effective_date"]
+        constraints = [
+            models.UniqueConstraint(fields=["model", "effective_date"], name="price_unique_model_date"),
+            models.CheckConstraint(
+                condition=Q(input_per_mtok__gte=0) & Q(output_per_mtok__gte=0) & Q(cache_write_per_mtok__gte=0)
+                & Q(cache_write_1h_per_mtok__gte=0) & Q(cache_read_per_mtok__gte=0),
+                name="price_not_negative",
+            ),
+            models.CheckConstraint(
+                condition=Q(batch_discount__gte=0) & Q(batch_discount__lte=1), name="price_discount_fraction"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.model} (from {self.effective_date})"
+
+
+class Batch(models.Model):
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        DONE = "done", "Done"
+        PARTIAL = "partial", "Partly failed"
+        BUDGET_EXHAUSTED = "budget_exhausted", "Stopped by the budget"
+        FAILED = "failed", "Failed"
+
+    FINAL_STATUSES = (Status.DONE, Status.PARTIAL, Status.BUDGET_EXHAUSTED, Status.FAILED)
+
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING)
+    status_reason = models.TextField(blank=True)
+    size = models.PositiveSmallIntegerField(default=8)
+    include_new = models.BooleanField(default=False)
+    candidate_ids = models.JSONField(
+        default=list, blank=True, help_text="When set, selection draws only from these topics."
+    )
+    budget_usd = models.DecimalField(**MONEY)
+    estimated_cost_usd = models.DecimalField(default=Decimal("0"), **MONEY)
+    budget_stopped = models.BooleanField(
+        default=False, help_text="Set when the budget refused a call: items not yet started are skipped."
+    )
+    model = models.CharField(max_length=100)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        verbose_name_plural = "batches"
+        permissions = [("run_batch", "Can run a batch (spends money)")]
+        constraints = [
+            models.CheckConstraint(condition=Q(budget_usd__gt=0), name="batch_budget_positive"),
+            models.CheckConstraint(condition=Q(size__gte=1) & Q(size__lte=100), name="batch_size_range"),
+        ]
+
+    def __str__(self) -> str:
+        return f"Batch #{self.pk} ({self.get_status_display()})"
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in self.FINAL_STATUSES
+
+    def spent_usd(self) -> Decimal:
+        return self.ledger_entries.aggregate(total=Sum("amount_usd"))["total"] or Decimal("0")
+
+    def mark_failed(self, reason: str) -> None:
+        self.status = self.Status.FAILED
+        self.status_reason = reason
+        self.finished_at = timezone.now()
+        self.save(update_fields=["status", "status_reason", "finished_at"])
+
+
+class Newsletter(models.Model):
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        GENERATING = "generating", "Generating"
+        GENERATED = "generated", "Draft ready"
+        FAILED = "failed", "Failed"
+        SKIPPED_BUDGET = "skipped_budget", "Skipped: budget reached"
+        APPROVED = "approved", "Approved"
+        REJECTED = "rejected", "Rejected"
+
+    # A topic is taken while an item for it is queued or drafting, and used once a draft exists;
+    # failed and skipped items free it again.
+    USED_STATUSES = (Status.PENDING, Status.GENERATING, Status.GENERATED, Status.APPROVED, Status.REJECTED)
+    OPEN_STATUSES = (Status.PENDING, Status.GENERATING)
+    DRAFTED_STATUSES = (Status.GENERATED, Status.APPROVED, Status.REJECTED)
+    FINAL_STATUSES = (Status.GENERATED, Status.FAILED, Status.SKIPPED_BUDGET, Status.APPROVED, Status.REJECTED)
+
+    batch = models.ForeignKey(Batch, on_delete=models.CASCADE, related_name="newsletters")
+    topic = models.ForeignKey("topics.Topic", on_delete=models.PROTECT, related_name="newsletters")
+    position = models.PositiveSmallIntegerField(default=0)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING)
+    error = models.TextField(blank=True)
+    subject = models.CharField(max_length=300, blank=True)
+    preview_text = models.CharField(max_length=300, blank=True)
+    body_markdown = models.TextField(blank=True)
+    model = models.CharField(max_length=100, blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    claim_token = models.CharField(max_length=64, blank=True, help_text="Which task run owns the item now.")
+    claimed_at = models.DateTimeField(null=True, blank=True)
+    cost_usd = models.DecimalField(default=Decimal("0"), **MONEY)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    generated_at = models.DateTimeField(null=True, blank=True)
+    reviewed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    reviewed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["batch_id", "position", "id"]
+        permissions = [("approve_newsletter", "Can approve newsletter drafts")]
+        constraints = [
+            models.UniqueConstraint(fields=["batch", "topic"], name="newsletter_unique_batch_topic"),
+        ]
+
+    def __str__(self) -> str:
+        return self.subject or f"Newsletter on “{self.topic}”"
+
+
+class BudgetLock(models.Model):
+    """A row that exists only to be locked: it serialises reservations against a shared cap (a month)."""
+
+    key = models.CharField(max_length=40, unique=True)
+
+
+class CostLedgerEntry(models.Model):
+    """One paid call. Reserved at its worst case before the call, settled to its actual cost after."""
+
+    class Status(models.TextChoices):
+        RESERVED = "reserved", "Reserved (outcome pending or unknown)"
+        SETTLED = "settled", "Settled"
+        RELEASED = "released", "Released (cost nothing)"
+
+    idempotency_key = models.CharField(max_length=200, unique=True)
+    created_at = models.DateTimeField(default=timezone.now, editable=False, db_index=True)
+    settled_at = models.DateTimeField(null=True, blank=True)
+    provider = models.CharField(max_length=40, default="anthropic")
+    model = models.CharField(max_length=100, blank=True)
+    description = models.CharField(max_length=300, blank=True)
+    batch = models.ForeignKey(Batch, null=True, blank=True, on_delete=models.PROTECT, related_name="ledger_entries")
+    newsletter = models.ForeignKey(
+        Newsletter, null=True, blank=True, on_delete=models.SET_NULL, related_name="ledger_entries"
+    )
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.RESERVED)
+    reserved_usd = models.DecimalField(**MONEY)
+    amount_usd = models.DecimalField(**MONEY, help_text="What counts against budgets now.")
+    input_tokens = models.PositiveIntegerField(default=0)
+    output_tokens = models.PositiveIntegerField(default=0)
+    cache_write_tokens = models.PositiveIntegerField(default=0)
+    cache_read_tokens = models.PositiveIntegerField(default=0)
+    request_id = models.CharField(max_length=120, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        verbose_name = "cost ledger entry"
+        verbose_name_plural = "cost ledger"
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(amount_usd__gte=0) & Q(reserved_usd__gte=0), name="ledger_amounts_not_negative"
+            ),
+        ]
+        indexes = [models.Index(fields=["batch", "status"], name="ledger_batch_status")]
+
+    def __str__(self) -> str:
+        return f"{self.provider} {self.amount_usd} USD ({self.get_status_display()})"

@@ -1,0 +1,137 @@
+"""Ready checks before a live run; shared by `manage.py preflight` and the admin's system status page."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from decimal import Decimal, InvalidOperation
+
+from django.conf import settings
+from django.db import DatabaseError, connection
+from django.db.migrations.executor import MigrationExecutor
+
+OK, WARNING, ERROR = "ok", "warning", "error"
+
+OPTIONAL_KEYS = [
+    ("REDDIT_CLIENT_ID", ("REDDIT_CLIENT_ID", "REDDIT_CLIENT_SECRET"),
+     "discovery from Reddit (hot and top posts of e-commerce subreddits)"),
+    ("PERPLEXITY_API_KEY", ("PERPLEXITY_API_KEY",),
+     "discovery through Perplexity search (what sellers discuss now, with citations)"),
+    ("TUBELAB_API_KEY", ("TUBELAB_API_KEY",), "discovery of outlier YouTube videos through TubeLab"),
+    ("APIFY_TOKEN", ("APIFY_TOKEN",), "discovery through an Apify scraper actor (e.g. TikTok or X search)"),
+]
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    status: str
+    detail: str
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def mask(secret: str) -> str:
+    """Never the secret itself: at most its last four characters, and only when it is long enough."""
+    return f"set (…{secret[-4:]})" if len(secret) >= 12 else "set"
+
+
+def check_anthropic_key() -> Check:
+    key = settings.ANTHROPIC_API_KEY
+    if not key:
+        return Check("ANTHROPIC_API_KEY", ERROR, "not set: required to draft newsletters with Claude")
+    return Check("ANTHROPIC_API_KEY", OK, mask(key))
+
+
+def check_optional_keys() -> list[Check]:
+    checks = []
+    for name, variables, enables in OPTIONAL_KEYS:
+        values = [getattr(settings, v, "") for v in variables]
+        if all(values):
+            checks.append(Check(name, OK, f"{mask(values[0])}: enables {enables}"))
+        else:
+            missing = ", ".join(v for v, value in zip(variables, values) if not value)
+            checks.append(Check(name, WARNING, f"{missing} not set: skipped; setting it enables {enables}"))
+    return checks
+
+
+def check_database() -> tuple[Check, bool]:
+    vendor = connection.vendor
+    try:
+        connection.ensure_connection()
+        executor = MigrationExecutor(connection)
+        pending = executor.migration_plan(executor.loader.graph.leaf_nodes())
+    except DatabaseError as exc:
+        return Check("database", ERROR, f"{vendor} database unreachable: {exc.__class__.__name__}: {exc}"), False
+    if pending:
+        names = ", ".join(f"{m.app_label}.{m.name}" for m, _ in pending[:5])
+        return Check("database", ERROR, f"{len(pending)} migration(s) not applied ({names}): run `manage.py migrate`"), False
+    return Check("database", OK, f"{vendor} reachable, migrations applied"), True
+
+
+def check_categories() -> Check:
+    from topics.models import Category
+
+    count = Category.objects.count()
+    if count == 0:
+        return Check("categories", ERROR, "no categories: run `manage.py migrate` to seed them")
+    return Check("categories", OK, f"{count} categories")
+
+
+def check_price() -> Check:
+    from .pricing import PriceMissing, price_for
+
+    model = settings.ANTHROPIC_MODEL
+    try:
+        price = price_for(model)
+    except PriceMissing as exc:
+        return Check("price", ERROR, str(exc))
+    return Check(
+        "price", OK,
+        f"{model}: ${price.input_per_mtok} in / ${price.output_per_mtok} out per MTok (from {price.effective_date})",
+    )
+
+
+def check_broker() -> Check:
+    from newsroom.celery import app
+
+    url = settings.CELERY_BROKER_URL
+    scheme = url.split("://", 1)[0]
+    try:
+        with app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, interval_start=0, timeout=3)
+    except Exception as exc:  # kombu raises transport-specific errors; any of them means "unreachable"
+        return Check("broker", WARNING, f"{scheme} broker unreachable ({exc.__class__.__name__}); "
+                     "in-process runs still work, --queue and the admin's Run batch do not")
+    return Check("broker", OK, f"{scheme} broker reachable")
+
+
+def check_budget() -> Check:
+    from .ledger import month_spent, monthly_cap
+
+    try:
+        per_batch = Decimal(settings.BATCH_BUDGET_USD)
+    except (InvalidOperation, TypeError):
+        return Check("budget", ERROR, f"BATCH_BUDGET_USD={settings.BATCH_BUDGET_USD!r} is not a number")
+    if per_batch <= 0:
+        return Check("budget", ERROR, f"BATCH_BUDGET_USD must be above 0, got {per_batch}")
+    cap = monthly_cap()
+    if cap is None:
+        return Check("budget", OK, f"${per_batch} per batch; no monthly cap")
+    remaining = cap - month_spent()
+    if remaining <= 0:
+        return Check("budget", ERROR, f"monthly cap ${cap} used up (${cap - remaining} spent this month)")
+    return Check("budget", OK, f"${per_batch} per batch; ${remaining} of the ${cap} monthly cap left")
+
+
+def run_checks() -> list[Check]:
+    checks = [check_anthropic_key(), *check_optional_keys()]
+    database, usable = check_database()
+    checks.append(database)
+    if usable:
+        checks += [check_categories(), check_price(), check_budget()]
+    checks.append(check_broker())
+    return checks
+
+
+def is_ready(checks: list[Check]) -> bool:
+    return not any(c.status == ERROR for c in checks)

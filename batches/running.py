@@ -1,0 +1,154 @@
+"""A batch's life: create, queue or run in-process, select and create its items, finalise exactly once."""
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable, Sequence
+from decimal import Decimal
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Count, Q
+from django.utils import timezone
+
+from topics.selection import candidate_pool, select_diverse
+
+from .generation import generate_newsletter
+from .models import Batch, Newsletter
+from .planning import estimate_topics
+
+logger = logging.getLogger("newsroom.batches")
+
+
+class BrokerUnavailable(Exception):
+    """The task queue could not be reached: nothing was queued."""
+
+
+def create_batch(
+    *,
+    size: int,
+    budget_usd: Decimal,
+    include_new: bool = False,
+    topic_ids: Sequence[int] | None = None,
+    user=None,
+    model: str | None = None,
+) -> Batch:
+    return Batch.objects.create(
+        size=size,
+        budget_usd=budget_usd,
+        include_new=include_new,
+        candidate_ids=list(topic_ids or []),
+        created_by=user,
+        model=model or settings.ANTHROPIC_MODEL,
+    )
+
+
+def enqueue_batch(*, batch: Batch) -> None:
+    """Hand the batch to the workers. A broker that is down marks the batch failed and raises BrokerUnavailable."""
+    from .tasks import run_batch
+
+    Batch.objects.filter(pk=batch.pk, status__in=[Batch.Status.PENDING, Batch.Status.FAILED]).update(
+        status=Batch.Status.QUEUED, status_reason=""
+    )
+    try:
+        run_batch.apply_async(args=[batch.pk], retry=True)
+    except Exception as exc:  # kombu/redis raise several transport errors; all mean "not queued"
+        reason = f"Could not queue the batch: the task broker is unreachable ({exc.__class__.__name__}: {exc})."
+        batch.refresh_from_db()
+        batch.mark_failed(reason)
+        raise BrokerUnavailable(reason) from exc
+    batch.refresh_from_db()
+
+
+def start_batch(*, batch_id: int) -> Batch | None:
+    """Claim a queued or pending batch, select its topics and create its items. None if someone else has it."""
+    claimed = Batch.objects.filter(pk=batch_id, status__in=[Batch.Status.PENDING, Batch.Status.QUEUED]).update(
+        status=Batch.Status.RUNNING, started_at=timezone.now(), status_reason=""
+    )
+    if not claimed:
+        return None
+    with transaction.atomic():
+        batch = Batch.objects.select_for_update().get(pk=batch_id)
+        if not batch.newsletters.exists():
+            topics = select_diverse(
+                pool=candidate_pool(include_new=batch.include_new, topic_ids=batch.candidate_ids or None),
+                size=batch.size,
+            )
+            if not topics:
+                batch.mark_failed("Nothing to select: no approved topic is left that no draft has used yet.")
+                return batch
+            plan = estimate_topics(topics=topics, model=batch.model, max_tokens=settings.ANTHROPIC_MAX_TOKENS)
+            Newsletter.objects.bulk_create(
+                Newsletter(batch=batch, topic=topic, position=i, model=batch.model) for i, topic in enumerate(topics)
+            )
+            batch.estimated_cost_usd = plan.estimated_cost_usd
+            batch.save(update_fields=["estimated_cost_usd"])
+    return batch
+
+
+def resume_batch(*, batch: Batch) -> Batch:
+    """Put a stopped or failed batch's unfinished items back in line so the batch can run again."""
+    with transaction.atomic():
+        Newsletter.objects.filter(
+            batch=batch, status__in=[Newsletter.Status.FAILED, Newsletter.Status.SKIPPED_BUDGET]
+        ).update(status=Newsletter.Status.PENDING, error="", claim_token="")
+        Batch.objects.filter(pk=batch.pk, status__in=Batch.FINAL_STATUSES).update(
+            status=Batch.Status.PENDING, budget_stopped=False, status_reason="", finished_at=None
+        )
+    batch.refresh_from_db()
+    return batch
+
+
+def final_status(*, batch: Batch) -> tuple[str, str]:
+    counts = batch.newsletters.aggregate(
+        drafted=Count("pk", filter=Q(status__in=Newsletter.DRAFTED_STATUSES)),
+        failed=Count("pk", filter=Q(status=Newsletter.Status.FAILED)),
+        skipped=Count("pk", filter=Q(status=Newsletter.Status.SKIPPED_BUDGET)),
+    )
+    drafted, failed, skipped = counts["drafted"], counts["failed"], counts["skipped"]
+    summary = f"{drafted} drafted, {failed} failed, {skipped} skipped by the budget"
+    if skipped or batch.budget_stopped:
+        return Batch.Status.BUDGET_EXHAUSTED, f"Stopped by the budget: {summary}."
+    if failed and drafted:
+        return Batch.Status.PARTIAL, f"Finished with failures: {summary}."
+    if failed:
+        return Batch.Status.FAILED, f"Every item failed: {summary}."
+    return Batch.Status.DONE, f"Done: {summary}."
+
+
+def finalize_batch(*, batch_id: int) -> bool:
+    """Close the batch once its last item has ended. True only for the one caller that closed it."""
+    if Newsletter.objects.filter(batch_id=batch_id, status__in=Newsletter.OPEN_STATUSES).exists():
+        return False
+    batch = Batch.objects.get(pk=batch_id)
+    status, reason = final_status(batch=batch)
+    # The conditional update makes finalisation happen exactly once however many items end at the same time.
+    return bool(
+        Batch.objects.filter(pk=batch_id, status=Batch.Status.RUNNING).update(
+            status=status, status_reason=reason, finished_at=timezone.now()
+        )
+    )
+
+
+def open_item_ids(*, batch_id: int) -> list[int]:
+    return list(
+        Newsletter.objects.filter(batch_id=batch_id, status=Newsletter.Status.PENDING)
+        .order_by("position", "pk")
+        .values_list("pk", flat=True)
+    )
+
+
+def run_inline(*, batch: Batch, on_item: Callable[[Newsletter], None] | None = None) -> Batch:
+    """Run the whole batch in this process, one item after another (no broker needed)."""
+    started = start_batch(batch_id=batch.pk)
+    if started is None or started.status == Batch.Status.FAILED:
+        batch.refresh_from_db()
+        return batch
+    token = f"inline-{uuid.uuid4().hex}"
+    for newsletter_id in open_item_ids(batch_id=batch.pk):
+        generate_newsletter(newsletter_id=newsletter_id, token=token)
+        if on_item is not None:
+            on_item(Newsletter.objects.select_related("topic__category").get(pk=newsletter_id))
+    finalize_batch(batch_id=batch.pk)
+    batch.refresh_from_db()
+    return batch

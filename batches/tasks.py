@@ -1,0 +1,28 @@
+"""Celery tasks: thin adapters that load by primary key and call one domain function."""
+from __future__ import annotations
+
+from celery import shared_task
+from django.db import transaction
+
+from . import running
+from .generation import generate_newsletter
+from .models import Newsletter
+
+
+@shared_task(name="batches.run_batch")
+def run_batch(batch_id: int) -> None:
+    """Select the batch's topics, then fan out one generation task per item over the workers."""
+    batch = running.start_batch(batch_id=batch_id)
+    if batch is None or batch.is_finished:
+        return
+    for newsletter_id in running.open_item_ids(batch_id=batch_id):
+        transaction.on_commit(lambda pk=newsletter_id: generate_newsletter_task.delay(pk))
+
+
+@shared_task(name="batches.generate_newsletter", bind=True)
+def generate_newsletter_task(self, newsletter_id: int) -> None:
+    batch_id = Newsletter.objects.filter(pk=newsletter_id).values_list("batch_id", flat=True).first()
+    if batch_id is None:
+        return  # the item (or its batch) was deleted meanwhile: nothing to do
+    generate_newsletter(newsletter_id=newsletter_id, token=self.request.id or "")
+    running.finalize_batch(batch_id=batch_id)

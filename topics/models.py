@@ -1,0 +1,117 @@
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Exists, OuterRef, Q
+from django.utils import timezone
+
+FALLBACK_CATEGORY_SLUG = "platform_tools"
+
+
+class Category(models.Model):
+    """One of the e-commerce beats a newsletter can cover; its keywords drive categorisation."""
+
+    slug = models.SlugField(max_length=64, unique=True)
+    name = models.CharField(max_length=120)
+    description = models.TextField(blank=True)
+    keywords = models.TextField(
+        blank=True,
+        help_text="One keyword or phrase per line (or comma-separated). Matched case-insensitively "
+        "as a substring of a topic's title and summary.",
+    )
+    position = models.PositiveSmallIntegerField(default=0, help_text="Order used to break ties.")
+
+    class Meta:
+        ordering = ["position", "id"]
+        verbose_name_plural = "categories"
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def keyword_list(self) -> list[str]:
+        parts = self.keywords.replace(",", "\n").splitlines()
+        return [p.strip().lower() for p in parts if p.strip()]
+
+
+class TopicQuerySet(models.QuerySet):
+    def approved(self) -> TopicQuerySet:
+        return self.filter(status=Topic.Status.APPROVED)
+
+    def selectable(self, *, include_new: bool = False) -> TopicQuerySet:
+        statuses = [Topic.Status.APPROVED, Topic.Status.NEW] if include_new else [Topic.Status.APPROVED]
+        return self.filter(status__in=statuses)
+
+    def unused(self) -> TopicQuerySet:
+        """Topics that no generated (or later) newsletter has used yet."""
+        from batches.models import Newsletter
+
+        used = Newsletter.objects.filter(topic=OuterRef("pk"), status__in=Newsletter.USED_STATUSES)
+        return self.filter(~Exists(used))
+
+    def best_first(self) -> TopicQuerySet:
+        # The one deterministic order every selection uses: score, then newest, then id.
+        return self.order_by("-score", models.F("published_at").desc(nulls_last=True), "-id")
+
+
+class Topic(models.Model):
+    class Status(models.TextChoices):
+        NEW = "new", "New"
+        APPROVED = "approved", "Approved"
+        REJECTED = "rejected", "Rejected"
+
+    title = models.CharField(max_length=500)
+    summary = models.TextField(blank=True)
+    url = models.URLField(max_length=1000, blank=True)
+    canonical_url = models.CharField(max_length=1000, blank=True, db_index=True)
+    source = models.CharField(max_length=40, default="import")
+    external_id = models.CharField(max_length=300)
+    sources = models.JSONField(default=list, blank=True, help_text="Every source that covered this story.")
+    engagement = models.JSONField(default=dict, blank=True)
+    raw = models.JSONField(default=dict, blank=True)
+    score = models.FloatField(default=0)
+    category = models.ForeignKey(Category, on_delete=models.PROTECT, related_name="topics")
+    category_locked = models.BooleanField(
+        default=False, help_text="Set when an editor chose the category; re-categorisation leaves it alone."
+    )
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.NEW)
+    published_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    updated_at = models.DateTimeField(auto_now=True)
+    reviewed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    reviewed_at = models.DateTimeField(null=True, blank=True)
+
+    objects = TopicQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-score", "-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["source", "external_id"], name="topic_unique_source_external_id"),
+            models.CheckConstraint(condition=Q(score__gte=0), name="topic_score_not_negative"),
+            models.CheckConstraint(
+                condition=Q(status__in=["new", "approved", "rejected"]), name="topic_status_valid"
+            ),
+        ]
+        indexes = [
+            # Selection reads "best topics of one category with a given status": this index answers it
+            # without scanning the pool, so selection time does not grow with the pool.
+            models.Index(fields=["category", "status", "-score"], name="topic_cat_status_score"),
+            models.Index(fields=["status", "-score"], name="topic_status_score"),
+        ]
+
+    def __str__(self) -> str:
+        return self.title
+
+    def review(self, *, status: str, user=None) -> None:
+        self.status = status
+        self.reviewed_by = user
+        self.reviewed_at = timezone.now()
+        self.save(update_fields=["status", "reviewed_by", "reviewed_at", "updated_at"])
+
+    def override_category(self, category: Category) -> None:
+        """An editor's choice of category; locked so automatic categorisation never undoes it."""
+        self.category = category
+        self.category_locked = True
+        self.save(update_fields=["category", "category_locked", "updated_at"])
