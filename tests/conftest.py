@@ -1,0 +1,84 @@
+"""Shared fixtures: real services (skip on a laptop without them, fail in CI under REQUIRE_SERVICES=1)."""
+from __future__ import annotations
+
+import os
+import socket
+from urllib.parse import urlsplit
+
+import pytest
+
+REQUIRE_SERVICES = os.environ.get("REQUIRE_SERVICES") == "1"
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+
+def service_missing(message: str) -> None:
+    """A missing service skips the test on a laptop, and fails it in CI (REQUIRE_SERVICES=1)."""
+    if REQUIRE_SERVICES:
+        pytest.fail(f"required service missing: {message}", pytrace=False)
+    pytest.skip(message)
+
+
+def port_open(url: str, timeout: float = 1.0) -> bool:
+    parts = urlsplit(url)
+    try:
+        with socket.create_connection((parts.hostname, parts.port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """A Redis database for tests (db 15), flushed before use."""
+    if not port_open(REDIS_URL):
+        service_missing(f"Redis at {REDIS_URL}")
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    client.flushdb()
+    yield REDIS_URL
+    client.flushdb()
+
+
+@pytest.fixture
+def fake_anthropic(settings):
+    """The loopback Anthropic API, wired in as ANTHROPIC_BASE_URL with a test key."""
+    from tests.fakes.anthropic_api import FakeAnthropicServer
+
+    server = FakeAnthropicServer().start()
+    settings.ANTHROPIC_BASE_URL = server.base_url
+    settings.ANTHROPIC_API_KEY = "sk-ant-test-0000000000000000wxyz"
+    settings.ANTHROPIC_RETRY_BASE_SECONDS = 0.01
+    settings.ANTHROPIC_TIMEOUT_SECONDS = 5.0
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def categories(db):
+    from topics.models import Category
+
+    return {c.slug: c for c in Category.objects.all()}
+
+
+@pytest.fixture
+def make_topic(categories):
+    """Create a topic; `category` is a slug (default: categorised by keywords)."""
+    from topics.categorize import categorize_text
+    from topics.models import Topic
+
+    counter = {"n": 0}
+
+    def make(title: str = "", *, category: str | None = None, score: float = 10, status: str = "approved",
+             summary: str = "", source: str = "import", published_at=None, **extra) -> Topic:
+        counter["n"] += 1
+        title = title or f"Topic number {counter['n']}"
+        cat = categories[category] if category else categorize_text(
+            text=f"{title}\n{summary}", categories=list(categories.values())
+        )
+        return Topic.objects.create(
+            title=title, summary=summary, source=source, external_id=extra.pop("external_id", f"t{counter['n']}"),
+            score=score, status=status, category=cat, published_at=published_at, **extra,
+        )
+
+    return make
