@@ -1,0 +1,76 @@
+from __future__ import annotations
+
+from django.contrib import admin, messages
+from django.db.models import Count
+from django.utils import timezone
+
+from .categorize import recategorize
+from .models import Category, Topic
+
+
+@admin.register(Category)
+class CategoryAdmin(admin.ModelAdmin):
+    list_display = ("name", "slug", "position", "keyword_count", "topic_count")
+    list_editable = ("position",)
+    search_fields = ("name", "slug", "keywords")
+    prepopulated_fields = {"slug": ("name",)}
+    fields = ("name", "slug", "position", "description", "keywords")
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).annotate(topic_count=Count("topics"))
+
+    @admin.display(description="keywords")
+    def keyword_count(self, obj: Category) -> int:
+        return len(obj.keyword_list)
+
+    @admin.display(description="topics", ordering="topic_count")
+    def topic_count(self, obj: Category) -> int:
+        return obj.topic_count
+
+
+@admin.register(Topic)
+class TopicAdmin(admin.ModelAdmin):
+    list_display = ("title", "category", "category_locked", "status", "score", "source", "published_at")
+    list_display_links = ("title",)
+    list_editable = ("category",)
+    list_filter = ("status", "category", "source", "category_locked")
+    list_select_related = ("category",)
+    search_fields = ("title", "summary", "url", "external_id")
+    list_per_page = 50
+    show_full_result_count = False
+    ordering = ("-score", "-id")
+    actions = ("approve", "reject", "recategorize_selected")
+    readonly_fields = ("source", "external_id", "canonical_url", "sources", "engagement", "raw",
+                       "category_locked", "created_at", "updated_at", "reviewed_by", "reviewed_at")
+    fieldsets = (
+        (None, {"fields": ("title", "summary", "url", "status", "score", "category", "category_locked",
+                           "published_at")}),
+        ("Provenance", {"classes": ("collapse",), "fields": ("source", "external_id", "canonical_url", "sources",
+                                                              "engagement", "raw")}),
+        ("Review", {"fields": ("reviewed_by", "reviewed_at", "created_at", "updated_at")}),
+    )
+
+    def save_model(self, request, obj: Topic, form, change):
+        # A category chosen by an editor (form or list column) is an override: lock it against re-categorisation.
+        if "category" in form.changed_data:
+            obj.category_locked = True
+        if "status" in form.changed_data:
+            obj.reviewed_by, obj.reviewed_at = request.user, timezone.now()
+        super().save_model(request, obj, form, change)
+
+    def _review(self, request, queryset, status: str) -> None:
+        count = queryset.update(status=status, reviewed_by=request.user, reviewed_at=timezone.now())
+        self.message_user(request, f"{count} topic(s) marked {Topic.Status(status).label.lower()}.", messages.SUCCESS)
+
+    @admin.action(description="Approve selected topics", permissions=["change"])
+    def approve(self, request, queryset):
+        self._review(request, queryset, Topic.Status.APPROVED)
+
+    @admin.action(description="Reject selected topics", permissions=["change"])
+    def reject(self, request, queryset):
+        self._review(request, queryset, Topic.Status.REJECTED)
+
+    @admin.action(description="Re-categorise selected topics by keywords (editor choices kept)", permissions=["change"])
+    def recategorize_selected(self, request, queryset):
+        changed = recategorize(topics=queryset.select_related("category"))
+        self.message_user(request, f"{changed} topic(s) moved to another category.", messages.SUCCESS)
