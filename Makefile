@@ -7,7 +7,7 @@ MANAGE := $(BIN)/python manage.py
 PG_URL ?= postgres://postgres@127.0.0.1:5432/postgres
 REDIS_URL ?= redis://127.0.0.1:6379/15
 
-.PHONY: install demo test test-sqlite test-postgres bench serve worker migrate check-deploy clean
+.PHONY: install demo test test-postgres bench serve migrate check-deploy clean
 
 $(STAMP): requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,11 +31,9 @@ demo: migrate
 	$(MANAGE) runbatch --dry-run
 	$(BIN)/python -m bench.demo_live
 
+# The database is DATABASE_URL's (SQLite under var/ when unset); `make test-postgres` runs on PostgreSQL.
 test: install
-	$(MAKE) test-sqlite
-
-test-sqlite: install
-	DATABASE_URL= $(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-postgres: install
 	DATABASE_URL=$(PG_URL) $(BIN)/python -m pytest $(PYTEST_ARGS)

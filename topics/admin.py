@@ -50,6 +50,16 @@ class TopicAdmin(admin.ModelAdmin):
         ("Review", {"fields": ("reviewed_by", "reviewed_at", "created_at", "updated_at")}),
     )
 
+    def formfield_for_foreignkey(self, db_field, request, **kwargs):
+        field = super().formfield_for_foreignkey(db_field, request, **kwargs)
+        if db_field.name == "category":
+            # The editable category column renders one select per row: read the choices once per request,
+            # not once per row, so the changelist's query count stays small and fixed.
+            if not hasattr(request, "_category_choices"):
+                request._category_choices = list(field.choices)
+            field.choices = request._category_choices
+        return field
+
     def save_model(self, request, obj: Topic, form, change):
         # A category chosen by an editor (form or list column) is an override: lock it against re-categorisation.
         if "category" in form.changed_data:
