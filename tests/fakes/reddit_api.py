@@ -1,0 +1,364 @@
+"""A loopback fake of Reddit's OAuth API: the app-only token exchange and subreddit listings, on one base URL.
+
+Speaks the real wire format: `POST /api/v1/access_token` (HTTP Basic client credentials, form body) answers with a
+bearer token; `GET /r/{name}/hot|top|new` answers with a `Listing` of `t3` children paginated with `after`, with
+Reddit's `x-ratelimit-*` headers. Posts are generated in code by `make_post`.
+
+    with FakeRedditAPI() as fake:
+        fake.posts["shopify"] = [make_post(title="Shopify raised fees", score=250)]
+        fake.fail_next(429, headers={"retry-after": "7"}, path="/r/shopify/hot")
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+import secrets
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+_ids = itertools.count(1)
+
+
+def make_post(
+    *,
+    subreddit: str = "shopify",
+    title: str = "Shopify just changed how payouts work for small stores",
+    selftext: str = "Anyone else seeing payouts held for 7 days since the update? Our cash flow is a mess.",
+    score: int = 120,
+    num_comments: int = 45,
+    created_utc: float | None = None,
+    age_hours: float = 6.0,
+    stickied: bool = False,
+    removed_by_category: str | None = None,
+    author: str | None = "seller_sam",
+    id: str | None = None,
+    url: str | None = None,
+    upvote_ratio: float = 0.94,
+    link_flair_text: str | None = None,
+) -> dict[str, Any]:
+    """One `t3` post's `data`, with Reddit's field names and types (created_utc is a float; ids are base36)."""
+    post_id = id or _base36(1_000_000 + next(_ids))
+    slug = "_".join(title.lower().split())[:50]
+    permalink = f"/r/{subreddit}/comments/{post_id}/{slug}/"
+    created = created_utc if created_utc is not None else round(time.time() - age_hours * 3600.0, 1)
+    is_self = url is None
+    return {
+        "approved_at_utc": None,
+        "subreddit": subreddit,
+        "selftext": selftext if is_self else "",
+        "author_fullname": f"t2_{_base36(next(_ids) + 5_000_000)}" if author else None,
+        "saved": False,
+        "gilded": 0,
+        "clicked": False,
+        "title": title,
+        "link_flair_richtext": [],
+        "subreddit_name_prefixed": f"r/{subreddit}",
+        "hidden": False,
+        "link_flair_css_class": None,
+        "downs": 0,
+        "hide_score": False,
+        "name": f"t3_{post_id}",
+        "quarantine": False,
+        "link_flair_text_color": "dark",
+        "upvote_ratio": upvote_ratio,
+        "subreddit_type": "public",
+        "ups": score,
+        "total_awards_received": 0,
+        "media_embed": {},
+        "is_original_content": False,
+        "user_reports": [],
+        "secure_media": None,
+        "is_reddit_media_domain": False,
+        "is_meta": False,
+        "category": None,
+        "link_flair_text": link_flair_text,
+        "can_mod_post": False,
+        "score": score,
+        "approved_by": None,
+        "thumbnail": "self" if is_self else "default",
+        "edited": False,
+        "gildings": {},
+        "content_categories": None,
+        "is_self": is_self,
+        "created": created,
+        "link_flair_type": "text",
+        "removed_by_category": removed_by_category,
+        "banned_by": None,
+        "domain": f"self.{subreddit}" if is_self else urlsplit(url).netloc,
+        "selftext_html": None,
+        "likes": None,
+        "suggested_sort": None,
+        "view_count": None,
+        "archived": False,
+        "no_follow": False,
+        "is_crosspostable": True,
+        "pinned": False,
+        "over_18": False,
+        "all_awardings": [],
+        "awarders": [],
+        "media_only": False,
+        "can_gild": True,
+        "spoiler": False,
+        "locked": False,
+        "author_flair_text": None,
+        "treatment_tags": [],
+        "visited": False,
+        "removed_by": None,
+        "num_reports": None,
+        "distinguished": "moderator" if stickied else None,
+        "subreddit_id": "t5_2tozg",
+        "mod_reason_by": None,
+        "removal_reason": None,
+        "id": post_id,
+        "is_robot_indexable": removed_by_category is None,
+        "report_reasons": None,
+        "author": author if author is not None else "[deleted]",
+        "discussion_type": None,
+        "num_comments": num_comments,
+        "send_replies": True,
+        "whitelist_status": "all_ads",
+        "contest_mode": False,
+        "mod_reports": [],
+        "permalink": permalink,
+        "parent_whitelist_status": "all_ads",
+        "stickied": stickied,
+        "url": url or f"https://www.reddit.com{permalink}",
+        "subreddit_subscribers": 310_000,
+        "created_utc": created,
+        "num_crossposts": 0,
+        "media": None,
+        "is_video": False,
+    }
+
+
+def _base36(number: int) -> str:
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    out = ""
+    while number:
+        number, rest = divmod(number, 36)
+        out = digits[rest] + out
+    return out or "0"
+
+
+@dataclass
+class RecordedRequest:
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    headers: dict[str, str]  # secrets masked
+    body: str  # secrets masked
+
+
+@dataclass
+class _Fault:
+    status: int
+    body: bytes
+    headers: dict[str, str]
+    path: str | None
+    content_type: str = "application/json; charset=UTF-8"
+
+
+@dataclass
+class FakeRedditAPI:
+    """Reddit's token exchange and listings on 127.0.0.1; `base_url` serves both, as REDDIT_BASE_URL does."""
+
+    client_id: str = "fake-reddit-client-id"
+    client_secret: str = "fake-reddit-client-secret"
+    posts: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # by lower-case subreddit name
+    missing_subreddits: set[str] = field(default_factory=set)  # answer 404, as for a banned subreddit
+    page_size: int = 100  # Reddit's own cap on `limit`; lower it to force pagination
+    requests: list[RecordedRequest] = field(default_factory=list)
+    issued_tokens: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._faults: deque[_Fault] = deque()
+        self._lock = threading.Lock()
+        self._server: ThreadingHTTPServer | None = None
+
+    # --- lifecycle -------------------------------------------------------------------------------------------
+    def start(self) -> FakeRedditAPI:
+        fake = self
+
+        class Handler(_Handler):
+            api = fake
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def __enter__(self) -> FakeRedditAPI:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def base_url(self) -> str:
+        assert self._server is not None, "start() the fake first"
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    # --- fault injection -------------------------------------------------------------------------------------
+    def fail_next(
+        self,
+        status: int,
+        *,
+        json_body: Any = None,
+        body: bytes | str | None = None,
+        headers: dict[str, str] | None = None,
+        path: str | None = None,
+        times: int = 1,
+    ) -> None:
+        """Answer the next request(s) (whose path starts with `path`, if given) with this status and body."""
+        if body is None:
+            body = json.dumps(json_body if json_body is not None else {"message": "Error", "error": status})
+        raw = body.encode() if isinstance(body, str) else body
+        for _ in range(times):
+            self._faults.append(_Fault(status, raw, dict(headers or {}), path))
+
+    def malformed_next(self, *, path: str | None = None) -> None:
+        """A 200 whose body is cut-off JSON."""
+        self.fail_next(200, body='{"kind": "Listing", "data": {"after": null, "children": [{"kind": "t3", ', path=path)
+
+    def unexpected_next(self, *, path: str | None = None) -> None:
+        """A 200 with valid JSON that is not a Listing."""
+        self.fail_next(200, json_body={"status": "ok", "results": [{"headline": "not a listing"}]}, path=path)
+
+    def listing_requests(self) -> list[RecordedRequest]:
+        return [r for r in self.requests if r.path.startswith("/r/")]
+
+    def token_requests(self) -> list[RecordedRequest]:
+        return [r for r in self.requests if r.path == "/api/v1/access_token"]
+
+    # --- behaviour -------------------------------------------------------------------------------------------
+    def _take_fault(self, path: str) -> _Fault | None:
+        with self._lock:
+            for fault in list(self._faults):
+                if fault.path is None or path.startswith(fault.path):
+                    self._faults.remove(fault)
+                    return fault
+        return None
+
+    def _mask(self, text: str) -> str:
+        for secret in (self.client_secret, *self.issued_tokens):
+            text = text.replace(secret, "***")
+        return text
+
+    def _token(self, handler: _Handler, form: dict[str, list[str]]) -> tuple[int, Any, dict[str, str]]:
+        expected = base64.b64encode(f"{self.client_id}:{self.client_secret}".encode()).decode()
+        if handler.headers.get("Authorization", "") != f"Basic {expected}":
+            return 401, {"message": "Unauthorized", "error": 401}, {}
+        if form.get("grant_type") != ["client_credentials"]:
+            return 400, {"error": "unsupported_grant_type"}, {}
+        token = f"fake-app-token-{secrets.token_hex(8)}"
+        with self._lock:
+            self.issued_tokens.append(token)
+        return 200, {"access_token": token, "token_type": "bearer", "expires_in": 86400, "scope": "*"}, {}
+
+    def _listing(self, handler: _Handler, path: str, query: dict[str, list[str]]) -> tuple[int, Any, dict[str, str]]:
+        auth = handler.headers.get("Authorization", "")
+        if not auth.lower().startswith("bearer ") or auth[7:] not in self.issued_tokens:
+            challenge = {"www-authenticate": 'Bearer realm="reddit", error="invalid_token"'}
+            return 401, {"message": "Unauthorized", "error": 401}, challenge
+        parts = path.strip("/").split("/")
+        if len(parts) != 3 or parts[2] not in ("hot", "top", "new"):
+            return 404, {"message": "Not Found", "error": 404}, {}
+        name, sort = parts[1].lower(), parts[2]
+        if name in {s.lower() for s in self.missing_subreddits}:
+            return 404, {"message": "Not Found", "error": 404, "reason": "banned"}, {}
+        posts = list(self.posts.get(name, []))
+        if sort == "top":
+            posts.sort(key=lambda p: -p["score"])
+        elif sort == "new":
+            posts.sort(key=lambda p: -p["created_utc"])
+        limit = min(int(query.get("limit", ["25"])[0]), 100, self.page_size)
+        after = query.get("after", [None])[0]
+        start = 0
+        if after:
+            names = [p["name"] for p in posts]
+            start = names.index(after) + 1 if after in names else len(posts)
+        page = posts[start : start + limit]
+        next_after = page[-1]["name"] if page and start + limit < len(posts) else None
+        body = {
+            "kind": "Listing",
+            "data": {
+                "after": next_after,
+                "dist": len(page),
+                "modhash": None,
+                "geo_filter": "",
+                "children": [{"kind": "t3", "data": post} for post in page],
+                "before": None,
+            },
+        }
+        return 200, body, {}
+
+    def _rate_headers(self) -> dict[str, str]:
+        used = len(self.listing_requests())
+        return {
+            "x-ratelimit-remaining": f"{max(0, 600 - used)}.0",
+            "x-ratelimit-used": str(used),
+            "x-ratelimit-reset": "300",
+        }
+
+
+class _Handler(BaseHTTPRequestHandler):
+    api: FakeRedditAPI
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # one small answer per request: send it now, not after a delayed ACK
+
+    def log_message(self, format: str, *args: Any) -> None:  # keep test output quiet
+        pass
+
+    def do_GET(self) -> None:
+        self._handle()
+
+    def do_POST(self) -> None:
+        self._handle()
+
+    def _handle(self) -> None:
+        api = self.api
+        split = urlsplit(self.path)
+        path, query = split.path, parse_qs(split.query)
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length).decode("utf-8", "replace") if length else ""
+        headers = {
+            name: (value.split(" ", 1)[0] + " ***" if name.lower() == "authorization" else api._mask(value))
+            for name, value in self.headers.items()
+        }
+        with api._lock:
+            api.requests.append(RecordedRequest(self.command, path, query, headers, api._mask(body)))
+
+        fault = api._take_fault(path)
+        if fault is not None:
+            self._send(fault.status, fault.body, fault.headers, fault.content_type)
+            return
+        if self.command == "POST" and path == "/api/v1/access_token":
+            status, payload, extra = api._token(self, parse_qs(body))
+        elif self.command == "GET" and path.startswith("/r/"):
+            status, payload, extra = api._listing(self, path, query)
+            extra = {**api._rate_headers(), **extra}
+        else:
+            status, payload, extra = 404, {"message": "Not Found", "error": 404}, {}
+        self._send(status, json.dumps(payload).encode(), extra, "application/json; charset=UTF-8")
+
+    def _send(self, status: int, body: bytes, headers: dict[str, str], content_type: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(body)
