@@ -5,6 +5,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import environ
+from celery.schedules import crontab
 from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -184,6 +185,14 @@ CELERY_TASK_SOFT_TIME_LIMIT = env.int("CELERY_TASK_SOFT_TIME_LIMIT", default=540
 CELERY_TASK_ALWAYS_EAGER = False
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_TIMEZONE = TIME_ZONE
+# Unattended discovery: `celery -A newsroom beat` runs it every Monday and Thursday at 06:00 (CELERY_TIMEZONE).
+CELERY_BEAT_SCHEDULE = {
+    "discover-topics": {
+        "task": "topics.discover",
+        "schedule": crontab(minute="0", hour="6", day_of_week="mon,thu"),
+        "kwargs": {"limit": 50},
+    },
+}
 
 # --- Newsroom -----------------------------------------------------------------------------------
 ANTHROPIC_API_KEY = env.str("ANTHROPIC_API_KEY", default="")

@@ -5,7 +5,7 @@ from django.db.models import Count
 from django.utils import timezone
 
 from .categorize import recategorize
-from .models import Category, Topic
+from .models import Category, DiscoveryRun, Topic
 
 
 @admin.register(Category)
@@ -84,3 +84,16 @@ class TopicAdmin(admin.ModelAdmin):
     def recategorize_selected(self, request, queryset):
         changed = recategorize(topics=queryset.select_related("category"))
         self.message_user(request, f"{changed} topic(s) moved to another category.", messages.SUCCESS)
+
+
+@admin.register(DiscoveryRun)
+class DiscoveryRunAdmin(admin.ModelAdmin):
+    list_display = ("started_at", "status", "fetched", "created", "merged", "dropped", "finished_at")
+    list_filter = ("status",)
+    readonly_fields = ("started_at", "finished_at", "status", "fetched", "created", "merged", "dropped", "sources")
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False

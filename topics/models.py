@@ -115,3 +115,28 @@ class Topic(models.Model):
         self.category = category
         self.category_locked = True
         self.save(update_fields=["category", "category_locked", "updated_at"])
+
+
+class DiscoveryRun(models.Model):
+    """One discovery pass over the sources, with what each source brought (shown in the admin)."""
+
+    class Status(models.TextChoices):
+        RUNNING = "running", "Running"
+        DONE = "done", "Done"
+        PARTIAL = "partial", "Some sources failed"
+        FAILED = "failed", "Every source failed"
+
+    started_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.RUNNING)
+    sources = models.JSONField(default=dict, help_text="Per source: status, fetched, new, merged, dropped, error.")
+    fetched = models.PositiveIntegerField(default=0)
+    created = models.PositiveIntegerField(default=0)
+    merged = models.PositiveIntegerField(default=0)
+    dropped = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["-started_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"Discovery {self.started_at:%Y-%m-%d %H:%M} ({self.get_status_display()})"

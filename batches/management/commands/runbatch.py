@@ -79,13 +79,13 @@ class Command(BaseCommand):
     # --- modes ------------------------------------------------------------------------------------
 
     def discover(self):
-        from topics.discovery import run_discovery
+        from topics.discovery import run_as_dict, run_discovery, summary_lines
 
         run = run_discovery()
         if self.as_json:
-            self.stdout.write(json.dumps(run.as_dict()))
+            self.stdout.write(json.dumps(run_as_dict(run)))
         else:
-            self.stdout.write(run.summary_text())
+            self.stdout.write("\n".join(summary_lines(run)))
         if run.status == "failed":
             raise CommandError("discovery failed for every source", returncode=EXIT_ERROR)
 
