@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import math
 from dataclasses import dataclass, field
@@ -81,15 +82,25 @@ def read_records(path: Path) -> list[dict[str, Any]]:
             raise ImportFailed(f"{path}: expected a JSON list of objects, got {type(data).__name__}")
         return data
     if suffix == ".csv":
-        reader = csv.DictReader(text.splitlines())
-        if not reader.fieldnames or "title" not in [f.strip() for f in reader.fieldnames]:
+        # newline="" hands the csv module the raw line endings, so a quoted field keeps its line breaks;
+        # strict turns a broken quote into an error instead of a row that silently swallows the next ones.
+        reader = csv.DictReader(io.StringIO(text, newline=""), strict=True)
+        try:
+            fieldnames = reader.fieldnames
+        except csv.Error as exc:
+            raise ImportFailed(f"{path}: malformed CSV header row ({exc})") from None
+        if not fieldnames or "title" not in [f.strip() for f in fieldnames]:
             raise ImportFailed(f"{path}: the CSV header row must name a 'title' column")
-        records = []
-        for record in reader:
-            if None in record:
-                records.append({"__error__": "more values than header columns"})
-                continue
-            records.append({(k or "").strip(): v for k, v in record.items()})
+        records: list[dict[str, Any]] = []
+        try:
+            for record in reader:
+                if None in record:
+                    records.append({"__error__": "more values than header columns"})
+                    continue
+                records.append({(k or "").strip(): v for k, v in record.items()})
+        except csv.Error as exc:
+            # Past a broken quote no later row can be trusted: the whole file is refused, even with --skip-invalid.
+            raise ImportFailed([RowError(len(records) + 1, f"malformed CSV ({exc})")]) from None
         return records
     raise ImportFailed(f"{path}: unknown file type {suffix or '(none)'}; use .csv or .json")
 
@@ -100,6 +111,9 @@ def _text(value: Any, *, name: str, max_length: int | None = None) -> str:
     if not isinstance(value, (str, int, float)) or isinstance(value, bool):
         raise ValueError(f"{name} must be text, got {type(value).__name__}")
     text = str(value).strip()
+    if "\x00" in text:
+        # PostgreSQL refuses NUL in text columns: report it with its row number, not as a database error.
+        raise ValueError(f"{name} contains a NUL character")
     if max_length and len(text) > max_length:
         raise ValueError(f"{name} is longer than {max_length} characters")
     return text
