@@ -132,12 +132,12 @@ def store_candidates(*, candidates: Sequence[Candidate], reports: dict[str, Sour
     known_keys = _existing_keys(candidates)
     recent = list(
         Topic.objects.filter(created_at__gte=now - datetime.timedelta(days=RECENT_DAYS))
-        .only("id", "title", "canonical_url", "sources", "score")
+        .only("id", "title", "canonical_url", "source", "sources", "score")
         .order_by("-id")[:RECENT_LIMIT]
     )
     by_url: dict[str, _Story] = {}
     stories: list[_Story] = []
-    for topic in recent:
+    for topic in recent + _older_topics_with_urls(candidates, recent):
         story = _Story(title=topic.title, topic=topic)
         stories.append(story)
         if topic.canonical_url:
@@ -161,12 +161,29 @@ def store_candidates(*, candidates: Sequence[Candidate], reports: dict[str, Sour
             stories.append(story)
             norms.append(normalize_title(candidate.title))
             report.new += 1
+        elif story.topic is not None and candidate.source in (story.topic.sources or [story.topic.source]):
+            report.dropped += 1  # a stored story this source already told (seen again on a later run)
+            continue
         else:
             report.merged += 1
         story.candidates.append(candidate)
         if url:
             by_url.setdefault(url, story)
     _write(stories=[s for s in stories if s.candidates], now=now)
+
+
+def _older_topics_with_urls(candidates: Sequence[Candidate], recent: list[Topic]) -> list[Topic]:
+    """Stored topics outside the recent window that share a canonical URL with a candidate (one story, however old)."""
+    known = {t.canonical_url for t in recent if t.canonical_url}
+    urls = sorted({url for c in candidates if (url := canonical_url(c.url)) and url not in known})
+    found: list[Topic] = []
+    for start in range(0, len(urls), 500):
+        found.extend(
+            Topic.objects.filter(canonical_url__in=urls[start : start + 500])
+            .only("id", "title", "canonical_url", "sources", "score", "source")
+            .order_by("-id")
+        )
+    return found
 
 
 def _existing_keys(candidates: Sequence[Candidate]) -> set[tuple[str, str]]:
@@ -187,14 +204,21 @@ def _existing_keys(candidates: Sequence[Candidate]) -> set[tuple[str, str]]:
 def _near_duplicate(title: str, *, stories: list[_Story], norms: list[str]) -> _Story | None:
     if not norms:
         return None
-    # rapidfuzz scans every known title in C; is_near_duplicate then applies the full rule to the best match.
-    match = process.extractOne(
-        normalize_title(title), norms, scorer=fuzz.token_set_ratio, score_cutoff=NEAR_DUPLICATE_THRESHOLD
-    )
+    # rapidfuzz scans every known title in C; is_near_duplicate then applies the full rule to the best matches.
+    norm = normalize_title(title)
+    match = process.extractOne(norm, norms, scorer=fuzz.token_set_ratio, score_cutoff=NEAR_DUPLICATE_THRESHOLD)
     if match is None:
         return None
-    story = stories[match[2]]
-    return story if is_near_duplicate(title, story.title) else None
+    if is_near_duplicate(title, stories[match[2]].title):
+        return stories[match[2]]
+    # The best token-set match can be a short title the full rule compares whole and rejects ("FBA capacity" is a
+    # subset of every FBA-capacity headline); a real near-duplicate may be further down the list.
+    for _, _, index in process.extract(
+        norm, norms, scorer=fuzz.token_set_ratio, score_cutoff=NEAR_DUPLICATE_THRESHOLD, limit=None
+    ):
+        if is_near_duplicate(title, stories[index].title):
+            return stories[index]
+    return None
 
 
 def _story_sources(story: _Story) -> list[str]:
