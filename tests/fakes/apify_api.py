@@ -15,17 +15,15 @@ Bodies are `{"data": {...}}` with the run object's real camelCase fields; errors
 
 from __future__ import annotations
 
-import gzip
 import itertools
 import json
 import secrets
-import threading
-from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import unquote
+
+from tests.fakes.loopback import LoopbackFake, LoopbackHandler, RecordedRequest, Reply
 
 _ids = itertools.count(7_300_000_000_000_000_000)
 
@@ -74,24 +72,7 @@ def make_tiktok_item(
 
 
 @dataclass
-class RecordedRequest:
-    method: str
-    path: str
-    query: dict[str, list[str]]
-    headers: dict[str, str]  # Authorization masked
-    json: Any
-
-
-@dataclass
-class _Fault:
-    status: int
-    body: bytes
-    headers: dict[str, str]
-    path: str | None
-
-
-@dataclass
-class FakeApifyAPI:
+class FakeApifyAPI(LoopbackFake):
     """Apify's API on 127.0.0.1; `base_url` stands in for https://api.apify.com (the client appends /v2)."""
 
     token: str = "apify_api_FAKEtoken0123456789"
@@ -104,55 +85,8 @@ class FakeApifyAPI:
     runs: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self._faults: deque[_Fault] = deque()
+        super().__post_init__()
         self._polls: dict[str, int] = {}
-        self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
-
-    def start(self) -> FakeApifyAPI:
-        fake = self
-
-        class Handler(_Handler):
-            api = fake
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    def __enter__(self) -> FakeApifyAPI:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def base_url(self) -> str:
-        assert self._server is not None, "start() the fake first"
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
-
-    def fail_next(
-        self,
-        status: int,
-        *,
-        json_body: Any = None,
-        body: bytes | str | None = None,
-        headers: dict[str, str] | None = None,
-        path: str | None = None,
-        times: int = 1,
-    ) -> None:
-        """Answer the next request(s) whose path starts with `path` (any, if None) with this status and body."""
-        if body is None:
-            body = json.dumps(json_body if json_body is not None else _error(status))
-        raw = body.encode() if isinstance(body, str) else body
-        for _ in range(times):
-            self._faults.append(_Fault(status, raw, dict(headers or {}), path))
 
     def malformed_next(self, *, path: str | None = None) -> None:
         self.fail_next(200, body='{"data": {"id": "HG7ML7M8z78YcAPEB", "status": "RUNN', path=path)
@@ -164,15 +98,27 @@ class FakeApifyAPI:
         return [r for r in self.requests if r.method == "POST" and r.path.endswith("/runs")]
 
     # --- behaviour -------------------------------------------------------------------------------------------
-    def _take_fault(self, path: str) -> _Fault | None:
-        with self._lock:
-            for fault in list(self._faults):
-                if fault.path is None or path.startswith(fault.path):
-                    self._faults.remove(fault)
-                    return fault
-        return None
+    def _fault_body(self, status: int) -> Any:
+        return _error(status)
 
-    def _start_run(self, actor: str, query: dict[str, list[str]], run_input: Any) -> tuple[int, Any, dict]:
+    def _answer(self, handler: LoopbackHandler, request: RecordedRequest) -> Reply:
+        if handler.headers.get("Authorization") != f"Bearer {self.token}":
+            return 401, _error(401), {}
+        method, query = request.method, request.query
+        parts = [unquote(p) for p in request.path.strip("/").split("/")]
+        # The API answers under both /v2/acts and /v2/actors; apify-client 3.4 calls the latter.
+        starts_run = len(parts) == 4 and parts[:2] in (["v2", "acts"], ["v2", "actors"]) and parts[3] == "runs"
+        if method == "POST" and starts_run:
+            return self._start_run(parts[2].replace("~", "/"), query, request.json)
+        if method == "GET" and len(parts) == 3 and parts[:2] == ["v2", "actor-runs"]:
+            return self._get_run(parts[2])
+        if method == "POST" and len(parts) == 4 and parts[:2] == ["v2", "actor-runs"] and parts[3] == "abort":
+            return self._abort_run(parts[2])
+        if method == "GET" and len(parts) == 4 and parts[:2] == ["v2", "datasets"] and parts[3] == "items":
+            return self._items(parts[2], query)
+        return 404, {"error": {"type": "page-not-found", "message": "Page not found"}}, {}
+
+    def _start_run(self, actor: str, query: dict[str, list[str]], run_input: Any) -> Reply:
         if actor in self.missing_actors:
             return 404, {"error": {"type": "record-not-found", "message": "Actor was not found"}}, {}
         run_id = secrets.token_hex(9)[:17]
@@ -232,7 +178,7 @@ class FakeApifyAPI:
             self._polls[run_id] = 0
         return 201, {"data": run}, {}
 
-    def _get_run(self, run_id: str) -> tuple[int, Any, dict]:
+    def _get_run(self, run_id: str) -> Reply:
         run = self.runs.get(run_id)
         if run is None:
             return 404, {"error": {"type": "record-not-found", "message": "Actor run was not found"}}, {}
@@ -250,7 +196,7 @@ class FakeApifyAPI:
                     run["status"] = "RUNNING"
         return 200, {"data": run}, {}
 
-    def _abort_run(self, run_id: str) -> tuple[int, Any, dict]:
+    def _abort_run(self, run_id: str) -> Reply:
         run = self.runs.get(run_id)
         if run is None:
             return 404, {"error": {"type": "record-not-found", "message": "Actor run was not found"}}, {}
@@ -258,7 +204,7 @@ class FakeApifyAPI:
             run["status"] = "ABORTED"
         return 200, {"data": run}, {}
 
-    def _items(self, dataset_id: str, query: dict[str, list[str]]) -> tuple[int, Any, dict]:
+    def _items(self, dataset_id: str, query: dict[str, list[str]]) -> Reply:
         if not any(r["defaultDatasetId"] == dataset_id for r in self.runs.values()):
             return 404, {"error": {"type": "record-not-found", "message": "Dataset was not found"}}, {}
         offset = int(query.get("offset", ["0"])[0])
@@ -286,72 +232,3 @@ def _error(status: int) -> dict[str, Any]:
     kind, message = kinds.get(status, ("internal-server-error", "Internal server error"))
     return {"error": {"type": kind, "message": message}}
 
-
-def _masked(items: Any) -> dict[str, str]:
-    """Request headers with the credential replaced, keeping its scheme ("Bearer ***")."""
-    return {
-        name: (value.split(" ", 1)[0] + " ***" if name.lower() == "authorization" else value) for name, value in items
-    }
-
-
-class _Handler(BaseHTTPRequestHandler):
-    api: FakeApifyAPI
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True  # one small answer per request: send it now, not after a delayed ACK
-
-    def log_message(self, format: str, *args: Any) -> None:  # keep test output quiet
-        pass
-
-    def do_GET(self) -> None:
-        self._handle()
-
-    def do_POST(self) -> None:
-        self._handle()
-
-    def _handle(self) -> None:
-        api = self.api
-        split = urlsplit(self.path)
-        path, query = split.path, parse_qs(split.query)
-        length = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(length) if length else b""
-        if self.headers.get("Content-Encoding") == "gzip" and raw:
-            raw = gzip.decompress(raw)
-        try:
-            payload = json.loads(raw) if raw else None
-        except ValueError:
-            payload = None
-        authorized = self.headers.get("Authorization") == f"Bearer {api.token}"
-        headers = _masked(self.headers.items())
-        with api._lock:
-            api.requests.append(RecordedRequest(self.command, path, query, headers, payload))
-
-        fault = api._take_fault(path)
-        if fault is not None:
-            self._send(fault.status, fault.body, fault.headers)
-            return
-        if not authorized:
-            self._send(401, json.dumps(_error(401)).encode())
-            return
-        parts = [unquote(p) for p in path.strip("/").split("/")]
-        # The API answers under both /v2/acts and /v2/actors; apify-client 3.4 calls the latter.
-        starts_run = len(parts) == 4 and parts[:2] in (["v2", "acts"], ["v2", "actors"]) and parts[3] == "runs"
-        if self.command == "POST" and starts_run:
-            status, body, extra = api._start_run(parts[2].replace("~", "/"), query, payload)
-        elif self.command == "GET" and len(parts) == 3 and parts[:2] == ["v2", "actor-runs"]:
-            status, body, extra = api._get_run(parts[2])
-        elif self.command == "POST" and len(parts) == 4 and parts[:2] == ["v2", "actor-runs"] and parts[3] == "abort":
-            status, body, extra = api._abort_run(parts[2])
-        elif self.command == "GET" and len(parts) == 4 and parts[:2] == ["v2", "datasets"] and parts[3] == "items":
-            status, body, extra = api._items(parts[2], query)
-        else:
-            status, body, extra = 404, {"error": {"type": "page-not-found", "message": "Page not found"}}, {}
-        self._send(status, json.dumps(body).encode(), extra)
-
-    def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json; charset=utf-8")
-        self.send_header("Content-Length", str(len(body)))
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(body)

@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import urlsplit
+
+from tests.fakes.loopback import LoopbackFake, LoopbackHandler, RecordedRequest, Reply
 
 _TOPIC_BANK = (
     ("Sellers report carrier surcharges eating into margins", "carrier surcharges"),
@@ -54,21 +54,6 @@ def make_search_result(url: str, *, title: str = "", date: str | None = "2025-10
 
 
 @dataclass
-class RecordedRequest:
-    method: str
-    path: str
-    headers: dict[str, str]  # Authorization masked
-    json: Any
-
-
-@dataclass
-class _Fault:
-    status: int
-    body: bytes
-    headers: dict[str, str]
-
-
-@dataclass
 class _Answer:
     content: str
     citations: list[str]
@@ -77,7 +62,7 @@ class _Answer:
 
 
 @dataclass
-class FakePerplexityAPI:
+class FakePerplexityAPI(LoopbackFake):
     """Perplexity's chat completions endpoint on 127.0.0.1 (`base_url` stands in for https://api.perplexity.ai)."""
 
     api_key: str = "pplx-fake-key-0123456789abcdef"
@@ -85,39 +70,12 @@ class FakePerplexityAPI:
     costs: list[float] = field(default_factory=list)  # usage.cost.total_cost of each successful answer
     request_cost: float = 0.005
 
+    methods: ClassVar[tuple[str, ...]] = ("POST",)
+    content_type: ClassVar[str] = "application/json"
+
     def __post_init__(self) -> None:
-        self._faults: deque[_Fault] = deque()
+        super().__post_init__()
         self._answers: deque[_Answer] = deque()
-        self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
-
-    def start(self) -> FakePerplexityAPI:
-        fake = self
-
-        class Handler(_Handler):
-            api = fake
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    def __enter__(self) -> FakePerplexityAPI:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def base_url(self) -> str:
-        assert self._server is not None, "start() the fake first"
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
 
     # --- scripting -------------------------------------------------------------------------------------------
     def answer_next(
@@ -137,22 +95,6 @@ class FakePerplexityAPI:
             content = json.dumps({"topics": topics or []})
         self._answers.append(_Answer(content, citations, search_results, usage))
 
-    def fail_next(
-        self,
-        status: int,
-        *,
-        json_body: Any = None,
-        body: bytes | str | None = None,
-        headers: dict[str, str] | None = None,
-        times: int = 1,
-    ) -> None:
-        """Answer the next request(s) with this status; the default body is Perplexity's error object."""
-        if body is None:
-            body = json.dumps(json_body if json_body is not None else _error_body(status))
-        raw = body.encode() if isinstance(body, str) else body
-        for _ in range(times):
-            self._faults.append(_Fault(status, raw, dict(headers or {})))
-
     def malformed_next(self) -> None:
         self.fail_next(200, body='{"id": "3f1c", "model": "sonar", "choices": [{"message": {"content": "{\\"top')
 
@@ -160,6 +102,18 @@ class FakePerplexityAPI:
         self.fail_next(200, json_body={"result": {"answer": "Shipping costs are up."}, "status": "complete"})
 
     # --- behaviour -------------------------------------------------------------------------------------------
+    def _fault_body(self, status: int) -> Any:
+        return _error_body(status)
+
+    def _answer(self, handler: LoopbackHandler, request: RecordedRequest) -> Reply:
+        if request.path != "/chat/completions":
+            return 404, {"error": {"message": "Not found", "type": "not_found", "code": 404}}, {}
+        if handler.headers.get("Authorization") != f"Bearer {self.api_key}":
+            return 401, _error_body(401), {}
+        if not isinstance(request.json, dict) or not request.json.get("messages"):
+            return 400, _error_body(400), {}
+        return 200, self._complete(request.json), {}
+
     def _complete(self, request: dict[str, Any]) -> dict[str, Any]:
         answer = self._answers.popleft() if self._answers else self._invent(request)
         prompt_chars = sum(len(m.get("content", "")) for m in request.get("messages", []))
@@ -234,52 +188,3 @@ def _error_body(status: int) -> dict[str, Any]:
     kind, message = kinds.get(status, ("internal_server_error", "Internal server error"))
     return {"error": {"message": message, "type": kind, "code": status}}
 
-
-def _masked(items: Any) -> dict[str, str]:
-    """Request headers with the credential replaced, keeping its scheme ("Bearer ***")."""
-    return {
-        name: (value.split(" ", 1)[0] + " ***" if name.lower() == "authorization" else value) for name, value in items
-    }
-
-
-class _Handler(BaseHTTPRequestHandler):
-    api: FakePerplexityAPI
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True  # one small answer per request: send it now, not after a delayed ACK
-
-    def log_message(self, format: str, *args: Any) -> None:  # keep test output quiet
-        pass
-
-    def do_POST(self) -> None:
-        api = self.api
-        path = urlsplit(self.path).path
-        length = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(length) if length else b""
-        try:
-            payload = json.loads(raw or b"null")
-        except ValueError:
-            payload = None
-        authorized = self.headers.get("Authorization") == f"Bearer {api.api_key}"
-        headers = _masked(self.headers.items())
-        with api._lock:
-            api.requests.append(RecordedRequest("POST", path, headers, payload))
-            fault = api._faults.popleft() if api._faults else None
-        if fault is not None:
-            self._send(fault.status, fault.body, fault.headers)
-        elif path != "/chat/completions":
-            self._send(404, json.dumps({"error": {"message": "Not found", "type": "not_found", "code": 404}}).encode())
-        elif not authorized:
-            self._send(401, json.dumps(_error_body(401)).encode())
-        elif not isinstance(payload, dict) or not payload.get("messages"):
-            self._send(400, json.dumps(_error_body(400)).encode())
-        else:
-            self._send(200, json.dumps(api._complete(payload)).encode())
-
-    def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(body)

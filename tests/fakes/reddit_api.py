@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import base64
 import itertools
-import json
 import secrets
-import threading
 import time
-from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import parse_qs, urlsplit
+
+from tests.fakes.loopback import LoopbackFake, LoopbackHandler, RecordedRequest, Reply
 
 _ids = itertools.count(1)
 
@@ -148,25 +147,7 @@ def _base36(number: int) -> str:
 
 
 @dataclass
-class RecordedRequest:
-    method: str
-    path: str
-    query: dict[str, list[str]]
-    headers: dict[str, str]  # secrets masked
-    body: str  # secrets masked
-
-
-@dataclass
-class _Fault:
-    status: int
-    body: bytes
-    headers: dict[str, str]
-    path: str | None
-    content_type: str = "application/json; charset=UTF-8"
-
-
-@dataclass
-class FakeRedditAPI:
+class FakeRedditAPI(LoopbackFake):
     """Reddit's token exchange and listings on 127.0.0.1; `base_url` serves both, as REDDIT_BASE_URL does."""
 
     client_id: str = "fake-reddit-client-id"
@@ -177,57 +158,7 @@ class FakeRedditAPI:
     requests: list[RecordedRequest] = field(default_factory=list)
     issued_tokens: list[str] = field(default_factory=list)
 
-    def __post_init__(self) -> None:
-        self._faults: deque[_Fault] = deque()
-        self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
-
-    # --- lifecycle -------------------------------------------------------------------------------------------
-    def start(self) -> FakeRedditAPI:
-        fake = self
-
-        class Handler(_Handler):
-            api = fake
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    def __enter__(self) -> FakeRedditAPI:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def base_url(self) -> str:
-        assert self._server is not None, "start() the fake first"
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
-
-    # --- fault injection -------------------------------------------------------------------------------------
-    def fail_next(
-        self,
-        status: int,
-        *,
-        json_body: Any = None,
-        body: bytes | str | None = None,
-        headers: dict[str, str] | None = None,
-        path: str | None = None,
-        times: int = 1,
-    ) -> None:
-        """Answer the next request(s) (whose path starts with `path`, if given) with this status and body."""
-        if body is None:
-            body = json.dumps(json_body if json_body is not None else {"message": "Error", "error": status})
-        raw = body.encode() if isinstance(body, str) else body
-        for _ in range(times):
-            self._faults.append(_Fault(status, raw, dict(headers or {}), path))
+    content_type: ClassVar[str] = "application/json; charset=UTF-8"
 
     def malformed_next(self, *, path: str | None = None) -> None:
         """A 200 whose body is cut-off JSON."""
@@ -244,20 +175,21 @@ class FakeRedditAPI:
         return [r for r in self.requests if r.path == "/api/v1/access_token"]
 
     # --- behaviour -------------------------------------------------------------------------------------------
-    def _take_fault(self, path: str) -> _Fault | None:
-        with self._lock:
-            for fault in list(self._faults):
-                if fault.path is None or path.startswith(fault.path):
-                    self._faults.remove(fault)
-                    return fault
-        return None
+    def _fault_body(self, status: int) -> Any:
+        return {"message": "Error", "error": status}
 
-    def _mask(self, text: str) -> str:
-        for secret in (self.client_secret, *self.issued_tokens):
-            text = text.replace(secret, "***")
-        return text
+    def _secrets(self) -> Iterable[str]:
+        return (self.client_secret, *self.issued_tokens)
 
-    def _token(self, handler: _Handler, form: dict[str, list[str]]) -> tuple[int, Any, dict[str, str]]:
+    def _answer(self, handler: LoopbackHandler, request: RecordedRequest) -> Reply:
+        if request.method == "POST" and request.path == "/api/v1/access_token":
+            return self._token(handler, parse_qs(handler.body.decode("utf-8", "replace")))
+        if request.method == "GET" and request.path.startswith("/r/"):
+            status, payload, extra = self._listing(handler, request.path, request.query)
+            return status, payload, {**self._rate_headers(), **extra}
+        return 404, {"message": "Not Found", "error": 404}, {}
+
+    def _token(self, handler: LoopbackHandler, form: dict[str, list[str]]) -> Reply:
         expected = base64.b64encode(f"{self.client_id}:{self.client_secret}".encode()).decode()
         if handler.headers.get("Authorization", "") != f"Basic {expected}":
             return 401, {"message": "Unauthorized", "error": 401}, {}
@@ -268,7 +200,7 @@ class FakeRedditAPI:
             self.issued_tokens.append(token)
         return 200, {"access_token": token, "token_type": "bearer", "expires_in": 86400, "scope": "*"}, {}
 
-    def _listing(self, handler: _Handler, path: str, query: dict[str, list[str]]) -> tuple[int, Any, dict[str, str]]:
+    def _listing(self, handler: LoopbackHandler, path: str, query: dict[str, list[str]]) -> Reply:
         auth = handler.headers.get("Authorization", "")
         if not auth.lower().startswith("bearer ") or auth[7:] not in self.issued_tokens:
             challenge = {"www-authenticate": 'Bearer realm="reddit", error="invalid_token"'}
@@ -313,52 +245,3 @@ class FakeRedditAPI:
             "x-ratelimit-reset": "300",
         }
 
-
-class _Handler(BaseHTTPRequestHandler):
-    api: FakeRedditAPI
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True  # one small answer per request: send it now, not after a delayed ACK
-
-    def log_message(self, format: str, *args: Any) -> None:  # keep test output quiet
-        pass
-
-    def do_GET(self) -> None:
-        self._handle()
-
-    def do_POST(self) -> None:
-        self._handle()
-
-    def _handle(self) -> None:
-        api = self.api
-        split = urlsplit(self.path)
-        path, query = split.path, parse_qs(split.query)
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length).decode("utf-8", "replace") if length else ""
-        headers = {
-            name: (value.split(" ", 1)[0] + " ***" if name.lower() == "authorization" else api._mask(value))
-            for name, value in self.headers.items()
-        }
-        with api._lock:
-            api.requests.append(RecordedRequest(self.command, path, query, headers, api._mask(body)))
-
-        fault = api._take_fault(path)
-        if fault is not None:
-            self._send(fault.status, fault.body, fault.headers, fault.content_type)
-            return
-        if self.command == "POST" and path == "/api/v1/access_token":
-            status, payload, extra = api._token(self, parse_qs(body))
-        elif self.command == "GET" and path.startswith("/r/"):
-            status, payload, extra = api._listing(self, path, query)
-            extra = {**api._rate_headers(), **extra}
-        else:
-            status, payload, extra = 404, {"message": "Not Found", "error": 404}, {}
-        self._send(status, json.dumps(payload).encode(), extra, "application/json; charset=UTF-8")
-
-    def _send(self, status: int, body: bytes, headers: dict[str, str], content_type: str) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        for name, value in headers.items():
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(body)

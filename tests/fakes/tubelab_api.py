@@ -13,16 +13,14 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import json
-import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from typing import Any, ClassVar
+
+from tests.fakes.loopback import LoopbackFake, LoopbackHandler, RecordedRequest, Reply
 
 _ids = itertools.count(1)
 
@@ -77,22 +75,7 @@ def make_video(
 
 
 @dataclass
-class RecordedRequest:
-    method: str
-    path: str
-    query: dict[str, list[str]]
-    headers: dict[str, str]  # Authorization masked
-
-
-@dataclass
-class _Fault:
-    status: int
-    body: bytes
-    headers: dict[str, str]
-
-
-@dataclass
-class FakeTubeLabAPI:
+class FakeTubeLabAPI(LoopbackFake):
     """TubeLab's outliers search on 127.0.0.1; `base_url` ends in /v1 like the real one."""
 
     api_key: str = "tl-fake-key-9f8e7d6c5b4a"
@@ -103,54 +86,12 @@ class FakeTubeLabAPI:
     rate_limited: int = 0  # how many requests the fake refused for going over the limit
     credits_used: int = 0
 
+    methods: ClassVar[tuple[str, ...]] = ("GET",)
+    url_prefix: ClassVar[str] = "/v1"
+
     def __post_init__(self) -> None:
-        self._faults: deque[_Fault] = deque()
+        super().__post_init__()
         self._accepted: deque[float] = deque()
-        self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
-
-    def start(self) -> FakeTubeLabAPI:
-        fake = self
-
-        class Handler(_Handler):
-            api = fake
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    def __enter__(self) -> FakeTubeLabAPI:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def base_url(self) -> str:
-        assert self._server is not None, "start() the fake first"
-        return f"http://127.0.0.1:{self._server.server_address[1]}/v1"
-
-    def fail_next(
-        self,
-        status: int,
-        *,
-        json_body: Any = None,
-        body: bytes | str | None = None,
-        headers: dict[str, str] | None = None,
-        times: int = 1,
-    ) -> None:
-        if body is None:
-            body = json.dumps(json_body if json_body is not None else {"statusCode": status, "message": "Error"})
-        raw = body.encode() if isinstance(body, str) else body
-        for _ in range(times):
-            self._faults.append(_Fault(status, raw, dict(headers or {})))
 
     def malformed_next(self) -> None:
         self.fail_next(200, body='{"pagination": {"total": 40, "from": 0, "size": 20}, "hits": [{"id": "x')
@@ -158,7 +99,21 @@ class FakeTubeLabAPI:
     def unexpected_next(self) -> None:
         self.fail_next(200, json_body={"data": {"videos": []}, "status": "ok"})
 
-    def _search(self, query: dict[str, list[str]]) -> tuple[int, Any, dict[str, str]]:
+    def _fault_body(self, status: int) -> Any:
+        return {"statusCode": status, "message": "Error"}
+
+    def _answer(self, handler: LoopbackHandler, request: RecordedRequest) -> Reply:
+        if handler.headers.get("Authorization") != f"Api-Key {self.api_key}":
+            return 401, {"statusCode": 401, "message": "Invalid API key"}, {}
+        wait = self._over_limit()
+        if wait is not None:
+            body = {"statusCode": 429, "message": "Rate limit exceeded: 10 requests per minute"}
+            return 429, body, {"Retry-After": str(max(1, round(wait)))}
+        if request.path != "/v1/search/outliers":
+            return 404, {"statusCode": 404, "message": "Not Found"}, {}
+        return self._search(request.query)
+
+    def _search(self, query: dict[str, list[str]]) -> Reply:
         text = query.get("query", [""])[0]
         size = int(query.get("size", ["20"])[0])
         start = int(query.get("from", ["0"])[0])
@@ -189,53 +144,3 @@ class FakeTubeLabAPI:
 def _video_id(query: str, n: int) -> str:
     return hashlib.sha1(f"{query}:{n}".encode()).hexdigest()[:11]
 
-
-def _masked(items: Any) -> dict[str, str]:
-    """Request headers with the credential replaced, keeping its scheme ("Bearer ***")."""
-    return {
-        name: (value.split(" ", 1)[0] + " ***" if name.lower() == "authorization" else value) for name, value in items
-    }
-
-
-class _Handler(BaseHTTPRequestHandler):
-    api: FakeTubeLabAPI
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True  # one small answer per request: send it now, not after a delayed ACK
-
-    def log_message(self, format: str, *args: Any) -> None:  # keep test output quiet
-        pass
-
-    def do_GET(self) -> None:
-        api = self.api
-        split = urlsplit(self.path)
-        path, query = split.path, parse_qs(split.query)
-        authorized = self.headers.get("Authorization") == f"Api-Key {api.api_key}"
-        headers = _masked(self.headers.items())
-        with api._lock:
-            api.requests.append(RecordedRequest("GET", path, query, headers))
-            fault = api._faults.popleft() if api._faults else None
-        if fault is not None:
-            self._send(fault.status, fault.body, fault.headers)
-            return
-        if not authorized:
-            self._send(401, json.dumps({"statusCode": 401, "message": "Invalid API key"}).encode())
-            return
-        wait = api._over_limit()
-        if wait is not None:
-            body = {"statusCode": 429, "message": "Rate limit exceeded: 10 requests per minute"}
-            self._send(429, json.dumps(body).encode(), {"Retry-After": str(max(1, round(wait)))})
-            return
-        if path != "/v1/search/outliers":
-            self._send(404, json.dumps({"statusCode": 404, "message": "Not Found"}).encode())
-            return
-        status, payload, extra = api._search(query)
-        self._send(status, json.dumps(payload).encode(), extra)
-
-    def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json; charset=utf-8")
-        self.send_header("Content-Length", str(len(body)))
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(body)
