@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import anthropic
+import httpx2
 from django.conf import settings
 from django.db import transaction
 from django.db.models import F, Q
@@ -244,7 +245,10 @@ def _call_within_budget(*, newsletter: Newsletter, client: anthropic.Anthropic, 
                 continue
             raise GenerationFailed(_describe(exc), permanent=True) from None
         except anthropic.APIConnectionError as exc:
-            ledger.release(entry_id=reservation.entry_id)  # nothing reached the API
+            # Only a refused connection certainly sent nothing; a connection that dropped after the request
+            # went out may have been processed and billed, so its reservation stays, as for a timeout.
+            if isinstance(exc.__cause__, httpx2.ConnectError):
+                ledger.release(entry_id=reservation.entry_id)
             last_error = exc
             continue
         usage = Usage.from_api(message.usage)

@@ -16,6 +16,7 @@ from topics.selection import candidate_pool, select_diverse
 from .generation import generate_newsletter
 from .models import Batch, Newsletter
 from .planning import estimate_topics
+from .pricing import PriceMissing
 
 logger = logging.getLogger("newsroom.batches")
 
@@ -77,7 +78,11 @@ def start_batch(*, batch_id: int) -> Batch | None:
             if not topics:
                 batch.mark_failed("Nothing to select: no approved topic is left that no draft has used yet.")
                 return batch
-            plan = estimate_topics(topics=topics, model=batch.model, max_tokens=settings.ANTHROPIC_MAX_TOKENS)
+            try:
+                plan = estimate_topics(topics=topics, model=batch.model, max_tokens=settings.ANTHROPIC_MAX_TOKENS)
+            except PriceMissing as exc:
+                batch.mark_failed(str(exc))
+                return batch
             Newsletter.objects.bulk_create(
                 Newsletter(batch=batch, topic=topic, position=i, model=batch.model) for i, topic in enumerate(topics)
             )

@@ -6,13 +6,17 @@ from django.db import transaction
 
 from . import running
 from .generation import generate_newsletter
-from .models import Newsletter
+from .models import Batch, Newsletter
 
 
 @shared_task(name="batches.run_batch")
 def run_batch(batch_id: int) -> None:
     """Select the batch's topics, then fan out one generation task per item over the workers."""
     batch = running.start_batch(batch_id=batch_id)
+    if batch is None:
+        # Already claimed: this may be a redelivery after the first run died before fanning out. Fanning out
+        # again is harmless, since an item can only be claimed once, so any item still pending goes out now.
+        batch = Batch.objects.filter(pk=batch_id, status=Batch.Status.RUNNING).first()
     if batch is None or batch.is_finished:
         return
     for newsletter_id in running.open_item_ids(batch_id=batch_id):

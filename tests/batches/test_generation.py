@@ -1,0 +1,366 @@
+"""Drafting newsletters within the budget, against the loopback Anthropic API (runbatch in this process)."""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from decimal import ROUND_HALF_UP, Decimal
+from types import SimpleNamespace
+
+import anthropic
+import pytest
+from django.conf import settings as django_settings
+
+from batches import ledger, running
+from batches.generation import claim, generate_newsletter
+from batches.models import Batch, CostLedgerEntry, ModelPrice, Newsletter
+from batches.planning import topic_message
+from batches.pricing import price_for, worst_case_cost
+from batches.prompts import build_request
+from batches.tasks import generate_newsletter_task, run_batch
+from tests.fakes.anthropic_api import Fault, request_input_tokens
+
+pytestmark = pytest.mark.django_db
+
+# The fake reports this usage for every call, so each call costs exactly FIXED_COST on claude-sonnet-4-6.
+FIXED_USAGE = {"input_tokens": 1000, "output_tokens": 500, "cache_creation_input_tokens": 0,
+               "cache_read_input_tokens": 0}
+FIXED_COST = Decimal("0.0105")  # 1000 × $3 + 500 × $15 per million tokens
+# Published prices per million tokens: input, output, cache write (5 min), cache read.
+LIST_PRICES = {
+    "claude-sonnet-4-6": (Decimal("3"), Decimal("15"), Decimal("3.75"), Decimal("0.30")),
+    "claude-haiku-4-5": (Decimal("1"), Decimal("5"), Decimal("1.25"), Decimal("0.10")),
+}
+
+
+def worst_case_for(topic, model: str = "claude-sonnet-4-6") -> Decimal:
+    """The reservation the app makes before drafting `topic`, computed the way the API counts tokens."""
+    max_tokens = django_settings.ANTHROPIC_MAX_TOKENS
+    request = build_request(model=model, max_tokens=max_tokens, topic_message=topic_message(topic))
+    return worst_case_cost(input_tokens=request_input_tokens(request), max_tokens=max_tokens, price=price_for(model))
+
+
+def budget_for_calls(calls: int, topics) -> Decimal:
+    """A budget with room for exactly `calls` calls costing FIXED_COST each, whatever the topics' order."""
+    worst = [worst_case_for(topic) for topic in topics]
+    # The call after the last one must not fit: its reservation is short by FIXED_COST minus the spread.
+    assert FIXED_COST > max(worst) - min(worst)
+    return (calls - 1) * FIXED_COST + max(worst)
+
+
+def started_batch(*, size: int = 1, budget: str = "40", model: str | None = None) -> Batch:
+    batch = running.create_batch(size=size, budget_usd=Decimal(budget), model=model)
+    return running.start_batch(batch_id=batch.pk)
+
+
+def entries_of(newsletter: Newsletter) -> list[CostLedgerEntry]:
+    return list(CostLedgerEntry.objects.filter(newsletter=newsletter).order_by("pk"))
+
+
+def message_requests(fake) -> list[dict]:
+    return [r for r in fake.requests if r["path"] == "/v1/messages"]
+
+
+# --- the budget ----------------------------------------------------------------------------------
+
+
+def test_a_batch_whose_budget_allows_three_calls_makes_exactly_three_and_stops(
+    fake_anthropic, topics_in_every_category, runbatch
+):
+    fake_anthropic.usage_overrides = FIXED_USAGE
+    budget = budget_for_calls(3, topics_in_every_category)
+
+    result = runbatch("--budget", str(budget))
+
+    assert (result.returncode, result.report["status"]) == (3, "budget_exhausted")
+    assert fake_anthropic.message_calls == 3
+    assert Counter(item["status"] for item in result.report["items"]) == {"generated": 3, "skipped_budget": 5}
+    assert Decimal(result.report["spent_usd"]) == 3 * FIXED_COST
+
+
+def test_a_batch_stopped_by_the_budget_never_spends_more_than_its_budget(
+    fake_anthropic, topics_in_every_category, runbatch
+):
+    result = runbatch("--budget", "0.06")
+
+    assert result.returncode == 3
+    batch = Batch.objects.get(pk=result.report["batch"])
+    assert 0 < batch.spent_usd() <= Decimal("0.06")
+    assert "Stopped by the budget" in batch.status_reason
+
+
+def test_a_batch_whose_ledger_is_already_at_its_budget_makes_no_call(fake_anthropic, topics_in_every_category):
+    batch = running.create_batch(size=8, budget_usd=Decimal("1"))
+    CostLedgerEntry.objects.create(
+        idempotency_key="earlier-run", batch=batch, status=CostLedgerEntry.Status.SETTLED,
+        reserved_usd=Decimal("1"), amount_usd=Decimal("1"),
+    )
+
+    batch = running.run_inline(batch=batch)
+
+    assert batch.status == Batch.Status.BUDGET_EXHAUSTED
+    assert fake_anthropic.message_calls == 0
+    assert set(batch.newsletters.values_list("status", flat=True)) == {Newsletter.Status.SKIPPED_BUDGET}
+    assert batch.spent_usd() == Decimal("1")
+
+
+def test_the_monthly_cap_lets_a_batch_make_only_the_calls_it_has_room_for(
+    fake_anthropic, topics_in_every_category, runbatch, settings
+):
+    fake_anthropic.usage_overrides = FIXED_USAGE
+    ledger.settle(
+        entry_id=ledger.reserve(idempotency_key="discovery", worst_case_usd=Decimal("5")).entry_id,
+        actual_usd=Decimal("5"),
+    )
+    cap = Decimal("5") + budget_for_calls(2, topics_in_every_category)
+    settings.MONTHLY_BUDGET_USD = str(cap)
+
+    result = runbatch("--budget", "40")
+
+    assert (result.returncode, result.report["status"]) == (3, "budget_exhausted")
+    assert fake_anthropic.message_calls == 2
+    assert ledger.month_spent() == Decimal("5") + 2 * FIXED_COST
+    assert "Monthly cap reached" in Newsletter.objects.filter(status="skipped_budget").first().error
+
+
+def test_a_month_already_at_its_cap_makes_no_call(fake_anthropic, topics_in_every_category, settings):
+    settings.MONTHLY_BUDGET_USD = "2"
+    ledger.reserve(idempotency_key="earlier-batch", worst_case_usd=Decimal("2"))
+    batch = running.create_batch(size=8, budget_usd=Decimal("40"))
+
+    batch = running.run_inline(batch=batch)
+
+    assert batch.status == Batch.Status.BUDGET_EXHAUSTED
+    assert fake_anthropic.message_calls == 0
+    assert ledger.month_spent() == Decimal("2")
+
+
+def test_a_batch_for_a_model_with_no_price_fails_without_calling_the_api(fake_anthropic, topics_in_every_category):
+    batch = running.create_batch(size=2, budget_usd=Decimal("40"), model="claude-unknown-1")
+
+    batch = running.run_inline(batch=batch)
+
+    assert fake_anthropic.requests == []
+    assert batch.status == Batch.Status.FAILED
+    assert "No price is known for model 'claude-unknown-1'" in batch.status_reason
+
+
+def test_an_item_whose_price_vanished_fails_without_calling_the_api(fake_anthropic, topics_in_every_category):
+    newsletter = started_batch().newsletters.get()
+    ModelPrice.objects.filter(model=newsletter.batch.model).delete()
+
+    status = generate_newsletter(newsletter_id=newsletter.pk, token="t")
+
+    assert status == Newsletter.Status.FAILED
+    assert fake_anthropic.requests == []
+    assert "No price is known" in Newsletter.objects.get(pk=newsletter.pk).error
+
+
+# --- cost ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("model", list(LIST_PRICES))
+def test_each_charge_is_the_calls_usage_times_its_models_prices_cache_buckets_included(
+    fake_anthropic, topics_in_every_category, runbatch, settings, model
+):
+    settings.ANTHROPIC_MODEL = model
+    input_price, output_price, write_price, read_price = LIST_PRICES[model]
+
+    result = runbatch("--size", "4")
+
+    assert result.returncode == 0
+    entries = list(CostLedgerEntry.objects.filter(batch_id=result.report["batch"]))
+    assert len(entries) == 4 and {e.status for e in entries} == {"settled"} and {e.model for e in entries} == {model}
+    for entry in entries:
+        by_hand = (
+            entry.input_tokens * input_price + entry.output_tokens * output_price
+            + entry.cache_write_tokens * write_price + entry.cache_read_tokens * read_price
+        ) / 1_000_000
+        assert entry.amount_usd == by_hand.quantize(Decimal("0.000001"), rounding=ROUND_HALF_UP)
+        assert entry.amount_usd <= entry.reserved_usd
+    billed = fake_anthropic.usage_totals
+    assert sum(e.input_tokens for e in entries) == billed["input_tokens"]
+    assert sum(e.output_tokens for e in entries) == billed["output_tokens"]
+    assert sum(e.cache_write_tokens for e in entries) == billed["cache_creation_input_tokens"] > 0
+    assert sum(e.cache_read_tokens for e in entries) == billed["cache_read_input_tokens"] > 0
+
+
+def test_a_newsletters_cost_and_the_batch_spend_are_the_sum_of_their_ledger_entries(
+    fake_anthropic, topics_in_every_category, runbatch
+):
+    result = runbatch("--size", "3")
+
+    entries = CostLedgerEntry.objects.filter(batch_id=result.report["batch"])
+    assert Decimal(result.report["spent_usd"]) == sum(e.amount_usd for e in entries)
+    for item in result.report["items"]:
+        newsletter = Newsletter.objects.get(batch_id=result.report["batch"], topic_id=item["topic"])
+        assert Decimal(item["cost_usd"]) == newsletter.cost_usd == sum(e.amount_usd for e in entries_of(newsletter))
+
+
+# --- faults --------------------------------------------------------------------------------------
+
+
+def test_an_overloaded_api_is_retried_and_the_item_drafted(fake_anthropic, topics_in_every_category, runbatch):
+    fake_anthropic.enqueue(Fault(status=529))
+
+    result = runbatch("--size", "1")
+
+    assert (result.returncode, result.report["items"][0]["status"]) == (0, "generated")
+    assert [e.status for e in CostLedgerEntry.objects.order_by("pk")] == ["released", "settled"]
+    assert len(message_requests(fake_anthropic)) == 2
+
+
+def test_a_rate_limited_call_waits_as_long_as_retry_after_says(fake_anthropic, topics_in_every_category):
+    newsletter = started_batch().newsletters.get()
+    fake_anthropic.enqueue(Fault(status=429, retry_after=7))
+    slept: list[float] = []
+
+    status = generate_newsletter(newsletter_id=newsletter.pk, token="t", sleep=slept.append)
+
+    assert status == Newsletter.Status.GENERATED
+    assert slept == [7.0]
+
+
+def test_an_api_that_stays_overloaded_fails_the_item_and_charges_nothing(
+    fake_anthropic, topics_in_every_category, settings
+):
+    settings.ANTHROPIC_MAX_RETRIES = 2
+    newsletter = started_batch().newsletters.get()
+    fake_anthropic.enqueue(*[Fault(status=529)] * 3)
+    slept: list[float] = []
+
+    status = generate_newsletter(newsletter_id=newsletter.pk, token="t", sleep=slept.append)
+
+    newsletter.refresh_from_db()
+    assert status == Newsletter.Status.FAILED
+    assert "Gave up after 3 attempts" in newsletter.error and "529" in newsletter.error
+    assert [e.status for e in entries_of(newsletter)] == ["released"] * 3
+    assert newsletter.cost_usd == 0 and len(slept) == 2
+
+
+def test_a_timed_out_call_keeps_its_reservation_and_the_retry_reserves_anew(
+    fake_anthropic, topics_in_every_category, runbatch, settings
+):
+    settings.ANTHROPIC_TIMEOUT_SECONDS = 0.5
+    fake_anthropic.enqueue(Fault(kind="timeout", seconds=3))
+
+    result = runbatch("--size", "1")
+
+    assert (result.returncode, result.report["items"][0]["status"]) == (0, "generated")
+    kept, settled = CostLedgerEntry.objects.order_by("pk")
+    assert kept.status == "reserved" and kept.amount_usd == kept.reserved_usd > 0
+    assert settled.status == "settled" and settled.idempotency_key != kept.idempotency_key
+    assert Decimal(result.report["spent_usd"]) == kept.amount_usd + settled.amount_usd
+
+
+def test_a_connection_dropped_mid_call_keeps_its_reservation(fake_anthropic, topics_in_every_category, runbatch):
+    fake_anthropic.enqueue(Fault(kind="disconnect"))
+
+    result = runbatch("--size", "1")
+
+    assert result.returncode == 0
+    assert [e.status for e in CostLedgerEntry.objects.order_by("pk")] == ["reserved", "settled"]
+
+
+def test_a_call_that_never_reached_the_api_releases_its_reservation(
+    fake_anthropic, topics_in_every_category, settings
+):
+    newsletter = started_batch().newsletters.get()
+    counting = anthropic.Anthropic(api_key="test", base_url=fake_anthropic.base_url, max_retries=0)
+    nothing_listening = anthropic.Anthropic(api_key="test", base_url="http://127.0.0.1:1", max_retries=0)
+    client = SimpleNamespace(messages=SimpleNamespace(
+        count_tokens=counting.messages.count_tokens, create=nothing_listening.messages.create
+    ))
+
+    status = generate_newsletter(newsletter_id=newsletter.pk, token="t", client=client, sleep=lambda seconds: None)
+
+    assert status == Newsletter.Status.FAILED
+    assert [e.status for e in entries_of(newsletter)] == ["released"] * (settings.ANTHROPIC_MAX_RETRIES + 1)
+    assert ledger.newsletter_spent(newsletter.pk) == 0
+
+
+def test_a_bad_request_for_one_topic_fails_only_that_item_and_the_batch_ends_partial(
+    fake_anthropic, topics_in_every_category, runbatch
+):
+    refused = topics_in_every_category[1]
+    fake_anthropic.add_rule(lambda body: refused.title in json.dumps(body), Fault(status=400))
+
+    result = runbatch("--size", "3")
+
+    assert (result.returncode, result.report["status"]) == (4, "partial")
+    statuses = {item["topic"]: item["status"] for item in result.report["items"]}
+    assert statuses.pop(refused.pk) == "failed"
+    assert set(statuses.values()) == {"generated"}
+    failed = Newsletter.objects.get(topic=refused)
+    assert "400" in failed.error and "invalid_request_error" in failed.error
+    assert [e.status for e in entries_of(failed)] == ["released"]
+    assert sum(refused.title in json.dumps(r["json"]) for r in message_requests(fake_anthropic)) == 1
+
+
+def test_a_malformed_draft_fails_the_item_but_its_cost_is_still_charged(
+    fake_anthropic, topics_in_every_category, runbatch
+):
+    fake_anthropic.enqueue(Fault(kind="malformed"))
+
+    result = runbatch("--size", "1")
+
+    assert (result.returncode, result.report["status"]) == (4, "failed")
+    newsletter = Newsletter.objects.get(batch_id=result.report["batch"])
+    assert newsletter.status == Newsletter.Status.FAILED
+    assert "subject is missing" in newsletter.error
+    (entry,) = entries_of(newsletter)
+    assert entry.status == "settled" and entry.amount_usd > 0
+    assert newsletter.cost_usd == entry.amount_usd == Decimal(result.report["spent_usd"])
+
+
+# --- idempotency ---------------------------------------------------------------------------------
+
+
+def test_running_the_same_task_twice_drafts_once_and_charges_once(fake_anthropic, topics_in_every_category):
+    newsletter = started_batch().newsletters.get()
+
+    generate_newsletter_task.apply(args=[newsletter.pk], task_id="same")
+    generate_newsletter_task.apply(args=[newsletter.pk], task_id="same")
+
+    newsletter.refresh_from_db()
+    assert newsletter.status == Newsletter.Status.GENERATED and newsletter.attempts == 1
+    assert fake_anthropic.message_calls == 1
+    assert [e.status for e in entries_of(newsletter)] == ["settled"]
+    assert Batch.objects.get(pk=newsletter.batch_id).status == Batch.Status.DONE
+
+
+def test_a_redelivered_task_takes_back_the_item_its_killed_run_left_drafting(
+    fake_anthropic, topics_in_every_category
+):
+    newsletter = started_batch().newsletters.get()
+    # The first delivery claimed the item, reserved, and died mid-call.
+    claim(newsletter_id=newsletter.pk, token="same")
+    ledger.reserve(idempotency_key=f"newsletter:{newsletter.pk}:attempt:1:try:0", worst_case_usd=Decimal("0.05"),
+                   batch_id=newsletter.batch_id, newsletter_id=newsletter.pk)
+
+    generate_newsletter_task.apply(args=[newsletter.pk], task_id="same")
+
+    newsletter.refresh_from_db()
+    assert (newsletter.status, newsletter.attempts) == (Newsletter.Status.GENERATED, 2)
+    assert [e.status for e in entries_of(newsletter)] == ["reserved", "settled"]
+    assert newsletter.cost_usd == ledger.newsletter_spent(newsletter.pk)
+
+
+def test_another_task_cannot_take_an_item_that_is_being_drafted(fake_anthropic, topics_in_every_category):
+    newsletter = started_batch().newsletters.get()
+    claim(newsletter_id=newsletter.pk, token="first")
+
+    assert generate_newsletter(newsletter_id=newsletter.pk, token="second") is None
+    assert fake_anthropic.requests == []
+
+
+def test_a_redelivered_batch_task_fans_out_the_items_still_waiting(
+    topics_in_every_category, monkeypatch, django_capture_on_commit_callbacks
+):
+    batch = started_batch(size=3)  # the first delivery claimed the batch and died before fanning out
+    queued: list[int] = []
+    monkeypatch.setattr(generate_newsletter_task, "delay", queued.append)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        run_batch.apply(args=[batch.pk])
+
+    assert sorted(queued) == sorted(batch.newsletters.values_list("pk", flat=True))

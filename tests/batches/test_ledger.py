@@ -1,0 +1,246 @@
+"""The cost ledger: reservations against the batch budget and the monthly cap, settled or released after."""
+from __future__ import annotations
+
+import datetime
+import threading
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
+
+import pytest
+from django.db import connection
+
+from batches import ledger
+from batches.models import Batch, CostLedgerEntry
+from batches.pricing import Usage
+
+WORKERS = 16
+
+
+def make_batch(budget: str) -> Batch:
+    return Batch.objects.create(budget_usd=Decimal(budget), model="claude-sonnet-4-6")
+
+
+def reserve(batch: Batch | None, amount: str, key: str | None = None) -> ledger.Reservation:
+    return ledger.reserve(
+        idempotency_key=key or uuid.uuid4().hex, worst_case_usd=Decimal(amount),
+        batch_id=batch.pk if batch else None,
+    )
+
+
+@pytest.mark.django_db
+def test_a_reservation_that_fits_the_budget_is_recorded_at_its_worst_case():
+    batch = make_batch("1")
+
+    reservation = reserve(batch, "0.4")
+
+    entry = CostLedgerEntry.objects.get(pk=reservation.entry_id)
+    assert (entry.status, entry.reserved_usd, entry.amount_usd) == ("reserved", Decimal("0.4"), Decimal("0.4"))
+    assert ledger.batch_spent(batch.pk) == Decimal("0.4")
+
+
+@pytest.mark.django_db
+def test_a_reservation_of_exactly_the_remaining_budget_is_accepted():
+    batch = make_batch("1")
+    reserve(batch, "0.75")
+
+    reserve(batch, "0.25")
+
+    assert ledger.batch_spent(batch.pk) == Decimal("1")
+
+
+@pytest.mark.django_db
+def test_a_reservation_that_would_cross_the_batch_budget_is_refused():
+    batch = make_batch("1")
+    reserve(batch, "0.75")
+
+    with pytest.raises(ledger.BudgetExhausted) as refused:
+        reserve(batch, "0.250001")
+
+    assert refused.value.scope == "batch"
+    assert CostLedgerEntry.objects.filter(batch=batch).count() == 1
+
+
+@pytest.mark.django_db
+def test_open_reservations_count_towards_the_spend():
+    batch = make_batch("1")
+    settled = reserve(batch, "0.5")
+    ledger.settle(entry_id=settled.entry_id, actual_usd=Decimal("0.1"))
+    reserve(batch, "0.5")
+
+    assert ledger.batch_spent(batch.pk) == Decimal("0.6")
+    with pytest.raises(ledger.BudgetExhausted):
+        reserve(batch, "0.5")
+
+
+@pytest.mark.django_db
+def test_reserving_the_same_idempotency_key_twice_reserves_once():
+    batch = make_batch("1")
+
+    first = reserve(batch, "0.3", key="newsletter:1:attempt:1:try:0")
+    second = reserve(batch, "0.3", key="newsletter:1:attempt:1:try:0")
+
+    assert (first.created, second.created, second.entry_id) == (True, False, first.entry_id)
+    assert ledger.batch_spent(batch.pk) == Decimal("0.3")
+
+
+@pytest.mark.django_db
+def test_settling_replaces_the_reservation_with_the_actual_cost_and_usage():
+    batch = make_batch("1")
+    reservation = reserve(batch, "0.5")
+
+    changed = ledger.settle(
+        entry_id=reservation.entry_id, actual_usd=Decimal("0.0123456789"), request_id="req_1",
+        usage=Usage(input_tokens=10, output_tokens=20, cache_write_tokens=30, cache_write_1h_tokens=5,
+                    cache_read_tokens=40),
+    )
+
+    entry = CostLedgerEntry.objects.get(pk=reservation.entry_id)
+    assert changed
+    assert (entry.status, entry.amount_usd, entry.reserved_usd) == ("settled", Decimal("0.012346"), Decimal("0.5"))
+    assert (entry.input_tokens, entry.output_tokens, entry.cache_write_tokens, entry.cache_read_tokens) == (
+        10, 20, 35, 40
+    )
+    assert entry.settled_at is not None and entry.request_id == "req_1"
+
+
+@pytest.mark.django_db
+def test_settling_an_entry_twice_changes_nothing_the_second_time():
+    batch = make_batch("1")
+    reservation = reserve(batch, "0.5")
+    ledger.settle(entry_id=reservation.entry_id, actual_usd=Decimal("0.1"))
+
+    again = ledger.settle(entry_id=reservation.entry_id, actual_usd=Decimal("0.2"))
+
+    assert not again
+    assert ledger.batch_spent(batch.pk) == Decimal("0.1")
+
+
+@pytest.mark.django_db
+def test_a_released_reservation_costs_nothing_and_frees_its_budget():
+    batch = make_batch("1")
+    reservation = reserve(batch, "1")
+
+    assert ledger.release(entry_id=reservation.entry_id)
+
+    assert CostLedgerEntry.objects.get(pk=reservation.entry_id).status == "released"
+    assert ledger.batch_spent(batch.pk) == Decimal("0")
+    reserve(batch, "1")
+
+
+@pytest.mark.django_db
+def test_a_settled_entry_cannot_be_released():
+    batch = make_batch("1")
+    reservation = reserve(batch, "0.5")
+    ledger.settle(entry_id=reservation.entry_id, actual_usd=Decimal("0.2"))
+
+    assert not ledger.release(entry_id=reservation.entry_id)
+    assert ledger.batch_spent(batch.pk) == Decimal("0.2")
+
+
+@pytest.mark.django_db
+def test_a_negative_reservation_is_rejected():
+    with pytest.raises(ValueError):
+        reserve(make_batch("1"), "-0.01")
+
+
+@pytest.mark.django_db
+def test_the_monthly_cap_refuses_a_reservation_across_batches(settings):
+    settings.MONTHLY_BUDGET_USD = "1"
+    reserve(make_batch("40"), "0.6")
+
+    with pytest.raises(ledger.BudgetExhausted) as refused:
+        reserve(make_batch("40"), "0.5")
+
+    assert refused.value.scope == "month"
+    assert ledger.month_spent() == Decimal("0.6")
+
+
+@pytest.mark.django_db
+def test_the_monthly_cap_also_covers_calls_outside_a_batch(settings):
+    settings.MONTHLY_BUDGET_USD = "1"
+    reserve(None, "0.8")
+
+    with pytest.raises(ledger.BudgetExhausted):
+        reserve(make_batch("40"), "0.3")
+
+
+@pytest.mark.django_db
+def test_spend_in_an_earlier_month_does_not_count_against_this_month(settings):
+    settings.MONTHLY_BUDGET_USD = "1"
+    reserve(None, "0.9")
+    start, _ = ledger.month_bounds()
+    CostLedgerEntry.objects.update(created_at=start - datetime.timedelta(seconds=1))
+
+    reserve(None, "0.9")
+
+    assert ledger.month_spent() == Decimal("0.9")
+    assert ledger.monthly_remaining() == Decimal("0.1")
+
+
+@pytest.mark.django_db
+def test_no_monthly_cap_means_no_monthly_limit(settings):
+    settings.MONTHLY_BUDGET_USD = ""
+
+    reserve(None, "1000")
+
+    assert ledger.monthly_cap() is None and ledger.monthly_remaining() is None
+
+
+def hammer(*, batch_ids: list[int | None], worst_case: Decimal, actual: Decimal) -> list[int]:
+    """WORKERS threads reserve and settle against `batch_ids` until refused; returns calls made per thread.
+
+    Every third call is left reserved, as a call whose outcome is unknown would be. Each thread has its own
+    database connection, so the serialisation under test is the database's, not Python's.
+    """
+    start = threading.Barrier(WORKERS)
+
+    def work(number: int) -> int:
+        calls = 0
+        try:
+            start.wait(timeout=30)
+            while True:
+                try:
+                    reservation = ledger.reserve(
+                        idempotency_key=f"hammer:{number}:{calls}:{uuid.uuid4().hex}", worst_case_usd=worst_case,
+                        batch_id=batch_ids[number % len(batch_ids)], description=f"thread {number}",
+                    )
+                except ledger.BudgetExhausted:
+                    return calls
+                calls += 1
+                if calls % 3:
+                    ledger.settle(entry_id=reservation.entry_id, actual_usd=actual)
+        finally:
+            connection.close()
+
+    with ThreadPoolExecutor(max_workers=WORKERS) as pool:
+        return list(pool.map(work, range(WORKERS), timeout=120))
+
+
+@pytest.mark.parametrize("round_", range(3))
+@pytest.mark.django_db(transaction=True)
+def test_sixteen_workers_hammering_one_small_budget_never_take_the_ledger_over_it(round_):
+    batch = make_batch("0.5")
+    worst_case = Decimal("0.031") + Decimal(round_) / 1000
+
+    calls = hammer(batch_ids=[batch.pk], worst_case=worst_case, actual=Decimal("0.004"))
+
+    spent = ledger.batch_spent(batch.pk)
+    assert spent <= batch.budget_usd
+    assert batch.budget_usd - spent < worst_case  # every worker stopped only because the budget was full
+    assert sum(calls) == CostLedgerEntry.objects.filter(batch=batch).count() > WORKERS
+
+
+@pytest.mark.parametrize("round_", range(3))
+@pytest.mark.django_db(transaction=True)
+def test_sixteen_workers_on_many_batches_never_take_the_month_over_its_cap(settings, round_):
+    settings.MONTHLY_BUDGET_USD = "0.4"
+    batch_ids = [make_batch("40").pk for _ in range(WORKERS // 2)] + [None]
+    worst_case = Decimal("0.023") + Decimal(round_) / 1000
+
+    calls = hammer(batch_ids=batch_ids, worst_case=worst_case, actual=Decimal("0.003"))
+
+    spent = ledger.month_spent()
+    assert spent <= Decimal("0.4")
+    assert Decimal("0.4") - spent < worst_case
+    assert sum(calls) == CostLedgerEntry.objects.count() > WORKERS

@@ -1,0 +1,126 @@
+"""Batches on real Celery workers (subprocesses) over real Redis, sharing this test's database.
+
+Only the Anthropic API is faked, by the loopback server in this process; the workers reach it over HTTP.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections import Counter
+
+import pytest
+
+from batches.models import Batch, CostLedgerEntry, Newsletter
+from tests.batches.conftest import manage, manage_in_background, service_env
+from tests.fakes.anthropic_api import FakeAnthropicServer
+
+pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("migration_data")]
+
+VISIBILITY_TIMEOUT = 4
+
+
+@pytest.fixture
+def slow_api():
+    """The fake API taking two seconds per draft, long enough to kill a worker in the middle of calls."""
+    with FakeAnthropicServer(latency=2.0) as server:
+        yield server
+
+
+def wait_for(condition, *, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    pytest.fail(f"timed out after {timeout} s waiting for {what}")
+
+
+def assert_one_draft_and_one_charge_per_item(batch: Batch) -> None:
+    newsletters = list(batch.newsletters.all())
+    assert len(newsletters) == len({n.topic_id for n in newsletters}) == batch.size
+    assert {n.status for n in newsletters} == {Newsletter.Status.GENERATED}
+    for newsletter in newsletters:
+        statuses = Counter(newsletter.ledger_entries.values_list("status", flat=True))
+        assert statuses["settled"] == 1, f"newsletter {newsletter.pk} has ledger entries {dict(statuses)}"
+        assert newsletter.cost_usd == sum(e.amount_usd for e in newsletter.ledger_entries.all())
+
+
+@pytest.mark.redis
+def test_a_batch_queued_to_real_workers_drafts_every_item_once(
+    fake_anthropic, topics_in_every_category, start_worker, redis_url
+):
+    env = service_env(ANTHROPIC_BASE_URL=fake_anthropic.base_url, CELERY_BROKER_URL=redis_url)
+    start_worker(env=env, concurrency=4)
+
+    finished = manage("runbatch", "--queue", "--wait", "--json", env=env)
+
+    assert finished.returncode == 0, finished.stderr
+    report = json.loads(finished.stdout)
+    assert report["status"] == "done"
+    assert [item["status"] for item in report["items"]] == ["generated"] * 8
+    batch = Batch.objects.get(pk=report["batch"])
+    assert_one_draft_and_one_charge_per_item(batch)
+    assert set(CostLedgerEntry.objects.filter(batch=batch).values_list("status", flat=True)) == {"settled"}
+    assert fake_anthropic.message_calls == 8
+
+
+@pytest.mark.redis
+def test_a_worker_killed_mid_batch_leaves_no_duplicate_draft_and_no_double_charge(
+    slow_api, topics_in_every_category, start_worker, redis_url
+):
+    env = service_env(
+        ANTHROPIC_BASE_URL=slow_api.base_url, CELERY_BROKER_URL=redis_url,
+        CELERY_VISIBILITY_TIMEOUT=str(VISIBILITY_TIMEOUT),
+    )
+    doomed = start_worker(env=env, concurrency=4)
+    follower = manage_in_background("runbatch", "--queue", "--wait", "--json", env=env)
+    try:
+        wait_for(lambda: CostLedgerEntry.objects.filter(status="reserved").count() >= 2, timeout=30,
+                 what="calls in flight")
+        doomed.kill()
+        killed_at = time.monotonic()
+        abandoned = set(CostLedgerEntry.objects.filter(status="reserved").values_list("pk", flat=True))
+        # A message a dead worker held is handed out again once the visibility timeout has passed.
+        time.sleep(max(0.0, killed_at + VISIBILITY_TIMEOUT + 0.5 - time.monotonic()))
+        fresh = start_worker(env=env, concurrency=4)
+        try:
+            stdout, stderr = follower.communicate(timeout=90)
+        except subprocess.TimeoutExpired:
+            items = list(Newsletter.objects.values_list("pk", "status", "attempts", "claim_token"))
+            pytest.fail(f"the batch did not finish; items {items}\nkilled worker:\n{doomed.log}\n"
+                        f"fresh worker:\n{fresh.log}")
+    finally:
+        if follower.poll() is None:
+            os.killpg(follower.pid, signal.SIGKILL)
+            follower.wait(timeout=10)
+
+    assert follower.returncode == 0, stderr
+    batch = Batch.objects.get(pk=json.loads(stdout)["batch"])
+    assert batch.status == Batch.Status.DONE
+    assert_one_draft_and_one_charge_per_item(batch)
+    # The killed calls' reservations stay: their outcome is unknown, so they still count against the budget.
+    kept = list(CostLedgerEntry.objects.filter(pk__in=abandoned))
+    assert kept and {e.status for e in kept} == {"reserved"}
+    settled = CostLedgerEntry.objects.filter(batch=batch, status="settled")
+    assert batch.spent_usd() == sum(e.amount_usd for e in settled) + sum(e.reserved_usd for e in kept)
+    assert batch.spent_usd() <= batch.budget_usd
+    assert all(n.attempts == 2 for n in Newsletter.objects.filter(ledger_entries__in=kept))
+
+
+def test_queueing_with_the_broker_down_fails_within_seconds_and_marks_the_batch_failed(topics_in_every_category):
+    env = service_env(CELERY_BROKER_URL="redis://127.0.0.1:1/0")
+
+    started = time.monotonic()
+    result = manage("runbatch", "--queue", "--json", env=env, timeout=60)
+    elapsed = time.monotonic() - started
+
+    assert result.returncode == 1
+    assert elapsed < 15
+    assert "broker is unreachable" in result.stderr
+    batch = Batch.objects.get()
+    assert batch.status == Batch.Status.FAILED
+    assert "broker is unreachable" in batch.status_reason
+    assert not batch.newsletters.exists()
