@@ -2,71 +2,199 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+from django import forms
 from django.contrib import admin, messages
-from django.db.models import Sum
-from django.utils import timezone
+from django.contrib.admin.models import CHANGE, LogEntry
+from django.db.models import Count, DecimalField, OuterRef, Q, Subquery, Sum, Value
+from django.db.models.functions import Coalesce
+from django.http import HttpResponseRedirect
+from django.urls import path, reverse
 
+from . import export, views
+from .launching import RESUMABLE
 from .models import Batch, CostLedgerEntry, ModelPrice, Newsletter
+from .review import ReviewRefused, request_regeneration, review_drafts
+from .running import BrokerUnavailable
 
-
-class NewsletterInline(admin.TabularInline):
-    model = Newsletter
-    fields = ("position", "topic", "status", "subject", "cost_usd", "error")
-    readonly_fields = fields
-    extra = 0
-    can_delete = False
-    show_change_link = True
-
-    def has_add_permission(self, request, obj=None):
-        return False
-
-    def get_queryset(self, request):
-        return super().get_queryset(request).select_related("topic")
+MONEY_FIELD = DecimalField(max_digits=14, decimal_places=6)
 
 
 @admin.register(Batch)
 class BatchAdmin(admin.ModelAdmin):
-    list_display = ("__str__", "status", "size", "model", "budget_usd", "spent", "created_by", "created_at")
+    """Batches are started and resumed from the desk (“New batch”, “Run batch”), never typed in or edited."""
+
+    list_display = ("number", "status", "progress", "size", "model", "budget_usd", "spent", "created_by",
+                    "created_at")
     list_filter = ("status", "model")
     list_select_related = ("created_by",)
     readonly_fields = ("status", "status_reason", "size", "include_new", "candidate_ids", "budget_usd",
                        "estimated_cost_usd", "budget_stopped", "model", "created_by", "created_at", "started_at",
                        "finished_at")
-    inlines = (NewsletterInline,)
+    fieldsets = (("Details", {"classes": ("collapse",), "fields": readonly_fields}),)
+    actions = ("run_batch",)
+    change_form_template = "admin/batches/batch/change_form.html"
+    change_list_template = "admin/batches/batch/change_list.html"
 
     def get_queryset(self, request):
-        return super().get_queryset(request).annotate(spent_total=Sum("ledger_entries__amount_usd"))
+        # The spend is a subquery, not a join: joined with the items as well, it would be counted once per item.
+        spent = (CostLedgerEntry.objects.filter(batch=OuterRef("pk")).values("batch")
+                 .annotate(total=Sum("amount_usd")).values("total"))
+        return super().get_queryset(request).annotate(
+            spent_total=Coalesce(Subquery(spent, output_field=MONEY_FIELD),
+                                 Value(Decimal("0"), output_field=MONEY_FIELD)),
+            item_count=Count("newsletters"),
+            done_count=Count("newsletters", filter=Q(newsletters__status__in=Newsletter.FINAL_STATUSES)),
+        )
+
+    @admin.display(description="batch", ordering="-pk")
+    def number(self, obj: Batch) -> str:
+        return f"#{obj.pk}"
 
     @admin.display(description="spent (USD)", ordering="spent_total")
     def spent(self, obj: Batch) -> Decimal:
         return obj.spent_total or Decimal("0")
 
+    @admin.display(description="items done")
+    def progress(self, obj: Batch) -> str:
+        return f"{obj.done_count} / {obj.item_count}" if obj.item_count else "—"
+
     def has_add_permission(self, request):
-        return False  # batches are started with "Run batch", never typed in by hand
+        return False  # batches are started with "New batch" or "Run batch", never typed in by hand
+
+    def has_change_permission(self, request, obj=None):
+        return False  # a batch changes by running; its page is its progress
+
+    def has_run_permission(self, request) -> bool:
+        return views.can_run(request)
+
+    def get_urls(self):
+        wrap = self.admin_site.admin_view
+        return [
+            path("run/", wrap(self.run_view), name="batches_batch_run"),
+            path("system-status/", wrap(self.system_status_view), name="batches_batch_system_status"),
+            path("<int:object_id>/resume/", wrap(self.resume_view), name="batches_batch_resume"),
+            path("<int:object_id>/progress/", wrap(self.progress_view), name="batches_batch_progress"),
+            path("<int:object_id>/export/", wrap(self.export_view), name="batches_batch_export"),
+            *super().get_urls(),
+        ]
+
+    def run_view(self, request):
+        return views.new_batch(request, self)
+
+    def resume_view(self, request, object_id):
+        return views.resume_batch_view(request, self, object_id)
+
+    def progress_view(self, request, object_id):
+        return views.batch_progress_json(request, self, object_id)
+
+    def export_view(self, request, object_id):
+        return views.batch_export(request, self, object_id)
+
+    def system_status_view(self, request):
+        return views.system_status_view(request, self)
+
+    def changelist_view(self, request, extra_context=None):
+        extra_context = {**(extra_context or {}), "can_run": views.can_run(request),
+                         "can_view_ledger": request.user.has_perm("batches.view_costledgerentry")}
+        return super().changelist_view(request, extra_context=extra_context)
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        batch = self.get_object(request, object_id)
+        if batch is not None and self.has_view_permission(request, batch):
+            extra_context = {**(extra_context or {}), **views.batch_page_context(request, batch)}
+        return super().change_view(request, object_id, form_url, extra_context=extra_context)
+
+    @admin.action(description="Run batch (resume a failed or stopped one)…", permissions=["run"])
+    def run_batch(self, request, queryset):
+        chosen = list(queryset.order_by("-pk")[:2])
+        if len(chosen) != 1:
+            self.message_user(request, "Choose one batch at a time to resume; to start a new batch use “New batch”.",
+                              messages.WARNING)
+            return None
+        batch = chosen[0]
+        if batch.status not in RESUMABLE:
+            self.message_user(request, f"{batch} cannot be resumed: only a failed batch or one stopped part-way "
+                              "can. To draft more, start a new batch.", messages.WARNING)
+            return None
+        return HttpResponseRedirect(reverse("admin:batches_batch_resume", args=[batch.pk]))
+
+
+class MarkdownField(forms.CharField):
+    """Browsers send a textarea with CRLF line ends; keep the LF the model wrote, so an untouched body is not
+    counted as an edit in the review trail."""
+
+    def to_python(self, value):
+        return super().to_python(value).replace("\r\n", "\n")
+
+
+class NewsletterForm(forms.ModelForm):
+    body_markdown = MarkdownField(label="Body (Markdown)", required=False, widget=forms.Textarea(
+        attrs={"rows": 24, "style": "width: 100%; max-width: 48em; font-family: monospace;"}))
+
+    class Meta:
+        model = Newsletter
+        fields = ("subject", "preview_text", "body_markdown")
+        widgets = {
+            "subject": forms.TextInput(attrs={"class": "vLargeTextField", "style": "width: 100%; max-width: 48em;"}),
+            "preview_text": forms.TextInput(attrs={"style": "width: 100%; max-width: 48em;"}),
+        }
 
 
 @admin.register(Newsletter)
 class NewsletterAdmin(admin.ModelAdmin):
+    form = NewsletterForm
     list_display = ("__str__", "batch", "topic", "status", "cost_usd", "generated_at", "reviewed_by")
     list_filter = ("status", "batch")
     list_select_related = ("batch", "topic", "reviewed_by")
     search_fields = ("subject", "preview_text", "body_markdown", "topic__title")
     readonly_fields = ("batch", "topic", "position", "status", "error", "model", "attempts", "cost_usd",
                        "created_at", "generated_at", "reviewed_by", "reviewed_at")
-    fields = ("subject", "preview_text", "body_markdown", *readonly_fields)
-    actions = ("approve", "reject")
+    fieldsets = (
+        ("Draft", {"fields": ("subject", "preview_text", "body_markdown"),
+                   "description": "Markdown: **bold**, *italic*, [link](https://…), lists with “- ”, "
+                                  "headings with “## ”. The preview above shows it as readers will see it."}),
+        ("Details", {"classes": ("collapse",), "fields": readonly_fields}),
+    )
+    actions = ("approve", "reject", "regenerate", "export_zip")
+    change_form_template = "admin/batches/newsletter/change_form.html"
 
     def has_add_permission(self, request):
         return False
 
     def has_approve_permission(self, request) -> bool:
-        return request.user.has_perm("batches.approve_newsletter")
+        return views.can_approve(request)
+
+    def has_run_permission(self, request) -> bool:
+        return views.can_run(request)
+
+    def get_urls(self):
+        wrap = self.admin_site.admin_view
+        return [
+            path("<int:object_id>/review/", wrap(self.review_view), name="batches_newsletter_review"),
+            path("<int:object_id>/export/<str:fmt>/", wrap(self.export_view), name="batches_newsletter_export"),
+            *super().get_urls(),
+        ]
+
+    def review_view(self, request, object_id):
+        return views.review_newsletter(request, self, object_id)
+
+    def export_view(self, request, object_id, fmt):
+        return views.export_newsletter(request, self, object_id, fmt)
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        newsletter = self.get_object(request, object_id)
+        if newsletter is not None and self.has_view_permission(request, newsletter):
+            extra_context = {**(extra_context or {}), **views.draft_page_context(request, newsletter)}
+        return super().change_view(request, object_id, form_url, extra_context=extra_context)
 
     def _review(self, request, queryset, status: str) -> None:
-        count = queryset.filter(status__in=Newsletter.DRAFTED_STATUSES).update(
-            status=status, reviewed_by=request.user, reviewed_at=timezone.now()
-        )
-        self.message_user(request, f"{count} draft(s) marked {Newsletter.Status(status).label.lower()}.",
+        ids = review_drafts(queryset=queryset, status=status, user=request.user)
+        if ids:
+            LogEntry.objects.log_actions(
+                user_id=request.user.pk, queryset=Newsletter.objects.filter(pk__in=ids), action_flag=CHANGE,
+                change_message=f"{Newsletter.Status(status).label}.",
+            )
+        self.message_user(request, f"{len(ids)} draft(s) marked {Newsletter.Status(status).label.lower()}.",
                           messages.SUCCESS)
 
     @admin.action(description="Approve selected drafts", permissions=["approve"])
@@ -76,6 +204,36 @@ class NewsletterAdmin(admin.ModelAdmin):
     @admin.action(description="Reject selected drafts", permissions=["approve"])
     def reject(self, request, queryset):
         self._review(request, queryset, Newsletter.Status.REJECTED)
+
+    @admin.action(description="Ask Claude for a new draft of the selected items (charged to their batch)",
+                  permissions=["run"])
+    def regenerate(self, request, queryset):
+        queued, refused = 0, []
+        for newsletter in queryset.select_related("batch"):
+            try:
+                request_regeneration(newsletter=newsletter)
+            except ReviewRefused as exc:
+                refused.append(f"#{newsletter.pk}: {exc}")
+                continue
+            except BrokerUnavailable as exc:
+                self.message_user(request, f"{exc} Nothing more was queued; the drafts are unchanged.",
+                                  messages.ERROR)
+                break
+            queued += 1
+            self.log_change(request, newsletter, "Asked Claude for a new draft.")
+        if queued:
+            self.message_user(request, f"{queued} new draft(s) on their way.", messages.SUCCESS)
+        for reason in refused:
+            self.message_user(request, reason, messages.WARNING)
+
+    @admin.action(description="Export selected approved drafts (zip of Markdown and HTML)", permissions=["view"])
+    def export_zip(self, request, queryset):
+        drafts = list(export.approved_drafts(ids=queryset.values_list("pk", flat=True)))
+        if not drafts:
+            self.message_user(request, "None of the selected drafts is approved: only approved drafts are exported.",
+                              messages.WARNING)
+            return None
+        return views.zip_response(export.drafts_zip(drafts), "approved-drafts.zip")
 
 
 @admin.register(CostLedgerEntry)
@@ -97,6 +255,16 @@ class CostLedgerEntryAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+    def get_urls(self):
+        return [
+            path("dashboard/", self.admin_site.admin_view(self.dashboard_view),
+                 name="batches_costledgerentry_dashboard"),
+            *super().get_urls(),
+        ]
+
+    def dashboard_view(self, request):
+        return views.spend_dashboard_view(request, self)
 
     def changelist_view(self, request, extra_context=None):
         response = super().changelist_view(request, extra_context=extra_context)

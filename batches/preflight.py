@@ -97,7 +97,9 @@ def check_broker() -> Check:
     url = settings.CELERY_BROKER_URL
     scheme = url.split("://", 1)[0]
     try:
-        with app.connection_for_write() as conn:
+        # The URL from settings, not the one the Celery app read when it first loaded its configuration: the
+        # check reports on the broker the settings name now (the same one, outside tests that override them).
+        with app.connection_for_write(url) as conn:
             conn.ensure_connection(max_retries=1, interval_start=0, timeout=3)
     except Exception as exc:  # kombu raises transport-specific errors; any of them means "unreachable"
         return Check("broker", WARNING, f"{scheme} broker unreachable ({exc.__class__.__name__}); "

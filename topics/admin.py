@@ -2,7 +2,11 @@ from __future__ import annotations
 
 from django.contrib import admin, messages
 from django.db.models import Count
+from django.http import HttpResponseRedirect
+from django.urls import reverse
 from django.utils import timezone
+
+from batches.forms import MAX_POOL_IDS
 
 from .categorize import recategorize
 from .models import Category, DiscoveryRun, Topic
@@ -39,7 +43,8 @@ class TopicAdmin(admin.ModelAdmin):
     list_per_page = 50
     show_full_result_count = False
     ordering = ("-score", "-id")
-    actions = ("approve", "reject", "recategorize_selected")
+    actions = ("approve", "reject", "recategorize_selected", "run_batch")
+    change_list_template = "admin/topics/topic/change_list.html"
     readonly_fields = ("source", "external_id", "canonical_url", "sources", "engagement", "raw",
                        "category_locked", "created_at", "updated_at", "reviewed_by", "reviewed_at")
     fieldsets = (
@@ -84,6 +89,23 @@ class TopicAdmin(admin.ModelAdmin):
     def recategorize_selected(self, request, queryset):
         changed = recategorize(topics=queryset.select_related("category"))
         self.message_user(request, f"{changed} topic(s) moved to another category.", messages.SUCCESS)
+
+    def has_run_batch_permission(self, request) -> bool:
+        return request.user.has_perm("batches.run_batch")
+
+    def changelist_view(self, request, extra_context=None):
+        extra_context = {**(extra_context or {}), "can_run": self.has_run_batch_permission(request)}
+        return super().changelist_view(request, extra_context=extra_context)
+
+    @admin.action(description="Run batch with the selected topics as candidates…", permissions=["run_batch"])
+    def run_batch(self, request, queryset):
+        ids = list(queryset.order_by("pk").values_list("pk", flat=True)[: MAX_POOL_IDS + 1])
+        if len(ids) > MAX_POOL_IDS:
+            self.message_user(request, f"Choose at most {MAX_POOL_IDS} topics, or use “New batch” to draw from every "
+                              "approved topic.", messages.WARNING)
+            return None
+        # The confirmation page shows what diversity selection picks from these topics before anything is spent.
+        return HttpResponseRedirect(reverse("admin:batches_batch_run") + "?topics=" + ",".join(map(str, ids)))
 
 
 @admin.register(DiscoveryRun)

@@ -1,0 +1,148 @@
+"""Drafts as they will read: Markdown to safe HTML, and exports as Markdown, email-ready HTML or a zip of both."""
+from __future__ import annotations
+
+import io
+import json
+import re
+import zipfile
+from collections.abc import Iterable
+
+import markdown
+import nh3
+from django.template.loader import render_to_string
+from django.utils.safestring import SafeString, mark_safe
+from django.utils.text import slugify
+
+from .models import Batch, Newsletter
+
+ALLOWED_TAGS = {
+    "p", "br", "hr", "h1", "h2", "h3", "h4", "h5", "h6", "strong", "b", "em", "i", "u", "s", "del", "code",
+    "pre", "blockquote", "ul", "ol", "li", "a", "table", "thead", "tbody", "tr", "th", "td", "sup", "sub",
+}
+ALLOWED_ATTRIBUTES = {"a": {"href", "title"}, "th": {"align"}, "td": {"align"}, "ol": {"start"}}
+URL_SCHEMES = {"http", "https", "mailto"}
+
+# Email clients ignore <style> blocks and external stylesheets, so every element carries its own style.
+FONT = "Georgia, 'Times New Roman', serif"
+SANS = "-apple-system, 'Segoe UI', Helvetica, Arial, sans-serif"
+EMAIL_STYLES = {
+    "h1": f"font-family:{SANS};font-size:26px;line-height:1.25;color:#111827;margin:0 0 16px;",
+    "h2": f"font-family:{SANS};font-size:21px;line-height:1.3;color:#111827;margin:28px 0 12px;",
+    "h3": f"font-family:{SANS};font-size:18px;line-height:1.3;color:#111827;margin:24px 0 10px;",
+    "h4": f"font-family:{SANS};font-size:16px;color:#111827;margin:20px 0 8px;",
+    "p": f"font-family:{FONT};font-size:17px;line-height:1.6;color:#1f2933;margin:0 0 16px;",
+    "ul": f"font-family:{FONT};font-size:17px;line-height:1.6;color:#1f2933;margin:0 0 16px;padding-left:24px;",
+    "ol": f"font-family:{FONT};font-size:17px;line-height:1.6;color:#1f2933;margin:0 0 16px;padding-left:24px;",
+    "li": "margin:0 0 6px;",
+    "a": "color:#1d4ed8;text-decoration:underline;",
+    "strong": "font-weight:bold;color:#111827;",
+    "blockquote": "margin:0 0 16px;padding:4px 0 4px 16px;border-left:4px solid #d1d5db;color:#4b5563;",
+    "code": "font-family:Menlo,Consolas,monospace;font-size:15px;background-color:#f3f4f6;padding:1px 4px;",
+    "pre": "font-family:Menlo,Consolas,monospace;font-size:14px;background-color:#f3f4f6;padding:12px;"
+           "overflow:auto;margin:0 0 16px;",
+    "hr": "border:0;border-top:1px solid #e5e7eb;margin:24px 0;",
+    "table": "border-collapse:collapse;margin:0 0 16px;",
+    "th": f"font-family:{SANS};font-size:15px;border:1px solid #e5e7eb;padding:6px 10px;text-align:left;",
+    "td": f"font-family:{FONT};font-size:15px;border:1px solid #e5e7eb;padding:6px 10px;",
+}
+
+
+_LIST_ITEM = re.compile(r"^\s{0,3}(?:[-*+]|\d{1,3}[.)])\s+\S")
+_FENCE = re.compile(r"^\s{0,3}(```|~~~)")
+
+
+def _loosen_lists(text: str) -> str:
+    """Put a blank line before a list that follows a paragraph line directly.
+
+    Claude (like most people) writes "**What to do:**" and the first "- item" on the next line; CommonMark reads
+    that as a list, Python-Markdown as one run-on paragraph. Fenced code is left as it is.
+    """
+    lines, out, fenced = text.replace("\r\n", "\n").split("\n"), [], False
+    for line in lines:
+        if _FENCE.match(line):
+            fenced = not fenced
+        elif not fenced and _LIST_ITEM.match(line) and out and out[-1].strip() and not _LIST_ITEM.match(out[-1]) \
+                and not out[-1].startswith((" ", "\t")):
+            out.append("")
+        out.append(line)
+    return "\n".join(out)
+
+
+def _to_html(text: str) -> str:
+    return markdown.markdown(_loosen_lists(text or ""), extensions=["extra", "sane_lists"], output_format="html")
+
+
+def render_markdown(text: str) -> SafeString:
+    """Markdown to HTML that is safe to put in a page: scripts, event handlers and javascript: links removed."""
+    return mark_safe(nh3.clean(_to_html(text), tags=ALLOWED_TAGS, attributes=ALLOWED_ATTRIBUTES,
+                               url_schemes=URL_SCHEMES, link_rel="noopener noreferrer"))
+
+
+def render_email_body(text: str) -> SafeString:
+    """Like render_markdown, with inline styles on every element (whatever styles the text tried to set)."""
+    return mark_safe(nh3.clean(
+        _to_html(text), tags=ALLOWED_TAGS, attributes=ALLOWED_ATTRIBUTES, url_schemes=URL_SCHEMES,
+        link_rel="noopener noreferrer",
+        set_tag_attribute_values={tag: {"style": style} for tag, style in EMAIL_STYLES.items()},
+    ))
+
+
+def export_basename(newsletter: Newsletter) -> str:
+    stem = slugify(newsletter.subject)[:60].strip("-") or f"newsletter-{newsletter.pk}"
+    return f"{newsletter.position + 1:02d}-{stem}"
+
+
+def _quoted(value: str) -> str:
+    # A JSON string is a valid YAML double-quoted scalar: colons, quotes and newlines cannot break the header.
+    return json.dumps(value, ensure_ascii=False)
+
+
+def newsletter_markdown(newsletter: Newsletter) -> str:
+    """The draft as a Markdown file with a small front-matter header (subject, preview text, topic)."""
+    topic = newsletter.topic
+    header = [
+        "---",
+        f"subject: {_quoted(newsletter.subject)}",
+        f"preview_text: {_quoted(newsletter.preview_text)}",
+        f"topic: {_quoted(topic.title)}",
+        f"category: {_quoted(topic.category.slug)}",
+    ]
+    if topic.url:
+        header.append(f"source_url: {_quoted(topic.url)}")
+    header += [f"batch: {newsletter.batch_id}", "---", ""]
+    return "\n".join(header) + "\n" + newsletter.body_markdown.strip() + "\n"
+
+
+def newsletter_email_html(newsletter: Newsletter) -> str:
+    """The draft as one self-contained HTML email: inline styles, no external asset, preview text as preheader."""
+    return render_to_string("batches/newsletter_email.html", {
+        "subject": newsletter.subject,
+        "preview_text": newsletter.preview_text,
+        "body": render_email_body(newsletter.body_markdown),
+        "styles": EMAIL_STYLES,
+    })
+
+
+def drafts_zip(newsletters: Iterable[Newsletter]) -> bytes:
+    """A zip holding each draft twice: `NN-subject.md` and `NN-subject.html`."""
+    buffer = io.BytesIO()
+    used: set[str] = set()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for newsletter in newsletters:
+            name = export_basename(newsletter)
+            if name in used:  # two batches can share a position; the id keeps names apart
+                name = f"{name}-{newsletter.pk}"
+            used.add(name)
+            archive.writestr(f"{name}.md", newsletter_markdown(newsletter))
+            archive.writestr(f"{name}.html", newsletter_email_html(newsletter))
+    return buffer.getvalue()
+
+
+def approved_drafts(*, batch: Batch | None = None, ids: Iterable[int] | None = None):
+    """Approved drafts, ready to export, with what the export reads in the same query."""
+    queryset = Newsletter.objects.filter(status=Newsletter.Status.APPROVED).select_related("topic__category")
+    if batch is not None:
+        queryset = queryset.filter(batch=batch)
+    if ids is not None:
+        queryset = queryset.filter(pk__in=list(ids))
+    return queryset.order_by("batch_id", "position", "pk")

@@ -1,0 +1,87 @@
+"""An editor's decisions on drafts: approve, reject, or ask Claude for a new draft."""
+from __future__ import annotations
+
+from django.db import transaction
+from django.db.models import QuerySet
+from django.utils import timezone
+
+from .models import Batch, Newsletter
+from .running import BrokerUnavailable
+
+REVIEWABLE = Newsletter.DRAFTED_STATUSES
+# An approved draft is final: reject it first to ask for another.
+REGENERABLE = (Newsletter.Status.GENERATED, Newsletter.Status.REJECTED, Newsletter.Status.FAILED,
+               Newsletter.Status.SKIPPED_BUDGET)
+
+
+class ReviewRefused(Exception):
+    """The decision does not apply to the draft as it stands; the message says why, for an editor."""
+
+
+def review_drafts(*, queryset: QuerySet[Newsletter], status: str, user) -> list[int]:
+    """Approve or reject every draft in `queryset` that has text; returns the ids that changed."""
+    if status not in (Newsletter.Status.APPROVED, Newsletter.Status.REJECTED):
+        raise ValueError(f"not a review decision: {status}")
+    with transaction.atomic():
+        # Lock the rows: a draft put back in line for a new draft meanwhile must not come out "approved".
+        ids = list(
+            Newsletter.objects.select_for_update()
+            .filter(pk__in=queryset.values("pk"), status__in=REVIEWABLE).exclude(status=status)
+            .values_list("pk", flat=True)
+        )
+        Newsletter.objects.filter(pk__in=ids).update(status=status, reviewed_by=user, reviewed_at=timezone.now())
+    return ids
+
+
+def review_draft(*, newsletter: Newsletter, status: str, user) -> Newsletter:
+    """Approve or reject one draft, or ReviewRefused when it has no text to judge yet."""
+    changed = review_drafts(queryset=Newsletter.objects.filter(pk=newsletter.pk), status=status, user=user)
+    newsletter.refresh_from_db()
+    if not changed and newsletter.status != status:
+        raise ReviewRefused(f"This item is “{newsletter.get_status_display()}”: there is no draft to "
+                            f"{'approve' if status == Newsletter.Status.APPROVED else 'reject'} yet.")
+    return newsletter
+
+
+def request_regeneration(*, newsletter: Newsletter) -> Newsletter:
+    """Put the item back in line and queue a new draft after commit; the new attempt is charged to the batch.
+
+    If the broker cannot take the task, the item goes back to what it was and BrokerUnavailable is raised:
+    nothing is left waiting for a task that was never queued.
+    """
+    from .tasks import generate_newsletter_task
+
+    failures: list[BrokerUnavailable] = []
+    with transaction.atomic():
+        current = Newsletter.objects.select_for_update().select_related("batch").get(pk=newsletter.pk)
+        if current.status not in REGENERABLE:
+            raise ReviewRefused(
+                f"This item is “{current.get_status_display()}”: only a finished item that is not approved can "
+                "be drafted again." + (" Reject it first." if current.status == Newsletter.Status.APPROVED else "")
+            )
+        if current.batch.budget_stopped or current.batch.status == Batch.Status.BUDGET_EXHAUSTED:
+            raise ReviewRefused("This batch was stopped by its budget: resume the batch (with a higher budget) "
+                                "to draft its items again.")
+        previous = {"status": current.status, "error": current.error, "reviewed_by": current.reviewed_by_id,
+                    "reviewed_at": current.reviewed_at}
+        Newsletter.objects.filter(pk=current.pk).update(
+            status=Newsletter.Status.PENDING, error="", claim_token="", reviewed_by=None, reviewed_at=None
+        )
+
+        def publish() -> None:
+            try:
+                generate_newsletter_task.apply_async(args=[current.pk], retry=True)
+            except Exception as exc:  # kombu/redis raise several transport errors; all mean "not queued"
+                Newsletter.objects.filter(pk=current.pk, status=Newsletter.Status.PENDING).update(
+                    status=previous["status"], error=previous["error"], reviewed_by_id=previous["reviewed_by"],
+                    reviewed_at=previous["reviewed_at"],
+                )
+                failures.append(BrokerUnavailable(
+                    f"Could not queue the new draft: the task broker is unreachable ({exc.__class__.__name__})."
+                ))
+
+        transaction.on_commit(publish)
+    if failures:
+        raise failures[0]
+    newsletter.refresh_from_db()
+    return newsletter

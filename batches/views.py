@@ -1,0 +1,346 @@
+"""The editor's desk: admin views registered by the ModelAdmins' get_urls and wrapped in admin_site.admin_view.
+
+Each view checks its own permission (admin_view only checks that the user is active staff); the domain work is
+in launching.py, progress.py, review.py, export.py and dashboard.py.
+"""
+from __future__ import annotations
+
+from decimal import Decimal
+
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.admin.models import LogEntry
+from django.contrib.contenttypes.models import ContentType
+from django.core.exceptions import PermissionDenied
+from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, HttpResponseRedirect, JsonResponse
+from django.shortcuts import get_object_or_404
+from django.template.response import TemplateResponse
+from django.urls import reverse
+from django.views.decorators.http import require_GET, require_POST
+
+from topics.models import Category
+from topics.selection import candidate_pool
+
+from . import export
+from .dashboard import spend_dashboard
+from .forms import ResumeBatchForm, RunBatchForm
+from .launching import (
+    RESUMABLE, BatchNotQueued, LaunchRefused, RunOptions, SelectionChanged, launch_batch, plan_resume,
+    preview_run, resume,
+)
+from .ledger import monthly_cap, monthly_remaining
+from .models import Batch, Newsletter
+from .planning import Plan
+from .preflight import ERROR, is_ready, run_checks
+from .pricing import PriceMissing
+from .progress import batch_progress, explain_error
+from .review import REGENERABLE, REVIEWABLE, ReviewRefused, request_regeneration, review_draft
+from .running import BrokerUnavailable
+
+RUN_PERMISSION = "batches.run_batch"
+APPROVE_PERMISSION = "batches.approve_newsletter"
+
+
+def can_run(request: HttpRequest) -> bool:
+    return request.user.has_perm(RUN_PERMISSION)
+
+
+def can_approve(request: HttpRequest) -> bool:
+    return request.user.has_perm(APPROVE_PERMISSION)
+
+
+def _context(request: HttpRequest, model_admin, *, title: str, **extra) -> dict:
+    return {
+        **model_admin.admin_site.each_context(request),
+        "opts": model_admin.model._meta,
+        "app_label": model_admin.model._meta.app_label,
+        "title": title,
+        **extra,
+    }
+
+
+def _budget_view(plan: Plan | None, budget: Decimal) -> dict:
+    """Estimate against the budget and the monthly cap, as the confirmation pages show them."""
+    estimate = plan.estimated_cost_usd if plan else Decimal("0")
+    cap, remaining = monthly_cap(), monthly_remaining()
+    return {
+        "estimate": estimate,
+        "budget": budget,
+        "estimate_percent": min(100, round(100 * estimate / budget)) if budget else 0,
+        "over_budget": estimate > budget,
+        "monthly_cap": cap,
+        "monthly_remaining": remaining,
+        "over_month": remaining is not None and estimate > remaining,
+        "month_spent_out": remaining is not None and remaining <= 0,
+    }
+
+
+def _coverage(plan: Plan | None) -> dict:
+    categories = list(Category.objects.all())
+    covered = {t.category_id for t in plan.topics} if plan else set()
+    return {
+        "covered_categories": [c for c in categories if c.pk in covered],
+        "missing_categories": [c for c in categories if c.pk not in covered],
+        "category_total": len(categories),
+    }
+
+
+# --- New batch ---------------------------------------------------------------------------------------------------
+
+def new_batch(request: HttpRequest, model_admin) -> HttpResponse:
+    """Preview a batch (selection, coverage, cost against the budget) and confirm it, or run it dry."""
+    if not can_run(request):
+        raise PermissionDenied
+    defaults = {"size": settings.BATCH_SIZE, "budget_usd": settings.BATCH_BUDGET_USD}
+    source = request.POST if request.method == "POST" else request.GET
+    form = RunBatchForm({**defaults, **source.dict()})
+    plan, options = None, None
+    if form.is_valid():
+        data = form.cleaned_data
+        options = RunOptions(size=data["size"], budget_usd=data["budget_usd"], include_new=data["include_new"],
+                             topic_ids=data["topics"])
+        if request.method == "POST" and not data["dry_run"]:
+            try:
+                batch = launch_batch(options=options, confirmed_topic_ids=data["selection"], user=request.user)
+            except BatchNotQueued as exc:
+                model_admin.message_user(
+                    request, f"{exc} Batch #{exc.batch.pk} is marked failed and nothing was drafted or spent; "
+                    "resume it with “Run batch” once the task queue is back.", messages.ERROR)
+                return HttpResponseRedirect(reverse("admin:batches_batch_change", args=[exc.batch.pk]))
+            except SelectionChanged as exc:
+                model_admin.message_user(request, str(exc), messages.WARNING)
+            except (LaunchRefused, PriceMissing) as exc:
+                model_admin.message_user(request, str(exc), messages.ERROR)
+            else:
+                model_admin.log_addition(request, batch, [{"added": {}}])
+                model_admin.message_user(
+                    request, f"Batch #{batch.pk} is queued: {batch.size} newsletter(s), estimated at most "
+                    f"${batch.estimated_cost_usd:.2f} of a ${batch.budget_usd:.2f} budget.", messages.SUCCESS)
+                return HttpResponseRedirect(reverse("admin:batches_batch_change", args=[batch.pk]))
+        try:
+            plan = preview_run(options=options)
+        except PriceMissing as exc:
+            model_admin.message_user(request, str(exc), messages.ERROR)
+        if request.method == "POST" and data["dry_run"]:
+            model_admin.message_user(request, "Dry run: this is what would be drafted now. No batch was created "
+                                     "and nothing was spent.", messages.INFO)
+    topic_ids = options.topic_ids if options else ()
+    pool_size = candidate_pool(include_new=options.include_new, topic_ids=topic_ids).count() if options else 0
+    from_topics = bool(topic_ids)
+    cancel_url = reverse("admin:topics_topic_changelist" if from_topics else "admin:batches_batch_changelist")
+    return TemplateResponse(request, "admin/batches/batch/run.html", _context(
+        request, model_admin, title="Run a batch",
+        form=form,
+        plan=plan,
+        selection=",".join(str(t.pk) for t in plan.topics) if plan else "",
+        topics_param=",".join(str(i) for i in topic_ids),
+        from_topics=from_topics,
+        chosen_count=len(topic_ids),
+        pool_size=pool_size,
+        left_out=len(topic_ids) - pool_size if from_topics else 0,
+        cancel_url=cancel_url,
+        can_confirm=bool(plan and plan.items),
+        **_budget_view(plan, options.budget_usd if options else Decimal(settings.BATCH_BUDGET_USD)),
+        **_coverage(plan),
+    ))
+
+
+# --- Resume a batch ----------------------------------------------------------------------------------------------
+
+def resume_batch_view(request: HttpRequest, model_admin, object_id: str) -> HttpResponse:
+    """Confirm resuming a failed or stopped batch: what will be drafted again, and at what cost."""
+    if not can_run(request):
+        raise PermissionDenied
+    batch = get_object_or_404(Batch, pk=object_id)
+    batch_url = reverse("admin:batches_batch_change", args=[batch.pk])
+    try:
+        resume_plan = plan_resume(batch=batch)
+    except (LaunchRefused, PriceMissing) as exc:
+        model_admin.message_user(request, str(exc), messages.ERROR)
+        return HttpResponseRedirect(batch_url)
+    if request.method == "POST":
+        form = ResumeBatchForm(request.POST)
+        if form.is_valid() and form.cleaned_data["dry_run"]:
+            model_admin.message_user(request, "Dry run: this is what would be drafted again. Nothing was changed "
+                                     "and nothing was spent.", messages.INFO)
+        elif form.is_valid():
+            try:
+                batch = resume(batch=batch, budget_usd=form.cleaned_data["budget_usd"])
+            except BatchNotQueued as exc:
+                model_admin.message_user(request, f"{exc} The batch stays failed and nothing was drafted or spent; "
+                                         "try again once the task queue is back.", messages.ERROR)
+                return HttpResponseRedirect(batch_url)
+            except LaunchRefused as exc:
+                model_admin.message_user(request, str(exc), messages.ERROR)
+            else:
+                model_admin.log_change(request, batch, "Resumed from the desk.")
+                model_admin.message_user(request, f"Batch #{batch.pk} is queued again.", messages.SUCCESS)
+                return HttpResponseRedirect(batch_url)
+    else:
+        form = ResumeBatchForm(initial={"budget_usd": format(batch.budget_usd.normalize(), "f")})
+    budget = form.cleaned_data["budget_usd"] if form.is_bound and form.is_valid() else batch.budget_usd
+    return TemplateResponse(request, "admin/batches/batch/resume.html", _context(
+        request, model_admin, title=f"Resume batch #{batch.pk}",
+        original=batch,
+        form=form,
+        resume_plan=resume_plan,
+        plan=resume_plan.plan,
+        cancel_url=batch_url,
+        **_budget_view(resume_plan.plan, max(budget - resume_plan.spent_usd, Decimal("0"))),
+    ))
+
+
+# --- Batch progress ----------------------------------------------------------------------------------------------
+
+def batch_page_context(request: HttpRequest, batch: Batch) -> dict:
+    """What the batch page adds to the admin's change view: the progress panel and its polling."""
+    progress = batch_progress(batch=batch)
+    return {
+        "progress": progress,
+        "progress_data": progress.as_dict(),
+        "progress_url": reverse("admin:batches_batch_progress", args=[batch.pk]),
+        "draft_url_template": reverse("admin:batches_newsletter_change", args=[0]),
+        "resume_url": reverse("admin:batches_batch_resume", args=[batch.pk]),
+        "export_url": reverse("admin:batches_batch_export", args=[batch.pk]),
+        "can_run": can_run(request),
+        "resumable_statuses": " ".join(RESUMABLE),
+        "is_resumable": batch.status in RESUMABLE,
+        "approved_count": sum(1 for item in progress.items if item.status == Newsletter.Status.APPROVED),
+    }
+
+
+@require_GET
+def batch_progress_json(request: HttpRequest, model_admin, object_id: str) -> JsonResponse:
+    batch = get_object_or_404(Batch, pk=object_id)
+    if not model_admin.has_view_permission(request, batch):
+        raise PermissionDenied
+    return JsonResponse(batch_progress(batch=batch).as_dict())  # admin_view marks it never_cache
+
+
+@require_GET
+def batch_export(request: HttpRequest, model_admin, object_id: str) -> HttpResponse:
+    batch = get_object_or_404(Batch, pk=object_id)
+    if not request.user.has_perm("batches.view_newsletter") and not request.user.has_perm("batches.change_newsletter"):
+        raise PermissionDenied
+    drafts = list(export.approved_drafts(batch=batch))
+    if not drafts:
+        model_admin.message_user(request, f"Batch #{batch.pk} has no approved draft to export yet.", messages.WARNING)
+        return HttpResponseRedirect(reverse("admin:batches_batch_change", args=[batch.pk]))
+    return zip_response(export.drafts_zip(drafts), f"batch-{batch.pk}-approved-drafts.zip")
+
+
+def zip_response(content: bytes, filename: str) -> HttpResponse:
+    response = HttpResponse(content, content_type="application/zip")
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    return response
+
+
+# --- Draft review ------------------------------------------------------------------------------------------------
+
+def review_trail(newsletter: Newsletter) -> list[dict]:
+    """Who did what to the draft and when, oldest first: drafting, then every admin change and decision."""
+    trail = []
+    if newsletter.generated_at:
+        trail.append({"when": newsletter.generated_at, "who": f"Claude ({newsletter.model or 'model unknown'})",
+                      "what": f"Drafted (attempt {newsletter.attempts})."})
+    entries = (LogEntry.objects.filter(content_type=ContentType.objects.get_for_model(Newsletter),
+                                       object_id=str(newsletter.pk))
+               .select_related("user").order_by("action_time", "pk"))
+    for entry in entries:
+        who = entry.user.get_full_name() or entry.user.get_username()
+        trail.append({"when": entry.action_time, "who": who, "what": entry.get_change_message() or "Changed."})
+    return sorted(trail, key=lambda row: row["when"])
+
+
+def draft_page_context(request: HttpRequest, newsletter: Newsletter) -> dict:
+    """What the draft page adds to the admin's change view: the rendered preview, decisions, exports and trail."""
+    return {
+        "preview_html": export.render_markdown(newsletter.body_markdown),
+        "problem": explain_error(status=newsletter.status, error=newsletter.error),
+        "trail": review_trail(newsletter),
+        "review_url": reverse("admin:batches_newsletter_review", args=[newsletter.pk]),
+        "export_md_url": reverse("admin:batches_newsletter_export", args=[newsletter.pk, "md"]),
+        "export_html_url": reverse("admin:batches_newsletter_export", args=[newsletter.pk, "html"]),
+        "batch_url": reverse("admin:batches_batch_change", args=[newsletter.batch_id]),
+        "can_approve": can_approve(request) and newsletter.status in REVIEWABLE,
+        "can_regenerate": can_run(request) and newsletter.status in REGENERABLE,
+        "is_approved": newsletter.status == Newsletter.Status.APPROVED,
+        "is_rejected": newsletter.status == Newsletter.Status.REJECTED,
+    }
+
+
+DECISIONS = {"approve": Newsletter.Status.APPROVED, "reject": Newsletter.Status.REJECTED}
+
+
+@require_POST
+def review_newsletter(request: HttpRequest, model_admin, object_id: str) -> HttpResponse:
+    """Approve or reject (needs approve_newsletter), or ask for a new draft (needs run_batch: it spends money)."""
+    newsletter = get_object_or_404(Newsletter, pk=object_id)
+    decision = request.POST.get("decision", "")
+    if decision not in (*DECISIONS, "regenerate"):
+        return HttpResponseBadRequest("Unknown decision.")
+    if not (can_run(request) if decision == "regenerate" else can_approve(request)):
+        raise PermissionDenied
+    page = reverse("admin:batches_newsletter_change", args=[newsletter.pk])
+    try:
+        if decision == "regenerate":
+            request_regeneration(newsletter=newsletter)
+        else:
+            review_draft(newsletter=newsletter, status=DECISIONS[decision], user=request.user)
+    except ReviewRefused as exc:
+        model_admin.message_user(request, str(exc), messages.ERROR)
+        return HttpResponseRedirect(page)
+    except BrokerUnavailable as exc:
+        model_admin.message_user(request, f"{exc} The draft is unchanged.", messages.ERROR)
+        return HttpResponseRedirect(page)
+    if decision == "regenerate":
+        model_admin.log_change(request, newsletter, "Asked Claude for a new draft.")
+        model_admin.message_user(request, "A new draft is on its way; this page shows it once it is ready. The new "
+                                 "attempt is charged to the batch's budget.", messages.SUCCESS)
+        return HttpResponseRedirect(reverse("admin:batches_batch_change", args=[newsletter.batch_id]))
+    model_admin.log_change(request, newsletter, "Approved." if decision == "approve" else "Rejected.")
+    model_admin.message_user(request, f"Draft {newsletter.get_status_display().lower()}.", messages.SUCCESS)
+    return HttpResponseRedirect(page)
+
+
+EXPORTS = {
+    "md": ("text/markdown; charset=utf-8", export.newsletter_markdown),
+    "html": ("text/html; charset=utf-8", export.newsletter_email_html),
+}
+
+
+@require_GET
+def export_newsletter(request: HttpRequest, model_admin, object_id: str, fmt: str) -> HttpResponse:
+    newsletter = get_object_or_404(Newsletter.objects.select_related("topic__category"), pk=object_id)
+    if not model_admin.has_view_permission(request, newsletter):
+        raise PermissionDenied
+    if fmt not in EXPORTS:
+        return HttpResponseBadRequest("Unknown export format.")
+    if newsletter.status != Newsletter.Status.APPROVED:
+        model_admin.message_user(request, "Only approved drafts can be exported: approve this one first.",
+                                 messages.WARNING)
+        return HttpResponseRedirect(reverse("admin:batches_newsletter_change", args=[newsletter.pk]))
+    content_type, render = EXPORTS[fmt]
+    response = HttpResponse(render(newsletter), content_type=content_type)
+    response["Content-Disposition"] = f'attachment; filename="{export.export_basename(newsletter)}.{fmt}"'
+    return response
+
+
+# --- Spend dashboard and system status ------------------------------------------------------------------------
+
+def spend_dashboard_view(request: HttpRequest, model_admin) -> HttpResponse:
+    if not model_admin.has_view_permission(request):
+        raise PermissionDenied
+    return TemplateResponse(request, "admin/batches/costledgerentry/dashboard.html", _context(
+        request, model_admin, title="Spend dashboard", dashboard=spend_dashboard(),
+    ))
+
+
+def system_status_view(request: HttpRequest, model_admin) -> HttpResponse:
+    """The checks of `manage.py preflight`, which never include a secret (at most its last four characters)."""
+    if not model_admin.has_view_permission(request):
+        raise PermissionDenied
+    checks = run_checks()
+    return TemplateResponse(request, "admin/batches/batch/system_status.html", _context(
+        request, model_admin, title="System status", checks=checks, ready=is_ready(checks), ERROR=ERROR,
+    ))
