@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+from django import forms
 from django.contrib import admin, messages
+from django.db import models
 from django.db.models import Count
 from django.http import HttpResponseRedirect
 from django.urls import reverse
@@ -43,6 +45,8 @@ class TopicAdmin(admin.ModelAdmin):
     list_per_page = 50
     show_full_result_count = False
     ordering = ("-score", "-id")
+    # A URL typed without a scheme is taken as https (Django 6's default; saying so silences the 5.x warning).
+    formfield_overrides = {models.URLField: {"form_class": forms.URLField, "assume_scheme": "https"}}
     actions = ("approve", "reject", "recategorize_selected", "run_batch")
     change_list_template = "admin/topics/topic/change_list.html"
     readonly_fields = ("source", "external_id", "canonical_url", "sources", "engagement", "raw",
