@@ -165,13 +165,20 @@ class Command(BaseCommand):
             self.stdout.write(line)
 
     def show_item(self, newsletter: Newsletter) -> None:
+        """One finished item: a counter line that redraws in place on a terminal, plain lines otherwise."""
         if self.as_json:
             return
+        self.items_shown = getattr(self, "items_shown", 0) + 1
+        total = Newsletter.objects.filter(batch_id=newsletter.batch_id).count()
         label = newsletter.subject or newsletter.error or newsletter.get_status_display()
-        line = (f"  #{newsletter.position + 1} [{newsletter.get_status_display()}] {newsletter.topic.title[:60]} "
+        line = (f"[{self.items_shown}/{total}] {newsletter.get_status_display()}: {newsletter.topic.title[:60]} "
                 f"(${money(newsletter.cost_usd)}) — {label[:100]}")
         if sys.stdout.isatty():
-            self.stdout.write(f"\r\033[K{line}")
+            bar = "#" * round(20 * self.items_shown / max(total, 1))
+            self.stdout.write(f"\r\033[K{line}\n[{bar:<20}] {self.items_shown}/{total}", ending="")
+            self.stdout.flush()
+            if self.items_shown == total:
+                self.stdout.write("")
         else:
             self.stdout.write(line)
 
@@ -202,7 +209,7 @@ class Command(BaseCommand):
         if self.as_json:
             self.stdout.write(json.dumps(self.report(batch)))
         else:
-            self.stdout.write(f"Batch #{batch.pk}: {batch.get_status_display()}. {batch.status_reason} "
+            self.stdout.write(f"Batch #{batch.pk}: {batch.status_reason or batch.get_status_display()} "
                               f"Spent ${money(batch.spent_usd())} of ${money(batch.budget_usd)}.")
         if batch.status == Batch.Status.BUDGET_EXHAUSTED:
             raise CommandError("stopped by the budget", returncode=EXIT_BUDGET)
