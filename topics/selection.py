@@ -1,7 +1,10 @@
 """Two-pass diversity selection: one topic per category first, then the best of the rest."""
 from __future__ import annotations
 
+import datetime
 from collections.abc import Sequence
+
+from django.utils import timezone
 
 from .dedupe import is_near_duplicate
 from .models import Category, Topic, TopicQuerySet
@@ -20,18 +23,40 @@ def candidate_pool(*, include_new: bool = False, topic_ids: Sequence[int] | None
     return pool
 
 
+RECENTLY_USED_DAYS = 90
+RECENTLY_USED_LIMIT = 500
+
+
+def recently_used_titles(*, days: int = RECENTLY_USED_DAYS, limit: int = RECENTLY_USED_LIMIT) -> list[str]:
+    """Titles of topics drafted recently: a story already covered must not come back from another source."""
+    from batches.models import Newsletter
+
+    since = timezone.now() - datetime.timedelta(days=days)
+    return list(
+        Newsletter.objects.filter(status__in=Newsletter.USED_STATUSES, created_at__gte=since)
+        .order_by("-created_at")
+        .values_list("topic__title", flat=True)[:limit]
+    )
+
+
 def select_diverse(
-    *, pool: TopicQuerySet, size: int, categories: Sequence[Category] | None = None
+    *,
+    pool: TopicQuerySet,
+    size: int,
+    categories: Sequence[Category] | None = None,
+    avoid_titles: Sequence[str] | None = None,
 ) -> list[Topic]:
     """Choose up to `size` topics from `pool`, spreading them over the categories.
 
     Pass 1 takes each category's best topic, best-first, until `size` are chosen; pass 2 fills the remaining
     slots with the best remaining topics of any category. A topic that is a near-duplicate of one already
-    chosen is passed over. Ties break by score, then newest, then id.
+    chosen, or of a title in `avoid_titles` (by default: the stories drafted recently), is passed over.
+    Ties break by score, then newest, then id.
     """
     if size <= 0:
         return []
     categories = list(categories if categories is not None else Category.objects.all())
+    avoid = list(avoid_titles if avoid_titles is not None else recently_used_titles())
     # Only the head of each category can ever be chosen, so read that head per category through the
     # (category, status, score) index: the work and the number of queries do not grow with the pool.
     per_category = size * 2 + 8
@@ -42,7 +67,7 @@ def select_diverse(
             )
             for category in categories
         }
-        chosen = _two_passes(heads=heads, size=size)
+        chosen = _two_passes(heads=heads, size=size, avoid=avoid)
         truncated = any(len(head) == per_category for head in heads.values())
         if len(chosen) >= size or not truncated:
             return chosen
@@ -50,12 +75,16 @@ def select_diverse(
         per_category *= 4
 
 
-def _two_passes(*, heads: dict[int, list[Topic]], size: int) -> list[Topic]:
+def _two_passes(*, heads: dict[int, list[Topic]], size: int, avoid: Sequence[str]) -> list[Topic]:
     chosen: list[Topic] = []
     chosen_ids: set[int] = set()
 
     def acceptable(topic: Topic) -> bool:
-        return topic.pk not in chosen_ids and not any(is_near_duplicate(topic.title, c.title) for c in chosen)
+        return (
+            topic.pk not in chosen_ids
+            and not any(is_near_duplicate(topic.title, c.title) for c in chosen)
+            and not any(is_near_duplicate(topic.title, title) for title in avoid)
+        )
 
     leaders = sorted((head for head in heads.values() if head), key=lambda head: best_first_key(head[0]))
     for head in leaders:

@@ -296,6 +296,23 @@ def test_it_chooses_no_near_duplicate_pair_from_a_pool_full_of_them(topic):
     assert not any(is_near_duplicate(a.title, b.title) for a, b in itertools.combinations(chosen, 2))
 
 
+def test_it_passes_over_a_story_a_recent_batch_already_drafted_from_another_source(topic):
+    drafted = topic("pricing_margins", 93, title="US raises tariffs on Chinese consumer goods to 35%, effective December 1")
+    use_in_newsletter(drafted, Newsletter.Status.GENERATED)
+    topic("pricing_margins", 80, title="35% tariff on Chinese goods starts Dec 1 - how are you protecting your margins?")
+    fresh = topic("pricing_margins", 40, title="Card processing fees compared: what 2.9% + 30 cents really costs")
+
+    assert [t.pk for t in choose(1)] == [fresh.pk]
+
+
+def test_it_offers_a_story_again_once_its_only_draft_failed(topic):
+    failed = topic("pricing_margins", 93, title="US raises tariffs on Chinese consumer goods to 35%, effective December 1")
+    use_in_newsletter(failed, Newsletter.Status.FAILED)
+    topic("pricing_margins", 80, title="35% tariff on Chinese goods starts Dec 1 - how are you protecting margins?")
+
+    assert [t.pk for t in choose(1)] == [failed.pk]
+
+
 def count_selection_queries(pool_size: int, categories: dict[str, Category]) -> int:
     Topic.objects.all().delete()
     cats = list(categories.values())
