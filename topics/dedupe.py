@@ -46,10 +46,34 @@ def normalize_title(title: str) -> str:
     return " ".join(words)
 
 
+# Names that make two otherwise alike headlines different stories ("Meta ads CPM spiked 40%" is not
+# "Google Ads CPC spiked 40%"). Normalised (lower-case, plural-stemmed) as normalize_title leaves them.
+DISTINGUISHING_NAMES = frozenset(
+    "meta facebook instagram google youtube tiktok pinterest snapchat amazon fba shopify etsy ebay walmart "
+    "woocommerce bigcommerce temu shein usp ups fedex dhl klaviyo mailchimp alibaba paypal stripe".split()
+)
+_PERCENT = re.compile(r"^(\d+(?:\.\d+)?)%$")
+
+
+def _percentages(words: set[str]) -> set[float]:
+    return {float(m.group(1)) for w in words if (m := _PERCENT.match(w))}
+
+
+def _conflicting(words_a: set[str], words_b: set[str]) -> bool:
+    """The titles name different platforms, or quote percentages that cannot be the same figure rounded."""
+    only_a, only_b = words_a - words_b, words_b - words_a
+    if only_a & DISTINGUISHING_NAMES and only_b & DISTINGUISHING_NAMES:
+        return True
+    pa, pb = _percentages(words_a), _percentages(words_b)
+    return bool(pa and pb) and not any(abs(x - y) <= 1 for x in pa for y in pb)
+
+
 def is_near_duplicate(a: str, b: str, *, threshold: int = NEAR_DUPLICATE_THRESHOLD) -> bool:
     """True when two titles tell the same story (word order, filler words and forum question tails ignored)."""
     na, nb = normalize_title(a), normalize_title(b)
     if not na or not nb:
+        return False
+    if _conflicting(set(na.split()), set(nb.split())):
         return False
     # token_set_ratio scores a subset as a perfect match; for very short titles that would merge unrelated
     # stories ("Dead stock?" vs any title mentioning dead stock), so they are compared whole instead.

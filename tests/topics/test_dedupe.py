@@ -28,6 +28,12 @@ SAME_STORY = [
 ]
 
 DIFFERENT_STORIES = [
+    # Alike in shape, but about different platforms or different figures.
+    ("Meta ads CPM spiked 40% this week", "Google Ads CPC spiked 40% this week"),
+    (
+        "USPS announces 2027 Ground Advantage rate increase of 7.8%",
+        "USPS announces 2027 Priority Mail rate increase of 5.9%",
+    ),
     (
         "USPS announces 2027 Ground Advantage rate increase of 7.8%",
         "UPS peak season surcharges now hit residential delivery: what changes on November 2",
