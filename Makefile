@@ -7,7 +7,7 @@ MANAGE := $(BIN)/python manage.py
 PG_URL ?= postgres://postgres@127.0.0.1:5432/postgres
 REDIS_URL ?= redis://127.0.0.1:6379/15
 
-.PHONY: install demo test test-postgres bench serve migrate check-deploy clean
+.PHONY: install demo test test-postgres screenshots bench serve migrate check-deploy clean
 
 $(STAMP): requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,9 @@ test: install
 
 test-postgres: install
 	DATABASE_URL=$(PG_URL) $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+screenshots: install
+	UPDATE_SCREENSHOTS=1 $(BIN)/python -m pytest tests/admin/test_browser_desk.py
 
 bench: migrate
 	$(BIN)/python -m bench.run

@@ -1,6 +1,7 @@
 """Shared fixtures: real services (skip on a laptop without them, fail in CI under REQUIRE_SERVICES=1)."""
 from __future__ import annotations
 
+import importlib
 import os
 import socket
 from urllib.parse import urlsplit
@@ -55,6 +56,27 @@ def fake_anthropic(settings):
 
 
 @pytest.fixture
+def migration_data(db) -> None:
+    """Categories, prices and the Editor group, as the data migrations left them.
+
+    A transactional test ends by flushing the database, which removes what the data migrations wrote; put back
+    whatever is missing, so that the next test (and any worker or command it starts) sees a migrated database.
+    """
+    from django.apps import apps
+    from django.contrib.auth.models import Group
+
+    from batches.models import ModelPrice
+    from topics.models import Category
+
+    for model, seeding in ((Category, "topics.migrations.0002_seed_categories"),
+                           (ModelPrice, "batches.migrations.0002_seed_prices")):
+        if not model.objects.exists():
+            importlib.import_module(seeding).seed(apps, None)
+    if not Group.objects.filter(name="Editor").exists():
+        importlib.import_module("batches.migrations.0003_editor_group").add_editor_group(apps)
+
+
+@pytest.fixture
 def categories(db):
     from topics.models import Category
 
@@ -82,3 +104,10 @@ def make_topic(categories):
         )
 
     return make
+
+
+@pytest.fixture
+def topics_in_every_category(categories, make_topic, category_titles) -> list:
+    """One approved topic in each of the eight categories, best-scored first, titled by the suite's
+    `category_titles` fixture (a title per category slug, no two alike)."""
+    return [make_topic(category_titles[slug], category=slug, score=100 - i) for i, slug in enumerate(categories)]

@@ -2,56 +2,26 @@
 app pointed at Redis (or at a broker that is down), a real worker in a subprocess, and Debian's Chromium."""
 from __future__ import annotations
 
-import importlib
 import os
-import signal
-import subprocess
-import sys
-import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
-from urllib.parse import quote
 
 import pytest
-from django.apps import apps as django_apps
 from django.conf import settings as django_settings
-from django.db import connection
 from django.test import Client
 
 from tests.conftest import service_missing
+from tests.support import DOWN_BROKER_URL, WorkerProcess, service_env
 
-BASE_DIR = Path(__file__).resolve().parents[2]
-CELERY = str(Path(sys.executable).with_name("celery"))
 CHROMIUM = "/usr/bin/chromium"
 PASSWORD = "desk-password-0f3c"
-WORKER_READY_SECONDS = 45
-DOWN_BROKER_URL = "redis://127.0.0.1:1/0"  # nothing listens on port 1: connecting fails at once
 REDIS_TRANSPORT_OPTIONS = {"socket_timeout": 5, "socket_connect_timeout": 2, "max_retries": 1,
                            "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
 
 
 @pytest.fixture(autouse=True)
-def reference_data(db) -> None:
-    """Categories, prices and the Editor group, as the data migrations left them.
-
-    A transactional test (the browser tests, the broker tests) flushes the database afterwards, which removes
-    what the data migrations wrote; put it back so every test starts from a migrated database.
-    """
-    from django.contrib.auth.models import Group
-
-    from batches.models import ModelPrice
-    from topics.models import Category
-
-    for model, app_label, migration in (
-        (Category, "topics", "0002_seed_categories"),
-        (ModelPrice, "batches", "0002_seed_prices"),
-    ):
-        if not model.objects.exists():
-            importlib.import_module(f"{app_label}.migrations.{migration}").seed(django_apps, None)
-    if not Group.objects.filter(name="Editor").exists():
-        importlib.import_module("batches.migrations.0003_editor_group").add_editor_group(django_apps)
+def reference_data(migration_data) -> None:
+    """Every test here starts from a migrated database, even after a transactional test flushed it."""
 
 
 def _make_user(username: str, *, group: str | None = None, permissions: tuple[str, ...] = ()):
@@ -143,9 +113,9 @@ def run_action() -> Callable[..., object]:
 
 
 @pytest.fixture
-def topics_in_every_category(categories, make_topic) -> list:
-    """One approved topic in each of the eight categories, best-scored first, no two alike."""
-    return [make_topic(DISTINCT_TITLES[slug], category=slug, score=100 - i) for i, slug in enumerate(categories)]
+def category_titles() -> dict[str, str]:
+    """The titles of `topics_in_every_category` (tests/conftest.py)."""
+    return DISTINCT_TITLES
 
 
 # --- The Celery app and its broker -------------------------------------------------------------------------------
@@ -209,79 +179,16 @@ def queued_tasks(client) -> list[str]:
 
 # --- A real worker -----------------------------------------------------------------------------------------------
 
-def database_url() -> str:
-    """This test's database as a URL, for the worker subprocess that must share it."""
-    params = connection.settings_dict
-    if connection.vendor == "sqlite":
-        return f"sqlite:///{params['NAME']}"
-    auth = quote(params["USER"] or "", safe="")
-    if params.get("PASSWORD"):
-        auth += ":" + quote(params["PASSWORD"], safe="")
-    return f"postgres://{auth}@{params.get('HOST') or '127.0.0.1'}:{params.get('PORT') or 5432}/{params['NAME']}"
-
-
-class Worker:
-    """`celery -A newsroom worker` in its own process group, logging to a file."""
-
-    def __init__(self, *, env: dict[str, str], log_path: Path):
-        self.log_path = log_path
-        with open(log_path, "wb") as log:
-            self.process = subprocess.Popen(
-                [CELERY, "-A", "newsroom", "worker", "--pool", "threads", "--concurrency", "4",
-                 "--without-heartbeat", "--without-gossip", "--without-mingle", "--loglevel", "INFO",
-                 "-n", f"desk-{uuid.uuid4().hex[:8]}@%h"],
-                cwd=BASE_DIR, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            )
-
-    @property
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def wait_ready(self, timeout: float = WORKER_READY_SECONDS) -> Worker:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if " ready." in self.log:
-                return self
-            if self.process.poll() is not None:
-                pytest.fail(f"the celery worker exited with {self.process.returncode}:\n{self.log}")
-            time.sleep(0.1)
-        pytest.fail(f"the celery worker was not ready within {timeout} s:\n{self.log}")
-
-    def stop(self) -> None:
-        for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
-            if self.process.poll() is not None:
-                return
-            try:
-                os.killpg(self.process.pid, sig)
-                self.process.wait(timeout=wait)
-            except ProcessLookupError:
-                return
-            except subprocess.TimeoutExpired:
-                continue
-
-
 @pytest.fixture
-def desk_worker(redis_broker, fake_anthropic, tmp_path) -> Iterator[Worker]:
+def desk_worker(redis_broker, fake_anthropic, tmp_path) -> Iterator[WorkerProcess]:
     """A real worker on the Redis test database, this test's database and the fake Anthropic API.
 
     Tests using it run with `django_db(transaction=True)`: the worker sees what the test (and the live server)
     committed, and it is stopped before the test database is flushed.
     """
-    env = {
-        **os.environ,
-        "CELERY_BROKER_URL": django_settings.CELERY_BROKER_URL,
-        "DATABASE_URL": database_url(),
-        "ANTHROPIC_BASE_URL": fake_anthropic.base_url,
-        "ANTHROPIC_API_KEY": "sk-ant-test-0000000000000000wxyz",
-        "ANTHROPIC_MODEL": django_settings.ANTHROPIC_MODEL,
-        "ANTHROPIC_RETRY_BASE_SECONDS": "0.01",
-        "ANTHROPIC_TIMEOUT_SECONDS": "10",
-        "BATCH_BUDGET_USD": "40",
-        "MONTHLY_BUDGET_USD": "",
-        "DJANGO_DEBUG": "1",
-        "PYTHONUNBUFFERED": "1",
-    }
-    worker = Worker(env=env, log_path=tmp_path / "worker.log")
+    env = service_env(CELERY_BROKER_URL=django_settings.CELERY_BROKER_URL,
+                      ANTHROPIC_BASE_URL=fake_anthropic.base_url)
+    worker = WorkerProcess(env=env, log_path=tmp_path / "worker.log", pool="threads", concurrency=4)
     try:
         yield worker.wait_ready()
     finally:

@@ -1,9 +1,12 @@
 """The editor's desk in a real browser: Chromium, the live server, a real Celery worker on Redis, the fake Claude.
 
-These tests also take the screenshots under docs/screenshots/ that the README shows.
+These tests also take the screenshots the README shows: into docs/screenshots/ when UPDATE_SCREENSHOTS=1
+(`make screenshots`), otherwise into a temporary folder, so an ordinary test run leaves the work tree clean.
 """
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -13,7 +16,11 @@ from tests.admin.conftest import DISTINCT_TITLES
 
 pytestmark = [pytest.mark.browser, pytest.mark.redis, pytest.mark.slow]
 
-SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+SCREENSHOTS = (
+    Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+    if os.environ.get("UPDATE_SCREENSHOTS") == "1"
+    else Path(tempfile.gettempdir()) / "newsroom-screenshots"
+)
 BATCH_SECONDS = 90
 
 

@@ -14,8 +14,8 @@ from collections import Counter
 import pytest
 
 from batches.models import Batch, CostLedgerEntry, Newsletter
-from tests.batches.conftest import manage, manage_in_background, service_env
 from tests.fakes.anthropic_api import FakeAnthropicServer
+from tests.support import DOWN_BROKER_URL, manage, manage_in_background, service_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("migration_data")]
 
@@ -111,7 +111,7 @@ def test_a_worker_killed_mid_batch_leaves_no_duplicate_draft_and_no_double_charg
 
 
 def test_queueing_with_the_broker_down_fails_within_seconds_and_marks_the_batch_failed(topics_in_every_category):
-    env = service_env(CELERY_BROKER_URL="redis://127.0.0.1:1/0")
+    env = service_env(CELERY_BROKER_URL=DOWN_BROKER_URL)
 
     started = time.monotonic()
     result = manage("runbatch", "--queue", "--json", env=env, timeout=60)
