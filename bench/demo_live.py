@@ -31,7 +31,7 @@ def main() -> int:
         )
         print(f"\nDemo: a live batch, with Claude played by a local stand-in at {fake.base_url} (no API key needed).")
         worker = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "newsroom", "worker", "--pool", "threads", "--concurrency", "4",
+            [sys.executable, "-m", "celery", "-A", "newsroom", "--quiet", "worker", "--pool", "threads", "--concurrency", "4",
              "--loglevel", "WARNING", "--without-heartbeat", "--without-gossip", "--without-mingle"],
             cwd=ROOT, env=env,
         )
