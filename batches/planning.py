@@ -60,7 +60,13 @@ def plan_batch(
     *, size: int, include_new: bool = False, topic_ids: Sequence[int] | None = None, model: str | None = None
 ) -> Plan:
     """Select up to `size` diverse topics and estimate the cost of drafting them."""
-    topics = select_diverse(pool=candidate_pool(include_new=include_new, topic_ids=topic_ids), size=size)
+    # Topics an editor picked by hand are taken as meant, even a story drafted before; only automatic
+    # selection from the whole pool steers clear of recently drafted stories.
+    topics = select_diverse(
+        pool=candidate_pool(include_new=include_new, topic_ids=topic_ids),
+        size=size,
+        avoid_titles=[] if topic_ids else None,
+    )
     return estimate_topics(
         topics=topics, model=model or settings.ANTHROPIC_MODEL, max_tokens=settings.ANTHROPIC_MAX_TOKENS
     )

@@ -74,6 +74,7 @@ def start_batch(*, batch_id: int) -> Batch | None:
             topics = select_diverse(
                 pool=candidate_pool(include_new=batch.include_new, topic_ids=batch.candidate_ids or None),
                 size=batch.size,
+                avoid_titles=[] if batch.candidate_ids else None,  # as in planning.plan_batch
             )
             if not topics:
                 batch.mark_failed("Nothing to select: no approved topic is left that no draft has used yet.")

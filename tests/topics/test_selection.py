@@ -305,6 +305,17 @@ def test_it_passes_over_a_story_a_recent_batch_already_drafted_from_another_sour
     assert [t.pk for t in choose(1)] == [fresh.pk]
 
 
+def test_it_takes_a_hand_picked_repost_of_a_drafted_story_as_meant(topic):
+    from batches.planning import plan_batch
+
+    drafted = topic("pricing_margins", 93, title="US raises tariffs on Chinese consumer goods to 35%, effective December 1")
+    use_in_newsletter(drafted, Newsletter.Status.GENERATED)
+    repost = topic("pricing_margins", 80, title="35% tariff on Chinese goods starts Dec 1 - how are you protecting margins?")
+
+    assert plan_batch(size=1).topics == []
+    assert [t.pk for t in plan_batch(size=1, topic_ids=[repost.pk]).topics] == [repost.pk]
+
+
 def test_it_offers_a_story_again_once_its_only_draft_failed(topic):
     failed = topic("pricing_margins", 93, title="US raises tariffs on Chinese consumer goods to 35%, effective December 1")
     use_in_newsletter(failed, Newsletter.Status.FAILED)
