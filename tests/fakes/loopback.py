@@ -7,6 +7,7 @@ each request in `_answer`; faults queued with `fail_next` are replayed before `_
 from __future__ import annotations
 
 import gzip
+from abc import ABC, abstractmethod
 import json
 import threading
 from collections import deque
@@ -38,7 +39,7 @@ class Fault:
     path: str | None = None  # only requests whose path starts with this; any, if None
 
 
-class LoopbackFake:
+class LoopbackFake(ABC):
     """Server lifecycle, `base_url` and fault injection for a dataclass fake (overriding `__post_init__`? call super)."""
 
     methods: ClassVar[tuple[str, ...]] = ("GET", "POST")  # others get 501, as from a handler without do_<METHOD>
@@ -97,17 +98,17 @@ class LoopbackFake:
             self._faults.append(Fault(status, raw, dict(headers or {}), path))
 
     # --- for the fakes to override ---------------------------------------------------------------------------
+    @abstractmethod
     def _fault_body(self, status: int) -> Any:
         """The error payload `fail_next` sends when given no body."""
-        raise NotImplementedError
 
     def _secrets(self) -> Iterable[str]:
         """Strings to mask wherever they appear in a recorded request (credentials are masked anyway)."""
         return ()
 
+    @abstractmethod
     def _answer(self, handler: LoopbackHandler, request: RecordedRequest) -> Reply:
         """The reply to a request no fault caught; `handler.headers` and `handler.body` are as received."""
-        raise NotImplementedError
 
     # --- used by the handler ---------------------------------------------------------------------------------
     def _mask(self, text: str) -> str:

@@ -195,6 +195,44 @@ def error_for_status(
     return SourceError(f"{label}: the request was rejected (HTTP {status}){suffix}", permanent=True)
 
 
+def paid_request(
+    client: httpx.Client,
+    method: str,
+    path: str,
+    *,
+    hold: SpendHold,
+    label: str,
+    base_url: str,
+    key_setting: str,
+    secrets: Sequence[str],
+    **kwargs: Any,
+) -> httpx.Response:
+    """Send one paid request and account for its hold on failure: released when the call certainly cost
+    nothing (never sent, or refused), kept when it may have been billed (sent but unanswered, server error).
+    A successful response is returned with the hold still open, for the caller to settle."""
+    host = httpx.URL(base_url).netloc.decode() or base_url
+    try:
+        response = client.request(method, path, **kwargs)
+    except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+        hold.release()  # nothing was sent
+        raise unreachable_error(label=label, host=host, problem=transport_problem(exc)) from exc
+    except httpx.TransportError as exc:
+        # Sent but no answer: the service may have done (and billed) the work, so the reservation stays.
+        raise unreachable_error(label=label, host=host, problem=transport_problem(exc)) from exc
+    if response.status_code >= 400:
+        if status_costs_nothing(response.status_code):
+            hold.release()
+        raise error_for_status(
+            label=label,
+            status=response.status_code,
+            headers=response.headers,
+            detail=http_error_detail(response),
+            key_setting=key_setting,
+            secrets=secrets,
+        )
+    return response
+
+
 def malformed_json_error(*, label: str, what: str) -> SourceError:
     # Usually a proxy or an overloaded edge answering with an HTML page: worth trying again later.
     return SourceError(f"{label}: {what} was not valid JSON")

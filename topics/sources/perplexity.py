@@ -26,15 +26,11 @@ from topics.sources.base import (
     SpendMeter,
     budget_refused_error,
     clip,
-    error_for_status,
-    http_error_detail,
     malformed_json_error,
+    paid_request,
     parse_datetime,
     setting_list,
-    status_costs_nothing,
-    transport_problem,
     unexpected_shape_error,
-    unreachable_error,
     usd,
 )
 
@@ -215,26 +211,10 @@ class PerplexitySource:
 
     def _call(self, client: httpx.Client, body: dict[str, Any], hold: SpendHold, *, slug: str) -> dict[str, Any]:
         """POST one chat completion and settle its hold; the hold stays open when the cost is unknown."""
-        host = httpx.URL(self.base_url).netloc.decode() or self.base_url
-        try:
-            response = client.post("/chat/completions", json=body)
-        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-            hold.release()  # nothing was sent
-            raise unreachable_error(label=LABEL, host=host, problem=transport_problem(exc)) from exc
-        except httpx.TransportError as exc:
-            # Sent but no answer: Perplexity may have done (and billed) the work, so the reservation stays.
-            raise unreachable_error(label=LABEL, host=host, problem=transport_problem(exc)) from exc
-        if response.status_code >= 400:
-            if status_costs_nothing(response.status_code):
-                hold.release()
-            raise error_for_status(
-                label=LABEL,
-                status=response.status_code,
-                headers=response.headers,
-                detail=http_error_detail(response),
-                key_setting="PERPLEXITY_API_KEY",
-                secrets=(self.api_key,),
-            )
+        response = paid_request(
+            client, "POST", "/chat/completions", json=body, hold=hold, label=LABEL, base_url=self.base_url,
+            key_setting="PERPLEXITY_API_KEY", secrets=(self.api_key,),
+        )
         try:
             answer = response.json()
         except ValueError as exc:

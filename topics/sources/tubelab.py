@@ -26,17 +26,13 @@ from topics.sources.base import (
     SpendMeter,
     budget_refused_error,
     clip,
-    error_for_status,
-    http_error_detail,
     json_safe,
     malformed_json_error,
     number,
+    paid_request,
     parse_datetime,
     setting_list,
-    status_costs_nothing,
-    transport_problem,
     unexpected_shape_error,
-    unreachable_error,
 )
 
 LABEL = "TubeLab"
@@ -196,26 +192,10 @@ class TubeLabSource:
     ) -> list[dict[str, Any]]:
         self.limiter.acquire()
         what = f"the outlier search for {query!r}"
-        host = httpx.URL(self.base_url).netloc.decode() or self.base_url
-        try:
-            response = client.get("/search/outliers", params=params)
-        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-            hold.release()  # nothing was sent
-            raise unreachable_error(label=LABEL, host=host, problem=transport_problem(exc)) from exc
-        except httpx.TransportError as exc:
-            # Sent, but no answer: the credits may be spent, so the reservation stays.
-            raise unreachable_error(label=LABEL, host=host, problem=transport_problem(exc)) from exc
-        if response.status_code >= 400:
-            if status_costs_nothing(response.status_code):
-                hold.release()
-            raise error_for_status(
-                label=LABEL,
-                status=response.status_code,
-                headers=response.headers,
-                detail=http_error_detail(response),
-                key_setting="TUBELAB_API_KEY",
-                secrets=(self.api_key,),
-            )
+        response = paid_request(
+            client, "GET", "/search/outliers", params=params, hold=hold, label=LABEL, base_url=self.base_url,
+            key_setting="TUBELAB_API_KEY", secrets=(self.api_key,),
+        )
         # A 200 means the search ran: its credits are spent whatever the body says.
         hold.settle(self.usd_per_search)
         try:
