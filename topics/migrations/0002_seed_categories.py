@@ -7,7 +7,7 @@ CATEGORIES = [
      "ups ground, ups rate, fedex, dhl, freight, warehouse, parcel, postage, last mile, label printing, customs"),
     ("pricing_margins", "Pricing & margins", "Prices, fees, tariffs, discounts and unit economics.",
      "pricing, price increase, price hike, margin, discount, profit, fees, fee increase, tariff, cogs, markup, "
-     "unit economics, price war, break-even, cost of goods, surcharge"),
+     "unit economics, price war, break-even, cost of goods, surcharge, duties, import duty"),
     ("conversion_optimization", "Conversion optimisation", "Turning visitors into buyers: pages, checkout, tests.",
      "conversion rate, conversions, checkout, landing page, a/b test, ab test, split test, cart abandonment, "
      "abandoned cart, product page, cro, bounce rate, add to cart, add-to-cart, upsell, page speed"),
