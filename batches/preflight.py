@@ -87,7 +87,8 @@ def check_price() -> Check:
         return Check("price", ERROR, str(exc))
     return Check(
         "price", OK,
-        f"{model}: ${price.input_per_mtok} in / ${price.output_per_mtok} out per MTok (from {price.effective_date})",
+        f"{model}: ${price.input_per_mtok.normalize():f} in / ${price.output_per_mtok.normalize():f} out per MTok "
+        f"(from {price.effective_date})",
     )
 
 
