@@ -129,11 +129,15 @@ def finalize_batch(*, batch_id: int) -> bool:
     batch = Batch.objects.get(pk=batch_id)
     status, reason = final_status(batch=batch)
     # The conditional update makes finalisation happen exactly once however many items end at the same time.
-    return bool(
-        Batch.objects.filter(pk=batch_id, status=Batch.Status.RUNNING).update(
-            status=status, status_reason=reason, finished_at=timezone.now()
-        )
+    closed = Batch.objects.filter(pk=batch_id, status=Batch.Status.RUNNING).update(
+        status=status, status_reason=reason, finished_at=timezone.now()
     )
+    if not closed and batch.newsletters.exists():
+        # A finished batch whose item was drafted again (an editor asked for a new draft): its outcome follows.
+        Batch.objects.filter(pk=batch_id, status__in=Batch.FINAL_STATUSES).exclude(status=status).update(
+            status=status, status_reason=reason
+        )
+    return bool(closed)
 
 
 def open_item_ids(*, batch_id: int) -> list[int]:

@@ -296,6 +296,25 @@ def test_a_bad_request_for_one_topic_fails_only_that_item_and_the_batch_ends_par
     assert sum(refused.title in json.dumps(r["json"]) for r in message_requests(fake_anthropic)) == 1
 
 
+def test_a_partial_batch_becomes_done_once_its_failed_item_is_drafted_again(
+    fake_anthropic, topics_in_every_category, runbatch
+):
+    refused = topics_in_every_category[1]
+    rule = lambda body: refused.title in json.dumps(body)  # noqa: E731
+    fake_anthropic.add_rule(rule, Fault(status=400))
+    batch = Batch.objects.get(pk=runbatch("--size", "3").report["batch"])
+    assert batch.status == Batch.Status.PARTIAL
+    fake_anthropic.reset()  # the API accepts the topic now
+    failed = Newsletter.objects.get(batch=batch, topic=refused)
+    Newsletter.objects.filter(pk=failed.pk).update(status=Newsletter.Status.PENDING, error="")
+
+    generate_newsletter(newsletter_id=failed.pk, token="again")
+    running.finalize_batch(batch_id=batch.pk)
+
+    batch.refresh_from_db()
+    assert (batch.status, batch.status_reason) == (Batch.Status.DONE, "Done: 3 drafted, 0 failed, 0 skipped by the budget.")
+
+
 def test_a_malformed_draft_fails_the_item_but_its_cost_is_still_charged(
     fake_anthropic, topics_in_every_category, runbatch
 ):
