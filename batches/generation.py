@@ -185,6 +185,12 @@ def generate_newsletter(
     except GenerationFailed as exc:
         _finish(newsletter, status=Newsletter.Status.FAILED, error=exc.reason)
         return newsletter.status
+    except Exception as exc:
+        # Anything unforeseen (the task's soft time limit, a database error, an SDK surprise) must not leave the
+        # item "generating" for ever: it fails with the reason, an open reservation stays (the outcome of the
+        # call is unknown), and the error goes on up so Celery records it.
+        _finish(newsletter, status=Newsletter.Status.FAILED, error=f"Stopped by an unexpected error: {_describe(exc)}")
+        raise
     try:
         draft, status, error = parse_draft(answer.message), Newsletter.Status.GENERATED, ""
     except InvalidAnswer as exc:
@@ -212,10 +218,17 @@ def _call_within_budget(*, newsletter: Newsletter, client: anthropic.Anthropic, 
     request = build_request(model=batch.model, max_tokens=max_tokens, topic_message=topic_message(newsletter.topic))
     counting = {k: v for k, v in request.items() if k != "max_tokens"}
     attempts = settings.ANTHROPIC_MAX_RETRIES + 1
+    # Retrying stops early enough that one more attempt (count + call, each up to the timeout) still ends before
+    # the task's soft time limit, so the item ends as "failed, gave up" rather than being cut off mid-call.
+    deadline = time.monotonic() + settings.CELERY_TASK_SOFT_TIME_LIMIT
     last_error: Exception | None = None
     for attempt in range(attempts):
         if attempt:
-            sleep(_retry_delay(attempt=attempt - 1, error=last_error))
+            delay = _retry_delay(attempt=attempt - 1, error=last_error)
+            if time.monotonic() + delay + 2 * settings.ANTHROPIC_TIMEOUT_SECONDS > deadline:
+                attempts = attempt
+                break
+            sleep(delay)
         try:
             # Counting tokens is free; it makes the reservation exact instead of guessed.
             input_tokens = client.messages.count_tokens(**counting).input_tokens

@@ -156,7 +156,11 @@ def run_inline(*, batch: Batch, on_item: Callable[[Newsletter], None] | None = N
         return batch
     token = f"inline-{uuid.uuid4().hex}"
     for newsletter_id in open_item_ids(batch_id=batch.pk):
-        generate_newsletter(newsletter_id=newsletter_id, token=token)
+        try:
+            generate_newsletter(newsletter_id=newsletter_id, token=token)
+        except Exception:
+            # The item is already marked failed with the reason; the rest of the batch still runs.
+            logger.exception("batch %s: item %s stopped by an unexpected error", batch.pk, newsletter_id)
         if on_item is not None:
             on_item(Newsletter.objects.select_related("topic__category").get(pk=newsletter_id))
     finalize_batch(batch_id=batch.pk)

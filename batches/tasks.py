@@ -28,5 +28,8 @@ def generate_newsletter_task(self, newsletter_id: int) -> None:
     batch_id = Newsletter.objects.filter(pk=newsletter_id).values_list("batch_id", flat=True).first()
     if batch_id is None:
         return  # the item (or its batch) was deleted meanwhile: nothing to do
-    generate_newsletter(newsletter_id=newsletter_id, token=self.request.id or "")
-    running.finalize_batch(batch_id=batch_id)
+    try:
+        generate_newsletter(newsletter_id=newsletter_id, token=self.request.id or "")
+    finally:
+        # Even after an unexpected error (the item is marked failed first) the batch must be able to close.
+        running.finalize_batch(batch_id=batch_id)

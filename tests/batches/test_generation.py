@@ -315,6 +315,44 @@ def test_a_partial_batch_becomes_done_once_its_failed_item_is_drafted_again(
     assert (batch.status, batch.status_reason) == (Batch.Status.DONE, "Done: 3 drafted, 0 failed, 0 skipped by the budget.")
 
 
+def test_an_unexpected_error_fails_the_item_and_still_lets_the_batch_close(
+    fake_anthropic, topics_in_every_category, monkeypatch
+):
+    batch = started_batch(size=1)
+    item = batch.newsletters.get()
+
+    def explode(**kwargs):
+        raise RuntimeError("database went away")
+
+    monkeypatch.setattr("batches.generation._call_within_budget", explode)
+    result = generate_newsletter_task.apply(args=[item.pk])
+
+    item.refresh_from_db()
+    batch.refresh_from_db()
+    assert isinstance(result.result, RuntimeError)
+    assert item.status == Newsletter.Status.FAILED and "database went away" in item.error
+    assert batch.status == Batch.Status.FAILED
+
+
+def test_retrying_stops_in_time_for_the_tasks_soft_time_limit(
+    fake_anthropic, topics_in_every_category, settings
+):
+    settings.CELERY_TASK_SOFT_TIME_LIMIT = 30
+    settings.ANTHROPIC_TIMEOUT_SECONDS = 10.0
+    settings.ANTHROPIC_RETRY_BASE_SECONDS = 8.0
+    fake_anthropic.enqueue(*[Fault(status=529) for _ in range(4)])
+    batch = started_batch(size=1)
+    item = batch.newsletters.get()
+    slept: list[float] = []
+
+    generate_newsletter(newsletter_id=item.pk, token="t", sleep=slept.append)
+
+    item.refresh_from_db()
+    # One retry fits (8 s wait + 2 × 10 s < 30 s); a second (16 s + 20 s) would run past the soft limit.
+    assert slept == [8.0]
+    assert item.status == Newsletter.Status.FAILED and "Gave up after 2 attempts" in item.error
+
+
 def test_a_malformed_draft_fails_the_item_but_its_cost_is_still_charged(
     fake_anthropic, topics_in_every_category, runbatch
 ):
