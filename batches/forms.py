@@ -12,7 +12,7 @@ def parse_ids(value: str, *, limit: int = MAX_POOL_IDS) -> tuple[int, ...]:
     parts = [p.strip() for p in (value or "").split(",") if p.strip()]
     if len(parts) > limit:
         raise forms.ValidationError(f"At most {limit} topics can be chosen at once.")
-    if not all(p.isdigit() for p in parts):
+    if not all(p.isascii() and p.isdigit() for p in parts):  # "²".isdigit() is true, int("²") is not
         raise forms.ValidationError("Topic ids must be whole numbers.")
     return tuple(dict.fromkeys(int(p) for p in parts))
 

@@ -73,6 +73,8 @@ def read_records(path: Path) -> list[dict[str, Any]]:
         raise ImportFailed(f"{path}: no such file") from None
     except UnicodeDecodeError as exc:
         raise ImportFailed(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:  # a directory, no permission, a device error
+        raise ImportFailed(f"{path}: cannot read the file ({exc.strerror or exc})") from None
     if suffix == ".json":
         try:
             data = json.loads(text)

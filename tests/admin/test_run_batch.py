@@ -62,6 +62,13 @@ def test_the_new_batch_page_shows_what_is_left_of_the_monthly_cap(editor_client,
     assert "left of $100.00 this month" in response.content.decode()
 
 
+def test_a_topic_id_that_is_not_a_plain_number_is_refused_not_a_crash(editor_client, topics_in_every_category):
+    response = editor_client.get(reverse("admin:batches_batch_run") + "?topics=%C2%B2")  # "²"
+
+    assert response.status_code == 200
+    assert "whole numbers" in response.content.decode()
+
+
 def test_a_batch_with_zero_candidates_offers_no_confirm_button(editor_client, make_topic):
     make_topic("Waiting for review", status="new")
     response = preview(editor_client)

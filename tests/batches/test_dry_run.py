@@ -280,6 +280,8 @@ BAD_OPTIONS = [
     ("--budget", "abc"),
     ("--budget", "NaN"),
     ("--budget", "Infinity"),
+    ("--budget", "0.0000001"),  # rounds to $0 at the ledger's six decimal places
+    ("--budget", "1e15"),  # more than the budget column holds
 ]
 
 
@@ -291,7 +293,9 @@ def test_it_exits_1_naming_a_bad_option(pool, option, value):
     assert option in str(error)
 
 
-@pytest.mark.parametrize(("option", "value"), [("--size", "0"), ("--budget", "-1")])
+@pytest.mark.parametrize(
+    ("option", "value"), [("--size", "0"), ("--budget", "-1"), ("--size", "abc"), ("--no-such-option", "x")]
+)
 def test_it_exits_1_on_a_bad_option_from_the_command_line(tmp_path, option, value):
     env = {**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path / 'unused.sqlite3'}"}
 

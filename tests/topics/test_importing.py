@@ -326,6 +326,16 @@ def test_it_rejects_a_missing_file(tmp_path, categories):
     assert "no such file" in stderr
 
 
+def test_it_rejects_a_path_that_is_a_directory(tmp_path, categories):
+    folder = tmp_path / "topics.csv"
+    folder.mkdir()
+
+    error, stderr = failed_import(folder)
+
+    assert error.returncode == 1
+    assert "cannot read the file" in stderr
+
+
 def test_it_reports_every_bad_row_not_just_the_first(tmp_path, categories):
     path = write_json(tmp_path / "t.json", [{"title": "A", "score": -1}, VALID, {"title": "C", "category": "x"}])
 

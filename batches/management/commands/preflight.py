@@ -2,14 +2,16 @@ from __future__ import annotations
 
 import json
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
+
+from newsroom.commands import ContractCommand
 
 from batches.preflight import is_ready, run_checks
 
 SYMBOLS = {"ok": "ok  ", "warning": "warn", "error": "FAIL"}
 
 
-class Command(BaseCommand):
+class Command(ContractCommand):
     help = "Check that a live batch can run: keys, database, categories, prices, broker, budget."
 
     def add_arguments(self, parser):

@@ -6,7 +6,9 @@ import time
 from decimal import Decimal, InvalidOperation
 
 from django.conf import settings
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
+
+from newsroom.commands import ContractCommand
 
 from batches import running
 from batches.ledger import monthly_remaining
@@ -16,6 +18,8 @@ from batches.preflight import ERROR, run_checks
 from batches.pricing import PriceMissing, to_money
 
 EXIT_ERROR, EXIT_BUDGET, EXIT_FAILED_ITEMS = 1, 3, 4
+# What the batch's budget column holds: six decimal places, fourteen digits.
+MIN_BUDGET, MAX_BUDGET = Decimal("0.000001"), Decimal("99999999")
 POLL_SECONDS = 0.5
 
 
@@ -30,10 +34,15 @@ def parse_budget(value: str) -> Decimal:
         raise CommandError(f"--budget must be a number of dollars, got {value!r}", returncode=EXIT_ERROR) from None
     if not budget.is_finite() or budget <= 0:
         raise CommandError(f"--budget must be above 0, got {value}", returncode=EXIT_ERROR)
+    budget = to_money(budget)
+    if not MIN_BUDGET <= budget <= MAX_BUDGET:
+        raise CommandError(
+            f"--budget must be between ${MIN_BUDGET} and ${MAX_BUDGET:,}, got {value}", returncode=EXIT_ERROR
+        )
     return budget
 
 
-class Command(BaseCommand):
+class Command(ContractCommand):
     help = "Run a batch: diversity selection, then one newsletter draft per topic (in-process or on the workers)."
 
     def add_arguments(self, parser):

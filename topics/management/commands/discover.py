@@ -2,13 +2,15 @@ from __future__ import annotations
 
 import json
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
+
+from newsroom.commands import ContractCommand
 
 from topics.discovery import run_as_dict, run_discovery, summary_lines
 from topics.sources import SOURCES
 
 
-class Command(BaseCommand):
+class Command(ContractCommand):
     help = "Fetch fresh candidate topics from the configured sources (Reddit, Perplexity, TubeLab, Apify)."
 
     def add_arguments(self, parser):

@@ -2,12 +2,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
+
+from newsroom.commands import ContractCommand
 
 from topics.importing import ImportFailed, import_topics
 
 
-class Command(BaseCommand):
+class Command(ContractCommand):
     help = "Import topics from a CSV (header row) or JSON (list of objects) file. Idempotent on (source, external_id)."
 
     def add_arguments(self, parser):
