@@ -161,6 +161,16 @@ class NewsletterAdmin(admin.ModelAdmin):
     def has_add_permission(self, request):
         return False
 
+    def save_model(self, request, obj: Newsletter, form, change):
+        # Approval is a permission of its own: an approved draft whose text is changed by someone who may not
+        # approve goes back to "draft ready", so what gets exported is always what an approver read.
+        edited = {"subject", "preview_text", "body_markdown"} & set(form.changed_data)
+        if change and edited and obj.status == Newsletter.Status.APPROVED and not self.has_approve_permission(request):
+            obj.status, obj.reviewed_by, obj.reviewed_at = Newsletter.Status.GENERATED, None, None
+            self.message_user(request, "The draft changed after it was approved, so it needs approving again.",
+                              messages.WARNING)
+        super().save_model(request, obj, form, change)
+
     def has_approve_permission(self, request) -> bool:
         return views.can_approve(request)
 

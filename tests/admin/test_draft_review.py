@@ -64,6 +64,35 @@ def test_an_editor_can_edit_the_draft_and_the_edit_is_in_the_trail(editor_client
     assert any(row["who"] == "Editor" and "Subject" in row["what"] for row in trail)
 
 
+def test_an_approved_draft_edited_by_someone_who_may_not_approve_needs_approving_again(
+    viewer_client, post_form, draft
+):
+    Newsletter.objects.filter(pk=draft.pk).update(status=Newsletter.Status.APPROVED)
+
+    response = post_form(viewer_client, page_url(draft), {
+        "subject": "A subject nobody approved", "preview_text": draft.preview_text,
+        "body_markdown": draft.body_markdown, "_continue": "1",
+    }, page=page_url(draft))
+
+    assert response.status_code == 302
+    draft.refresh_from_db()
+    assert (draft.subject, draft.status, draft.reviewed_by) == (
+        "A subject nobody approved", Newsletter.Status.GENERATED, None
+    )
+
+
+def test_an_approver_editing_an_approved_draft_keeps_it_approved(editor_client, post_form, draft):
+    Newsletter.objects.filter(pk=draft.pk).update(status=Newsletter.Status.APPROVED)
+
+    post_form(editor_client, page_url(draft), {
+        "subject": "Tightened by the approver", "preview_text": draft.preview_text,
+        "body_markdown": draft.body_markdown, "_continue": "1",
+    }, page=page_url(draft))
+
+    draft.refresh_from_db()
+    assert (draft.subject, draft.status) == ("Tightened by the approver", Newsletter.Status.APPROVED)
+
+
 def test_a_body_sent_back_unchanged_with_crlf_line_ends_is_not_recorded_as_an_edit(editor_client, post_form, draft):
     post_form(editor_client, page_url(draft), {
         "subject": "A sharper subject", "preview_text": draft.preview_text,
