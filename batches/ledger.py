@@ -69,7 +69,11 @@ def monthly_remaining() -> Decimal | None:
 
 
 def _lock_month(now: datetime.datetime) -> None:
-    key = f"month:{timezone.localtime(now):%Y-%m}"
+    lock(f"month:{timezone.localtime(now):%Y-%m}")
+
+
+def lock(key: str) -> None:
+    """Hold the named lock row until the surrounding transaction ends (created on first use)."""
     try:
         with transaction.atomic():
             BudgetLock.objects.get_or_create(key=key)

@@ -13,6 +13,7 @@ from django.utils import timezone
 
 from topics.selection import candidate_pool, select_diverse
 
+from . import ledger
 from .generation import generate_newsletter
 from .models import Batch, Newsletter
 from .planning import estimate_topics
@@ -69,6 +70,9 @@ def start_batch(*, batch_id: int) -> Batch | None:
     if not claimed:
         return None
     with transaction.atomic():
+        # Selections run one at a time: two batches starting together would otherwise both see the same
+        # unused topics (neither sees the other's uncommitted items) and pay to draft them twice.
+        ledger.lock("selection")
         batch = Batch.objects.select_for_update().get(pk=batch_id)
         if not batch.newsletters.exists():
             topics = select_diverse(

@@ -244,3 +244,27 @@ def test_sixteen_workers_on_many_batches_never_take_the_month_over_its_cap(setti
     assert spent <= Decimal("0.4")
     assert Decimal("0.4") - spent < worst_case
     assert sum(calls) == CostLedgerEntry.objects.count() > WORKERS
+
+
+@pytest.mark.django_db(transaction=True)
+def test_batches_starting_at_the_same_moment_never_draft_the_same_topic(migration_data, topics_in_every_category):
+    from batches import running
+    from batches.models import Newsletter
+
+    workers = len(topics_in_every_category)
+    batches = [running.create_batch(size=1, budget_usd=Decimal("40")) for _ in range(workers)]
+    start = threading.Barrier(workers)
+
+    def begin(batch_id: int) -> None:
+        try:
+            start.wait(timeout=10)
+            running.start_batch(batch_id=batch_id)
+        finally:
+            connection.close()
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        list(pool.map(begin, [b.pk for b in batches]))
+
+    topics = list(Newsletter.objects.values_list("topic_id", flat=True))
+    assert len(topics) == workers
+    assert len(set(topics)) == workers
