@@ -226,7 +226,8 @@ TUBELAB_BASE_URL = env.str("TUBELAB_BASE_URL", default="https://public-api.tubel
 APIFY_TOKEN = env.str("APIFY_TOKEN", default="")
 APIFY_BASE_URL = env.str("APIFY_BASE_URL", default="https://api.apify.com")
 # Source tuning: set only when given, so each source's own default applies otherwise (see topics/sources/).
-for _name in ("REDDIT_SUBREDDITS", "REDDIT_TIME_FILTER", "REDDIT_MIN_SCORE", "PERPLEXITY_MODEL", "TUBELAB_QUERIES",
-              "TUBELAB_USD_PER_CREDIT", "APIFY_ACTOR_ID", "APIFY_MAX_CHARGE_USD"):
+for _name in ("REDDIT_SUBREDDITS", "REDDIT_TIME_FILTER", "REDDIT_MIN_SCORE", "PERPLEXITY_MODEL",
+              "PERPLEXITY_USD_PER_MILLION_INPUT", "PERPLEXITY_USD_PER_MILLION_OUTPUT", "PERPLEXITY_USD_PER_REQUEST",
+              "TUBELAB_QUERIES", "TUBELAB_USD_PER_CREDIT", "APIFY_ACTOR_ID", "APIFY_MAX_CHARGE_USD"):
     if _name in env:
         globals()[_name] = env.str(_name)

@@ -39,6 +39,15 @@ log = logging.getLogger(__name__)
 LABEL = "Perplexity"
 DEFAULT_BASE_URL = "https://api.perplexity.ai"
 DEFAULT_MODEL = "sonar"
+# Perplexity's published prices: USD per million input and output tokens, and the search fee per request by
+# search_context_size (https://docs.perplexity.ai/getting-started/pricing). Models with other fees (deep
+# research bills citations and searches too) are left out on purpose: without a price there is no call.
+PRICES: dict[str, tuple[str, str, dict[str, str]]] = {
+    "sonar": ("1", "1", {"low": "0.005", "medium": "0.008", "high": "0.012"}),
+    "sonar-pro": ("3", "15", {"low": "0.006", "medium": "0.010", "high": "0.014"}),
+    "sonar-reasoning": ("1", "5", {"low": "0.005", "medium": "0.008", "high": "0.012"}),
+    "sonar-reasoning-pro": ("2", "8", {"low": "0.006", "medium": "0.010", "high": "0.014"}),
+}
 # The newsletter's eight beats, phrased for a search question (slug → what to ask about).
 DEFAULT_CATEGORIES: dict[str, str] = {
     "shipping_logistics": "shipping, fulfilment, carriers and logistics",
@@ -102,9 +111,9 @@ class PerplexitySource:
         topics_per_category: int = 5,
         recency: str = "week",
         max_tokens: int = 1500,
-        usd_per_million_input: Decimal | str = "1",
-        usd_per_million_output: Decimal | str = "1",
-        usd_per_request: Decimal | str = "0.005",
+        usd_per_million_input: Decimal | str | None = None,
+        usd_per_million_output: Decimal | str | None = None,
+        usd_per_request: Decimal | str | None = None,
         search_context_size: str = "low",
         timeout: float = 90.0,
     ) -> None:
@@ -115,10 +124,14 @@ class PerplexitySource:
         self.topics_per_category = topics_per_category
         self.recency = recency
         self.max_tokens = max_tokens
-        self.usd_per_million_input = Decimal(str(usd_per_million_input))
-        self.usd_per_million_output = Decimal(str(usd_per_million_output))
-        # The per-request search fee depends on search_context_size ($5/1000 requests at "low"), which we pin.
-        self.usd_per_request = Decimal(str(usd_per_request))
+        # Prices come from PRICES for the model unless given; the request fee depends on search_context_size.
+        listed = PRICES.get(self.model)
+        given = (usd_per_million_input, usd_per_million_output, usd_per_request)
+        self.priced = listed is not None or all(v not in (None, "") for v in given)
+        fallback = (listed[0], listed[1], listed[2][search_context_size]) if listed else ("0", "0", "0")
+        self.usd_per_million_input, self.usd_per_million_output, self.usd_per_request = (
+            Decimal(str(value if value not in (None, "") else default)) for value, default in zip(given, fallback)
+        )
         self.search_context_size = search_context_size
         self.timeout = timeout
 
@@ -137,9 +150,9 @@ class PerplexitySource:
             topics_per_category=int(getattr(settings, "PERPLEXITY_TOPICS_PER_CATEGORY", 5)),
             recency=getattr(settings, "PERPLEXITY_RECENCY", "") or "week",
             max_tokens=int(getattr(settings, "PERPLEXITY_MAX_TOKENS", 1500)),
-            usd_per_million_input=str(getattr(settings, "PERPLEXITY_USD_PER_MILLION_INPUT", "1")),
-            usd_per_million_output=str(getattr(settings, "PERPLEXITY_USD_PER_MILLION_OUTPUT", "1")),
-            usd_per_request=str(getattr(settings, "PERPLEXITY_USD_PER_REQUEST", "0.005")),
+            usd_per_million_input=getattr(settings, "PERPLEXITY_USD_PER_MILLION_INPUT", None),
+            usd_per_million_output=getattr(settings, "PERPLEXITY_USD_PER_MILLION_OUTPUT", None),
+            usd_per_request=getattr(settings, "PERPLEXITY_USD_PER_REQUEST", None),
         )
 
     def is_configured(self) -> bool:
@@ -161,6 +174,13 @@ class PerplexitySource:
         per_category = max(1, min(self.topics_per_category, math.ceil(limit / max(1, len(self.categories)))))
         gathered: list[Candidate] = []
         headers = {"Authorization": f"Bearer {self.api_key}", "Accept": "application/json"}
+        if not self.priced:
+            # No price, no call: the reservation before each call must be a true upper bound of its cost.
+            raise SourceError(
+                f"{LABEL}: no price is known for model {self.model!r}; set PERPLEXITY_USD_PER_MILLION_INPUT, "
+                "PERPLEXITY_USD_PER_MILLION_OUTPUT and PERPLEXITY_USD_PER_REQUEST to price it",
+                permanent=True,
+            )
         with httpx.Client(base_url=self.base_url, headers=headers, timeout=self.timeout) as client:
             for slug, subject in self.categories.items():
                 if len(gathered) >= limit:

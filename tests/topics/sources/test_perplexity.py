@@ -260,3 +260,33 @@ def test_from_settings_honours_the_base_url_override_and_defaults(fake: FakePerp
     assert source.categories == {"ads_marketing": DEFAULT_CATEGORIES["ads_marketing"]}
     default = PerplexitySource.from_settings(SimpleNamespace())
     assert (default.base_url, default.model, default.is_configured()) == (DEFAULT_BASE_URL, "sonar", False)
+
+
+def test_a_model_without_a_price_makes_no_call(fake: FakePerplexityAPI) -> None:
+    error = fetch_error(source_for(fake, model="sonar-deep-research"))
+
+    assert error.permanent
+    assert "no price" in error.message and "sonar-deep-research" in error.message
+    assert fake.requests == []
+
+
+def test_a_dearer_model_reserves_at_its_own_price(fake: FakePerplexityAPI) -> None:
+    body = source_for(fake)._body("shipping", 3)
+
+    sonar = source_for(fake, model="sonar").worst_case_usd(body)
+    pro = source_for(fake, model="sonar-pro").worst_case_usd(body)
+
+    # sonar-pro output costs 15 times sonar's, and its request fee is higher: its reservation must be too.
+    assert pro > sonar
+    assert pro >= Decimal(body["max_tokens"]) * Decimal("15") / Decimal(1_000_000) + Decimal("0.006")
+
+
+def test_configured_prices_let_an_unlisted_model_run(fake: FakePerplexityAPI) -> None:
+    source = source_for(
+        fake, model="sonar-next", usd_per_million_input="2", usd_per_million_output="9", usd_per_request="0.01"
+    )
+
+    assert source.priced
+    assert (source.usd_per_million_input, source.usd_per_million_output, source.usd_per_request) == (
+        Decimal("2"), Decimal("9"), Decimal("0.01")
+    )
