@@ -4,7 +4,7 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.db import models
-from django.db.models import Q, Sum
+from django.db.models import Q
 from django.utils import timezone
 
 MONEY = {"max_digits": 14, "decimal_places": 6}
@@ -96,7 +96,10 @@ class Batch(models.Model):
         return self.status in self.FINAL_STATUSES
 
     def spent_usd(self) -> Decimal:
-        return self.ledger_entries.aggregate(total=Sum("amount_usd"))["total"] or Decimal("0")
+        """Ledger total of this batch, open reservations included (the one sum lives in batches.ledger)."""
+        from .ledger import batch_spent
+
+        return batch_spent(self.pk)
 
     def mark_failed(self, reason: str) -> None:
         self.status = self.Status.FAILED

@@ -178,7 +178,9 @@ class Command(ContractCommand):
         if self.as_json:
             return
         self.items_shown = getattr(self, "items_shown", 0) + 1
-        total = Newsletter.objects.filter(batch_id=newsletter.batch_id).count()
+        if getattr(self, "items_total", None) is None:  # a batch's item count is fixed once it has started
+            self.items_total = Newsletter.objects.filter(batch_id=newsletter.batch_id).count()
+        total = self.items_total
         label = newsletter.subject or newsletter.error or newsletter.get_status_display()
         line = (f"[{self.items_shown}/{total}] {newsletter.get_status_display()}: {newsletter.topic.title[:60]} "
                 f"(${money(newsletter.cost_usd)}) — {label[:100]}")
