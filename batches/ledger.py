@@ -15,7 +15,7 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Sum
+from django.db.models import F, Sum
 from django.utils import timezone
 
 from .models import Batch, BudgetLock, CostLedgerEntry
@@ -148,27 +148,44 @@ def reserve(
     return Reservation(entry_id=entry.pk, amount_usd=worst_case_usd, created=True)
 
 
-def settle(*, entry_id: int, actual_usd: Decimal, usage: Usage | None = None, request_id: str = "") -> bool:
-    """Settle a reservation to the call's actual cost. Returns False if it was already settled or released."""
+def settle(
+    *, entry_id: int, actual_usd: Decimal, usage: Usage | None = None, request_id: str = "", usage_missing: bool = False
+) -> bool:
+    """Settle a reservation to the call's actual cost. Returns False if it was already settled or released.
+
+    `usage_missing` means the answer reported no usage: the call is settled at its reservation (the most it can
+    have cost) and marked, never at $0. A cost above the reservation is recorded as it was (the money was spent)
+    and marked as an overrun; it stops further calls in the batch and shows on the batch page.
+    """
     actual_usd = to_money(actual_usd)
-    usage = usage or Usage()
-    entry = CostLedgerEntry.objects.only("reserved_usd").get(pk=entry_id)
-    if actual_usd > entry.reserved_usd:
-        # Cannot happen with an exact token count and the dearest input price; if it ever does, the money
-        # was spent all the same, so the ledger records the truth and says so loudly.
-        logger.error("ledger entry %s: actual cost %s exceeds its reservation %s", entry_id, actual_usd,
-                     entry.reserved_usd)
-    changed = CostLedgerEntry.objects.filter(pk=entry_id, status=CostLedgerEntry.Status.RESERVED).update(
-        status=CostLedgerEntry.Status.SETTLED,
-        amount_usd=actual_usd,
-        settled_at=timezone.now(),
-        input_tokens=usage.input_tokens,
-        output_tokens=usage.output_tokens,
-        cache_write_tokens=usage.cache_write_tokens + usage.cache_write_1h_tokens,
-        cache_read_tokens=usage.cache_read_tokens,
-        request_id=request_id[:120],
-    )
-    return changed == 1
+    with transaction.atomic():
+        entry = CostLedgerEntry.objects.select_for_update().only("reserved_usd", "status", "batch_id").get(pk=entry_id)
+        if entry.status != CostLedgerEntry.Status.RESERVED:
+            return False
+        note, usage = "", usage or Usage()
+        if usage_missing:
+            actual_usd, note = entry.reserved_usd, CostLedgerEntry.Note.USAGE_MISSING
+            logger.warning("ledger entry %s: the answer carried no usage; settled at its reservation", entry_id)
+        elif actual_usd > entry.reserved_usd:
+            note = CostLedgerEntry.Note.OVERRUN
+            logger.error("ledger entry %s: actual cost %s exceeds its reservation %s", entry_id, actual_usd,
+                         entry.reserved_usd)
+            if entry.batch_id is not None:
+                Batch.objects.filter(pk=entry.batch_id).update(
+                    budget_stopped=True, overrun_usd=F("overrun_usd") + (actual_usd - entry.reserved_usd)
+                )
+        CostLedgerEntry.objects.filter(pk=entry_id).update(
+            status=CostLedgerEntry.Status.SETTLED,
+            amount_usd=actual_usd,
+            settled_at=timezone.now(),
+            input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens,
+            cache_write_tokens=usage.cache_write_tokens + usage.cache_write_1h_tokens,
+            cache_read_tokens=usage.cache_read_tokens,
+            request_id=request_id[:120],
+            note=note,
+        )
+    return True
 
 
 def release(*, entry_id: int) -> bool:
