@@ -71,6 +71,14 @@ class Batch(models.Model):
     budget_stopped = models.BooleanField(
         default=False, help_text="Set when the budget refused a call: items not yet started are skipped."
     )
+    # Running totals of this batch's ledger entries, kept in the same transaction as each entry so a reservation
+    # reads this one (locked) row instead of summing the ledger. `manage.py reconcile_ledger` checks them.
+    ledger_total_usd = models.DecimalField(
+        default=Decimal("0"), **MONEY, help_text="Sum of the batch's ledger entries: settled spend plus open reservations."
+    )
+    reserved_open_usd = models.DecimalField(
+        default=Decimal("0"), **MONEY, help_text="The part of the total held by reservations not settled yet."
+    )
     overrun_usd = models.DecimalField(
         default=Decimal("0"), **MONEY,
         help_text="How much answered calls cost beyond their reservations (usage above what was counted).",
@@ -172,6 +180,22 @@ class Newsletter(models.Model):
 
     def __str__(self) -> str:
         return self.subject or f"Newsletter on “{self.topic}”"
+
+
+class MonthlySpend(models.Model):
+    """Running totals of one calendar month's ledger entries (all batches and discovery), kept in the same
+    transaction as each entry; the monthly cap locks and reads this row instead of summing the month."""
+
+    month = models.CharField(max_length=7, unique=True, help_text="YYYY-MM in the project's time zone.")
+    total_usd = models.DecimalField(default=Decimal("0"), **MONEY)
+    reserved_usd = models.DecimalField(default=Decimal("0"), **MONEY)
+
+    class Meta:
+        verbose_name = "monthly spend"
+        verbose_name_plural = "monthly spend"
+
+    def __str__(self) -> str:
+        return f"{self.month}: {self.total_usd} USD"
 
 
 class BudgetLock(models.Model):

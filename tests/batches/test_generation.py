@@ -20,6 +20,7 @@ from batches.pricing import price_for, worst_case_cost
 from batches.prompts import build_request
 from batches.tasks import generate_newsletter_task, run_batch
 from tests.fakes.anthropic_api import Fault, request_input_tokens
+from tests.support import record_ledger_entry
 
 pytestmark = pytest.mark.django_db
 
@@ -93,7 +94,7 @@ def test_a_batch_stopped_by_the_budget_never_spends_more_than_its_budget(
 
 def test_a_batch_whose_ledger_is_already_at_its_budget_makes_no_call(fake_anthropic, topics_in_every_category):
     batch = running.create_batch(size=8, budget_usd=Decimal("1"))
-    CostLedgerEntry.objects.create(
+    record_ledger_entry(
         idempotency_key="earlier-run", batch=batch, status=CostLedgerEntry.Status.SETTLED,
         reserved_usd=Decimal("1"), amount_usd=Decimal("1"),
     )
