@@ -1,6 +1,6 @@
 """`make demo`, second half: a live batch end to end with no API key and no broker server.
 
-Claude is played by the loopback fake of the Messages API (tests/fakes/anthropic_api.py), so the real SDK,
+Claude is played by the loopback fake of the Messages API (batches/claude_standin.py), so the real SDK,
 the ledger, the budget and a real Celery worker on kombu's filesystem broker all run for real; the drafts'
 text is the fake's placeholder prose, labelled as such.
 """
@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def main() -> int:
     sys.path.insert(0, str(ROOT))
-    from tests.fakes.anthropic_api import FakeAnthropicServer
+    from batches.claude_standin import FakeAnthropicServer
 
     env = dict(os.environ)
     env.pop("CELERY_BROKER_URL", None)  # the embedded default: the filesystem broker under var/

@@ -44,7 +44,7 @@ def redis_url() -> str:
 @pytest.fixture
 def fake_anthropic(settings):
     """The loopback Anthropic API, wired in as ANTHROPIC_BASE_URL with a test key."""
-    from tests.fakes.anthropic_api import FakeAnthropicServer
+    from batches.claude_standin import FakeAnthropicServer
 
     server = FakeAnthropicServer().start()
     settings.ANTHROPIC_BASE_URL = server.base_url

@@ -14,7 +14,7 @@ from collections import Counter
 import pytest
 
 from batches.models import Batch, CostLedgerEntry, Newsletter
-from tests.fakes.anthropic_api import FakeAnthropicServer
+from batches.claude_standin import FakeAnthropicServer
 from tests.support import DOWN_BROKER_URL, manage, manage_in_background, service_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("migration_data")]
