@@ -9,9 +9,12 @@ from django.db.models import Count, DecimalField, OuterRef, Q, Subquery, Sum, Va
 from django.db.models.functions import Coalesce
 from django.http import HttpResponseRedirect
 from django.urls import path, reverse
+from django.utils.html import format_html
 
 from . import export, views
 from .launching import RESUMABLE
+from .money import LEDGER_PLACES, format_usd
+from .progress import counts_label
 from .models import Batch, CostLedgerEntry, ModelPrice, Newsletter
 from .review import ReviewRefused, request_regeneration, review_drafts
 from .running import BrokerUnavailable
@@ -23,8 +26,7 @@ MONEY_FIELD = DecimalField(max_digits=14, decimal_places=6)
 class BatchAdmin(admin.ModelAdmin):
     """Batches are started and resumed from the desk (“New batch”, “Run batch”), never typed in or edited."""
 
-    list_display = ("number", "status", "progress", "size", "model", "budget_usd", "spent", "created_by",
-                    "created_at")
+    list_display = ("number", "shown_status", "progress", "model", "budget", "spent", "created_by", "created_at")
     list_filter = ("status", "model")
     list_select_related = ("created_by",)
     readonly_fields = ("status", "status_reason", "size", "include_new", "candidate_ids", "budget_usd",
@@ -43,26 +45,51 @@ class BatchAdmin(admin.ModelAdmin):
             spent_total=Coalesce(Subquery(spent, output_field=MONEY_FIELD),
                                  Value(Decimal("0"), output_field=MONEY_FIELD)),
             item_count=Count("newsletters"),
-            done_count=Count("newsletters", filter=Q(newsletters__status__in=Newsletter.FINAL_STATUSES)),
+            drafted_count=Count("newsletters", filter=Q(newsletters__status__in=Newsletter.DRAFTED_STATUSES)),
+            failed_count=Count("newsletters", filter=Q(newsletters__status=Newsletter.Status.FAILED)),
+            skipped_count=Count("newsletters", filter=Q(newsletters__status=Newsletter.Status.SKIPPED_BUDGET)),
+            open_count=Count("newsletters", filter=Q(newsletters__status__in=Newsletter.OPEN_STATUSES)),
         )
 
     @admin.display(description="batch", ordering="-pk")
     def number(self, obj: Batch) -> str:
         return f"#{obj.pk}"
 
-    @admin.display(description="spent (USD)", ordering="spent_total")
-    def spent(self, obj: Batch) -> Decimal:
-        return obj.spent_total or Decimal("0")
+    @admin.display(description="status", ordering="status")
+    def shown_status(self, obj: Batch) -> str:
+        # A finished batch with an item being drafted again is running again, whatever its last outcome was.
+        if obj.status in Batch.FINAL_STATUSES and obj.open_count:
+            return Batch.Status.RUNNING.label
+        return obj.get_status_display()
 
-    @admin.display(description="items done")
+    @admin.display(description="spent", ordering="spent_total")
+    def spent(self, obj: Batch) -> str:
+        return format_usd(obj.spent_total)
+
+    @admin.display(description="budget", ordering="budget_usd")
+    def budget(self, obj: Batch) -> str:
+        return format_usd(obj.budget_usd)
+
+    @admin.display(description="items")
     def progress(self, obj: Batch) -> str:
-        return f"{obj.done_count} / {obj.item_count}" if obj.item_count else "—"
+        if not obj.item_count:
+            return "—"
+        return counts_label(drafted=obj.drafted_count, failed=obj.failed_count, skipped=obj.skipped_count,
+                            in_flight=obj.open_count)
 
     def has_add_permission(self, request):
         return False  # batches are started with "New batch" or "Run batch", never typed in by hand
 
     def has_change_permission(self, request, obj=None):
         return False  # a batch changes by running; its page is its progress
+
+    def has_delete_permission(self, request, obj=None):
+        return False  # the ledger's spend history is append-only, and a batch is the record of what it paid for
+
+    def delete_view(self, request, object_id, extra_context=None):
+        # Say why instead of the admin's "your account doesn't have permission", which suggests asking for it.
+        self.message_user(request, views.NOT_DELETED, messages.WARNING)
+        return HttpResponseRedirect(reverse("admin:batches_batch_change", args=[object_id]))
 
     def has_run_permission(self, request) -> bool:
         return views.can_run(request)
@@ -143,7 +170,7 @@ class NewsletterForm(forms.ModelForm):
 @admin.register(Newsletter)
 class NewsletterAdmin(admin.ModelAdmin):
     form = NewsletterForm
-    list_display = ("__str__", "batch", "topic", "status", "cost_usd", "generated_at", "reviewed_by")
+    list_display = ("__str__", "batch_link", "topic_link", "status", "cost", "generated_at", "reviewed_by")
     list_filter = ("status", "batch")
     list_select_related = ("batch", "topic", "reviewed_by")
     search_fields = ("subject", "preview_text", "body_markdown", "topic__title")
@@ -160,6 +187,20 @@ class NewsletterAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request):
         return False
+
+    @admin.display(description="batch", ordering="batch")
+    def batch_link(self, obj: Newsletter) -> str:
+        return format_html('<a href="{}">#{}</a>', reverse("admin:batches_batch_change", args=[obj.batch_id]),
+                           obj.batch_id)
+
+    @admin.display(description="topic", ordering="topic__title")
+    def topic_link(self, obj: Newsletter) -> str:
+        return format_html('<a href="{}">{}</a>', reverse("admin:topics_topic_change", args=[obj.topic_id]),
+                           obj.topic.title)
+
+    @admin.display(description="cost", ordering="cost_usd")
+    def cost(self, obj: Newsletter) -> str:
+        return format_usd(obj.cost_usd)
 
     def save_model(self, request, obj: Newsletter, form, change):
         # Approval is a permission of its own: an approved draft whose text is changed by someone who may not
@@ -250,7 +291,7 @@ class NewsletterAdmin(admin.ModelAdmin):
 class CostLedgerEntryAdmin(admin.ModelAdmin):
     """Spend history is append-only here: nobody adds, edits or deletes it from the admin."""
 
-    list_display = ("created_at", "provider", "model", "batch", "status", "amount_usd", "reserved_usd",
+    list_display = ("created_at", "provider", "model", "batch", "status", "amount", "reserved",
                     "input_tokens", "output_tokens", "cache_write_tokens", "cache_read_tokens")
     list_filter = ("status", "provider", "model", "batch")
     list_select_related = ("batch",)
@@ -265,6 +306,14 @@ class CostLedgerEntryAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+    @admin.display(description="amount", ordering="amount_usd")
+    def amount(self, obj: CostLedgerEntry) -> str:
+        return format_usd(obj.amount_usd, places=LEDGER_PLACES)
+
+    @admin.display(description="reserved", ordering="reserved_usd")
+    def reserved(self, obj: CostLedgerEntry) -> str:
+        return format_usd(obj.reserved_usd, places=LEDGER_PLACES)
 
     def get_urls(self):
         return [

@@ -30,13 +30,16 @@ from .launching import (
 )
 from .ledger import monthly_cap, monthly_remaining
 from .models import Batch, Newsletter
+from .money import format_usd
 from .planning import Plan
-from .preflight import ERROR, is_ready, run_checks
+from .preflight import ERROR, OK, START_WORKER, check_anthropic_key, check_broker, check_worker, is_ready, run_checks
 from .pricing import PriceMissing
 from .progress import batch_progress, explain_error
 from .review import REGENERABLE, REVIEWABLE, ReviewRefused, request_regeneration, review_draft
 from .running import BrokerUnavailable
 
+NOT_DELETED = ("Batches are never deleted: their spend history in the cost ledger is append-only, and each batch "
+               "is the record of what was drafted and paid for.")
 RUN_PERMISSION = "batches.run_batch"
 APPROVE_PERMISSION = "batches.approve_newsletter"
 
@@ -66,7 +69,9 @@ def _budget_view(plan: Plan | None, budget: Decimal) -> dict:
     return {
         "estimate": estimate,
         "budget": budget,
-        "estimate_percent": min(100, round(100 * estimate / budget)) if budget else 0,
+        # The true share (672% when the estimate is almost seven budgets); only the bar stops at full.
+        "estimate_percent": round(100 * estimate / budget) if budget else 0,
+        "estimate_bar": min(100, round(100 * estimate / budget)) if budget else 0,
         "over_budget": estimate > budget,
         "monthly_cap": cap,
         "monthly_remaining": remaining,
@@ -85,6 +90,21 @@ def _coverage(plan: Plan | None) -> dict:
     }
 
 
+def run_readiness() -> dict:
+    """What the Run page must say before Confirm: can drafting authenticate, and will a worker pick the batch up?"""
+    drafting = check_anthropic_key()
+    broker = check_broker()
+    worker = check_worker() if broker.status == OK else broker
+    return {
+        "drafting_check": drafting,
+        "drafting_blocked": drafting.status == ERROR,
+        "worker_check": worker,
+        "worker_missing": worker.status != OK,
+        "start_worker": START_WORKER,
+        "not_deleted": NOT_DELETED,
+    }
+
+
 # --- New batch ---------------------------------------------------------------------------------------------------
 
 def new_batch(request: HttpRequest, model_admin) -> HttpResponse:
@@ -95,11 +115,15 @@ def new_batch(request: HttpRequest, model_admin) -> HttpResponse:
     source = request.POST if request.method == "POST" else request.GET
     form = RunBatchForm({**defaults, **source.dict()})
     plan, options = None, None
+    readiness = run_readiness()
     if form.is_valid():
         data = form.cleaned_data
         options = RunOptions(size=data["size"], budget_usd=data["budget_usd"], include_new=data["include_new"],
                              topic_ids=data["topics"])
-        if request.method == "POST" and not data["dry_run"]:
+        if request.method == "POST" and not data["dry_run"] and readiness["drafting_blocked"]:
+            model_admin.message_user(request, f"Nothing was started: drafting cannot authenticate "
+                                     f"({readiness['drafting_check'].detail}).", messages.ERROR)
+        elif request.method == "POST" and not data["dry_run"]:
             try:
                 batch = launch_batch(options=options, confirmed_topic_ids=data["selection"], user=request.user)
             except BatchNotQueued as exc:
@@ -115,7 +139,8 @@ def new_batch(request: HttpRequest, model_admin) -> HttpResponse:
                 model_admin.log_addition(request, batch, [{"added": {}}])
                 model_admin.message_user(
                     request, f"Batch #{batch.pk} is queued: {batch.size} newsletter(s), estimated at most "
-                    f"${batch.estimated_cost_usd:.2f} of a ${batch.budget_usd:.2f} budget.", messages.SUCCESS)
+                    f"{format_usd(batch.estimated_cost_usd)} of a {format_usd(batch.budget_usd)} budget.",
+                    messages.SUCCESS)
                 return HttpResponseRedirect(reverse("admin:batches_batch_change", args=[batch.pk]))
         try:
             plan = preview_run(options=options)
@@ -140,6 +165,7 @@ def new_batch(request: HttpRequest, model_admin) -> HttpResponse:
         left_out=len(topic_ids) - pool_size if from_topics else 0,
         cancel_url=cancel_url,
         can_confirm=bool(plan and plan.items),
+        **readiness,
         **_budget_view(plan, options.budget_usd if options else Decimal(settings.BATCH_BUDGET_USD)),
         **_coverage(plan),
     ))
@@ -200,12 +226,15 @@ def batch_page_context(request: HttpRequest, batch: Batch) -> dict:
         "progress_data": progress.as_dict(),
         "progress_url": reverse("admin:batches_batch_progress", args=[batch.pk]),
         "draft_url_template": reverse("admin:batches_newsletter_change", args=[0]),
+        "topic_url_template": reverse("admin:topics_topic_change", args=[0]),
         "resume_url": reverse("admin:batches_batch_resume", args=[batch.pk]),
         "export_url": reverse("admin:batches_batch_export", args=[batch.pk]),
         "can_run": can_run(request),
         "resumable_statuses": " ".join(RESUMABLE),
         "is_resumable": batch.status in RESUMABLE,
         "approved_count": sum(1 for item in progress.items if item.status == Newsletter.Status.APPROVED),
+        "start_worker": START_WORKER,
+        "not_deleted": NOT_DELETED,
     }
 
 
@@ -340,7 +369,7 @@ def system_status_view(request: HttpRequest, model_admin) -> HttpResponse:
     """The checks of `manage.py preflight`, which never include a secret (at most its last four characters)."""
     if not model_admin.has_view_permission(request):
         raise PermissionDenied
-    checks = run_checks()
+    checks = run_checks(worker=True)
     return TemplateResponse(request, "admin/batches/batch/system_status.html", _context(
         request, model_admin, title="System status", checks=checks, ready=is_ready(checks), ERROR=ERROR,
     ))

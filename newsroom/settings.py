@@ -231,3 +231,12 @@ for _name in ("REDDIT_SUBREDDITS", "REDDIT_TIME_FILTER", "REDDIT_MIN_SCORE", "PE
               "TUBELAB_QUERIES", "TUBELAB_USD_PER_CREDIT", "APIFY_ACTOR_ID", "APIFY_MAX_CHARGE_USD"):
     if _name in env:
         globals()[_name] = env.str(_name)
+
+# --- The local stand-in for Claude ----------------------------------------------------------------
+# `make serve` without ANTHROPIC_API_KEY starts batches/claude_standin.py on this port and sets CLAUDE_STANDIN=1:
+# drafts are then placeholder prose from loopback, never Claude, and every desk page says so.
+STANDIN_PORT = env.int("STANDIN_PORT", default=8765)
+CLAUDE_STANDIN = env.bool("CLAUDE_STANDIN", default=False)
+if CLAUDE_STANDIN:
+    ANTHROPIC_BASE_URL = f"http://127.0.0.1:{STANDIN_PORT}"
+    ANTHROPIC_API_KEY = "standin-key-not-a-secret"  # the SDK insists on a key; a real one never goes to the stand-in

@@ -28,6 +28,14 @@ def port_open(url: str, timeout: float = 1.0) -> bool:
         return False
 
 
+@pytest.fixture(autouse=True)
+def fresh_cache() -> None:
+    """Each test starts with an empty cache: the desk caches a worker ping for a few seconds."""
+    from django.core.cache import cache
+
+    cache.clear()
+
+
 @pytest.fixture
 def redis_url() -> str:
     """A Redis database for tests (db 15), flushed before use."""
