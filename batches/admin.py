@@ -7,7 +7,7 @@ from django.contrib import admin, messages
 from django.contrib.admin.models import CHANGE, LogEntry
 from django.db.models import Count, DecimalField, OuterRef, Q, Subquery, Sum, Value
 from django.db.models.functions import Coalesce
-from django.http import HttpResponseRedirect
+from django.http import HttpResponseBadRequest, HttpResponseRedirect
 from django.urls import path, reverse
 from django.utils.html import format_html
 
@@ -15,11 +15,13 @@ from . import export, views
 from .launching import RESUMABLE
 from .money import LEDGER_PLACES, format_usd
 from .progress import counts_label
-from .models import Batch, CostLedgerEntry, ModelPrice, Newsletter
+from .models import Batch, CostLedgerEntry, DraftVersion, ModelPrice, Newsletter
 from .review import ReviewRefused, request_regeneration, review_drafts
 from .running import BrokerUnavailable
+from .versions import TEXT_FIELDS, keep_version
 
 MONEY_FIELD = DecimalField(max_digits=14, decimal_places=6)
+DECISION_FIELD = "_decision"  # the draft page's Approve / Reject / new-draft buttons, submitted with the form
 
 
 @admin.register(Batch)
@@ -205,12 +207,28 @@ class NewsletterAdmin(admin.ModelAdmin):
     def save_model(self, request, obj: Newsletter, form, change):
         # Approval is a permission of its own: an approved draft whose text is changed by someone who may not
         # approve goes back to "draft ready", so what gets exported is always what an approver read.
-        edited = {"subject", "preview_text", "body_markdown"} & set(form.changed_data)
+        edited = set(TEXT_FIELDS) & set(form.changed_data)
         if change and edited and obj.status == Newsletter.Status.APPROVED and not self.has_approve_permission(request):
             obj.status, obj.reviewed_by, obj.reviewed_at = Newsletter.Status.GENERATED, None, None
             self.message_user(request, "The draft changed after it was approved, so it needs approving again.",
                               messages.WARNING)
+        if change and edited:
+            # The text as stored (perhaps a new draft that arrived while the editor typed) stays restorable; the
+            # admin's change view runs this in the same transaction as the save.
+            keep_version(newsletter=obj, reason=DraftVersion.Reason.EDITED, user=request.user)
         super().save_model(request, obj, form, change)
+
+    def log_change(self, request, obj, message):
+        # Pressing Approve on an unchanged draft saves the form first; "No fields changed." would only be noise.
+        if not message and request.POST.get(DECISION_FIELD):
+            return None
+        return super().log_change(request, obj, message)
+
+    def response_change(self, request, obj):
+        decision = request.POST.get(DECISION_FIELD)
+        if decision:
+            return views.apply_decision(request, self, obj, decision)  # the form is saved: now decide
+        return super().response_change(request, obj)
 
     def has_approve_permission(self, request) -> bool:
         return views.can_approve(request)
@@ -222,6 +240,10 @@ class NewsletterAdmin(admin.ModelAdmin):
         wrap = self.admin_site.admin_view
         return [
             path("<int:object_id>/review/", wrap(self.review_view), name="batches_newsletter_review"),
+            path("<int:object_id>/versions/<int:version_id>/", wrap(self.version_view),
+                 name="batches_newsletter_version"),
+            path("<int:object_id>/versions/<int:version_id>/restore/", wrap(self.restore_view),
+                 name="batches_newsletter_restore"),
             path("<int:object_id>/export/<str:fmt>/", wrap(self.export_view), name="batches_newsletter_export"),
             *super().get_urls(),
         ]
@@ -229,14 +251,32 @@ class NewsletterAdmin(admin.ModelAdmin):
     def review_view(self, request, object_id):
         return views.review_newsletter(request, self, object_id)
 
+    def version_view(self, request, object_id, version_id):
+        return views.draft_version_view(request, self, object_id, version_id)
+
+    def restore_view(self, request, object_id, version_id):
+        return views.restore_draft_version(request, self, object_id, version_id)
+
     def export_view(self, request, object_id, fmt):
         return views.export_newsletter(request, self, object_id, fmt)
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
+        decision = request.POST.get(DECISION_FIELD) if request.method == "POST" else None
+        if decision:
+            try:
+                views.check_decision(request, decision)  # before anything is saved
+            except views.UnknownDecision:
+                return HttpResponseBadRequest("Unknown decision.")
         newsletter = self.get_object(request, object_id)
         if newsletter is not None and self.has_view_permission(request, newsletter):
-            extra_context = {**(extra_context or {}), **views.draft_page_context(request, newsletter)}
-        return super().change_view(request, object_id, form_url, extra_context=extra_context)
+            extra_context = {**(extra_context or {}), **views.draft_page_context(
+                request, newsletter, can_edit=self.has_change_permission(request, newsletter))}
+        response = super().change_view(request, object_id, form_url, extra_context=extra_context)
+        if decision and response.status_code == 200:
+            # The form came back with errors: nothing was saved and nothing decided.
+            self.message_user(request, "Nothing was decided: the draft has errors (below). Correct them, then "
+                              "press the button again; your text is still in the form.", messages.ERROR)
+        return response
 
     def _review(self, request, queryset, status: str) -> None:
         ids = review_drafts(queryset=queryset, status=status, user=request.user)

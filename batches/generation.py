@@ -20,6 +20,7 @@ from .models import Batch, Newsletter
 from .planning import topic_message
 from .pricing import PriceMissing, Usage, cost_of, price_for, worst_case_cost
 from .prompts import PREVIEW_MAX, SUBJECT_MAX, TOOL_NAME, build_request
+from .versions import keep_version
 
 logger = logging.getLogger("newsroom.generation")
 
@@ -154,6 +155,7 @@ def _finish(newsletter: Newsletter, *, status: str, error: str = "", draft: Draf
     fields = ["status", "error", "cost_usd"]
     newsletter.cost_usd = ledger.newsletter_spent(newsletter.pk)
     if draft is not None:
+        keep_version(newsletter=newsletter)  # the text this draft replaces stays viewable and restorable
         newsletter.subject, newsletter.preview_text = draft.subject, draft.preview_text
         newsletter.body_markdown, newsletter.generated_at = draft.body_markdown, timezone.now()
         fields += ["subject", "preview_text", "body_markdown", "generated_at", "model"]
