@@ -82,6 +82,7 @@ def migration_data(db) -> None:
             importlib.import_module(seeding).seed(apps, None)
     if not Group.objects.filter(name="Editor").exists():
         importlib.import_module("batches.migrations.0003_editor_group").add_editor_group(apps)
+        importlib.import_module("batches.migrations.0008_editor_group_topics").add_topic_permissions(apps)
 
 
 @pytest.fixture
