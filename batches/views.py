@@ -33,7 +33,7 @@ from .ledger import monthly_cap, monthly_remaining
 from .models import Batch, DraftVersion, Newsletter
 from .money import format_usd
 from .planning import Plan
-from .preflight import ERROR, OK, START_WORKER, check_anthropic_key, check_broker, check_worker, is_ready, run_checks
+from .preflight import ERROR, OK, check_anthropic_key, check_broker, check_worker, is_ready, run_checks
 from .pricing import PriceMissing
 from .progress import batch_progress, explain_error
 from .review import (
@@ -75,7 +75,7 @@ def _budget_view(plan: Plan | None, budget: Decimal) -> dict:
         "estimate": estimate,
         "budget": budget,
         # The true share (672% when the estimate is almost seven budgets); only the bar stops at full.
-        "estimate_percent": round(100 * estimate / budget) if budget else 0,
+        "estimate_percent": round(float(100 * estimate / budget), 1) if budget else 0,
         "estimate_bar": min(100, round(100 * estimate / budget)) if budget else 0,
         "over_budget": estimate > budget,
         "monthly_cap": cap,
@@ -105,8 +105,6 @@ def run_readiness() -> dict:
         "drafting_blocked": drafting.status == ERROR,
         "worker_check": worker,
         "worker_missing": worker.status != OK,
-        "start_worker": START_WORKER,
-        "not_deleted": NOT_DELETED,
     }
 
 
@@ -238,7 +236,6 @@ def batch_page_context(request: HttpRequest, batch: Batch) -> dict:
         "resumable_statuses": " ".join(RESUMABLE),
         "is_resumable": batch.status in RESUMABLE,
         "approved_count": sum(1 for item in progress.items if item.status == Newsletter.Status.APPROVED),
-        "start_worker": START_WORKER,
         "not_deleted": NOT_DELETED,
     }
 

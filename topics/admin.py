@@ -123,6 +123,18 @@ class TopicAdmin(admin.ModelAdmin):
         extra_context = {**(extra_context or {}), "topic_drafts": drafts}
         return super().change_view(request, object_id, form_url, extra_context=extra_context)
 
+    def get_changelist_form(self, request, **kwargs):
+        form = super().get_changelist_form(request, **kwargs)
+
+        class CategoryOnlyForm(form):
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, **kwargs)
+                # Just the select in the list: the edit/view icons of each row's category cost a line a row.
+                widget = self.fields["category"].widget
+                widget.can_add_related = widget.can_change_related = widget.can_view_related = False
+
+        return CategoryOnlyForm
+
     def get_changelist_instance(self, request):
         changelist = super().get_changelist_instance(request)
         annotate_use(changelist.result_list)
@@ -214,9 +226,8 @@ def annotate_use(topics) -> None:
     for topic in topics:
         item = latest.get(topic.pk)
         if item is not None and item.status in Newsletter.DRAFTED_STATUSES:
-            topic.desk_use = TopicUse(f"drafted ({item.get_status_display().lower()})",
-                                      reverse("admin:batches_newsletter_change", args=[item.pk]),
-                                      f"Open the draft in batch #{item.batch_id}")
+            topic.desk_use = TopicUse("drafted", reverse("admin:batches_newsletter_change", args=[item.pk]),
+                                      f"{item.get_status_display()}: open the draft (batch #{item.batch_id})")
         elif item is not None:
             topic.desk_use = TopicUse(f"in batch #{item.batch_id}",
                                       reverse("admin:batches_batch_change", args=[item.batch_id]),

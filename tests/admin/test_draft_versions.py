@@ -91,7 +91,7 @@ def test_the_draft_page_buttons_submit_the_form_and_enter_in_a_field_only_saves(
     assert 'name="_decision" value="approve"' in form and 'name="_decision" value="approve_next"' in form
     # The first submit button of the form is the one Enter presses: a plain save.
     first = form.index('type="submit"')
-    assert form[first:first + 60].startswith('type="submit" name="_continue"')
+    assert form[first:first + 60].startswith('type="submit" name="_continue" value="1"')
 
 
 # --- Approve and next ------------------------------------------------------------------------------------------

@@ -270,3 +270,14 @@ def test_with_a_worker_running_the_run_page_raises_no_worker_warning(editor_clie
     response = preview(editor_client)
     assert response.context["worker_missing"] is False
     assert 'id="desk-no-worker"' not in response.content.decode()
+
+
+def test_an_estimate_above_the_budget_shows_its_true_percentage_with_a_full_bar(editor_client,
+                                                                                topics_in_every_category):
+    response = preview(editor_client, "?budget_usd=0.05")
+    estimate = response.context["plan"].estimated_cost_usd
+    true_percent = round(float(100 * estimate / Decimal("0.05")), 1)
+    assert true_percent > 100 and response.context["estimate_percent"] == true_percent
+    page = response.content.decode()
+    assert f"{true_percent:,.0f}% of the $0.05 budget" in page
+    assert 'aria-valuenow="100"><span style="width: 100%">' in page

@@ -21,7 +21,7 @@ def test_a_drafted_topic_links_to_its_draft(editor_client, make_batch):
     draft = make_batch(["generated"], status=Batch.Status.DONE).newsletters.get()
     page = editor_client.get(TOPICS).content.decode()
     use = cell(page, draft.topic, "use")
-    assert "drafted (draft ready)" in use
+    assert ">drafted<" in use and "Draft ready: open the draft" in use
     assert reverse("admin:batches_newsletter_change", args=[draft.pk]) in use
 
 
