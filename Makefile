@@ -25,9 +25,9 @@ install: $(STAMP) .env
 migrate: install
 	$(MANAGE) migrate --noinput -v 0
 
+# The live half (bench/demo_live.py) runs preflight and a batch against the local stand-in for Claude: no key needed.
 demo: migrate
 	$(MANAGE) import_topics topics/sample_data/sample_topics.json
-	@$(MANAGE) preflight || echo "(No ANTHROPIC_API_KEY is expected here: the live batch below uses a local stand-in for Claude.)"
 	$(MANAGE) runbatch --dry-run
 	$(BIN)/python -m bench.demo_live
 
@@ -44,8 +44,9 @@ screenshots: install
 bench: migrate
 	$(BIN)/python -m bench.run
 
+# Web, worker and beat (Procfile); with no ANTHROPIC_API_KEY also the local stand-in for Claude on STANDIN_PORT.
 serve: migrate
-	$(BIN)/honcho start
+	$(BIN)/python -m newsroom.serve
 
 check-deploy: install
 	DJANGO_DEBUG=0 SECRET_KEY=$$($(BIN)/python -c "import secrets; print(secrets.token_urlsafe(50))") \

@@ -29,6 +29,7 @@ from .models import Batch, Newsletter
 from .planning import topic_message
 from .pricing import PriceMissing, Usage, cost_of, price_for, worst_case_cost
 from .prompts import PREVIEW_MAX, SUBJECT_MAX, TOOL_NAME, build_request
+from .versions import keep_version
 
 logger = logging.getLogger("newsroom.generation")
 
@@ -222,6 +223,7 @@ def write_answer(record: dict[str, Any]) -> str:
         ours = item.status == Newsletter.Status.GENERATING and item.claim_token == record["token"]
         draft = record["draft"]
         if draft is not None and (ours or item.status not in Newsletter.DRAFTED_STATUSES):
+            keep_version(newsletter=item)  # the text this draft replaces stays viewable and restorable
             item.status, item.error = Newsletter.Status.GENERATED, ""
             item.subject, item.preview_text = draft["subject"], draft["preview_text"]
             item.body_markdown, item.generated_at, item.model = draft["body_markdown"], timezone.now(), record["model"]

@@ -1,4 +1,5 @@
-"""An editor's decisions on drafts: approve, reject, or ask Claude for a new draft."""
+"""An editor's decisions on drafts: approve, reject, or ask Claude for a new draft; what to review next, and the
+length warnings that keep subjects and previews readable in an inbox."""
 from __future__ import annotations
 
 from django.db import transaction
@@ -14,8 +15,34 @@ REGENERABLE = (Newsletter.Status.GENERATED, Newsletter.Status.REJECTED, Newslett
                Newsletter.Status.SKIPPED_BUDGET)
 
 
+# Inboxes cut a subject after about 70 characters and a preview after about 140 (phones show less).
+SUBJECT_WARN_CHARS = 70
+PREVIEW_WARN_CHARS = 140
+
+
 class ReviewRefused(Exception):
     """The decision does not apply to the draft as it stands; the message says why, for an editor."""
+
+
+def length_warnings(*, subject: str, preview_text: str) -> list[str]:
+    """What an inbox would cut off: a subject past 70 characters, a preview past 140."""
+    warnings = []
+    if len(subject) > SUBJECT_WARN_CHARS:
+        warnings.append(f"The subject is {len(subject)} characters: inboxes cut it after about {SUBJECT_WARN_CHARS}.")
+    if len(preview_text) > PREVIEW_WARN_CHARS:
+        warnings.append(f"The preview text is {len(preview_text)} characters: inboxes cut it after about "
+                        f"{PREVIEW_WARN_CHARS}.")
+    return warnings
+
+
+def next_to_review(*, after: Newsletter) -> Newsletter | None:
+    """The next draft waiting for a decision: later in the same batch first, then the rest of that batch, then
+    the oldest other batch's."""
+    waiting = Newsletter.objects.filter(status=Newsletter.Status.GENERATED).exclude(pk=after.pk)
+    same_batch = waiting.filter(batch_id=after.batch_id)
+    return (same_batch.filter(position__gt=after.position).order_by("position", "pk").first()
+            or same_batch.order_by("position", "pk").first()
+            or waiting.order_by("batch_id", "position", "pk").first())
 
 
 def review_drafts(*, queryset: QuerySet[Newsletter], status: str, user) -> list[int]:

@@ -248,3 +248,11 @@ ANSWER_SPOOL_DIR = Path(env.str("ANSWER_SPOOL_DIR", default=str(VAR_DIR / "spool
 # reservation adds this fraction of the counted input, plus RESERVATION_INPUT_EXTRA_TOKENS, as a safety margin.
 RESERVATION_INPUT_MARGIN = Decimal(env.str("RESERVATION_INPUT_MARGIN", default="0.10"))
 RESERVATION_INPUT_EXTRA_TOKENS = env.int("RESERVATION_INPUT_EXTRA_TOKENS", default=100)
+# --- The local stand-in for Claude ----------------------------------------------------------------
+# `make serve` without ANTHROPIC_API_KEY starts batches/claude_standin.py on this port and sets CLAUDE_STANDIN=1:
+# drafts are then placeholder prose from loopback, never Claude, and every desk page says so.
+STANDIN_PORT = env.int("STANDIN_PORT", default=8765)
+CLAUDE_STANDIN = env.bool("CLAUDE_STANDIN", default=False)
+if CLAUDE_STANDIN:
+    ANTHROPIC_BASE_URL = f"http://127.0.0.1:{STANDIN_PORT}"
+    ANTHROPIC_API_KEY = "standin-key-not-a-secret"  # the SDK insists on a key; a real one never goes to the stand-in

@@ -28,6 +28,14 @@ def port_open(url: str, timeout: float = 1.0) -> bool:
         return False
 
 
+@pytest.fixture(autouse=True)
+def fresh_cache() -> None:
+    """Each test starts with an empty cache: the desk caches a worker ping for a few seconds."""
+    from django.core.cache import cache
+
+    cache.clear()
+
+
 @pytest.fixture
 def redis_url() -> str:
     """A Redis database for tests (db 15), flushed before use."""
@@ -44,7 +52,7 @@ def redis_url() -> str:
 @pytest.fixture
 def fake_anthropic(settings):
     """The loopback Anthropic API, wired in as ANTHROPIC_BASE_URL with a test key."""
-    from tests.fakes.anthropic_api import FakeAnthropicServer
+    from batches.claude_standin import FakeAnthropicServer
 
     server = FakeAnthropicServer().start()
     settings.ANTHROPIC_BASE_URL = server.base_url
@@ -74,6 +82,7 @@ def migration_data(db) -> None:
             importlib.import_module(seeding).seed(apps, None)
     if not Group.objects.filter(name="Editor").exists():
         importlib.import_module("batches.migrations.0003_editor_group").add_editor_group(apps)
+        importlib.import_module("batches.migrations.0008_editor_group_topics").add_topic_permissions(apps)
 
 
 @pytest.fixture

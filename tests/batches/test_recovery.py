@@ -21,7 +21,7 @@ from batches.generation import claim, generate_newsletter
 from batches.models import Batch, CostLedgerEntry, Newsletter
 from batches.sweeper import sweep
 from batches.tasks import generate_newsletter_task, run_batch
-from tests.fakes.anthropic_api import UNREADABLE_BODIES, Fault
+from batches.claude_standin import UNREADABLE_BODIES, Fault
 
 pytestmark = pytest.mark.django_db
 

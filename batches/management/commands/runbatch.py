@@ -9,12 +9,14 @@ from decimal import Decimal, InvalidOperation
 from django.conf import settings
 from django.core.management.base import CommandError
 from django.db import InterfaceError, OperationalError, connection
+from django.utils.text import Truncator
 
 from newsroom.commands import ContractCommand
 
 from batches import launching, running
 from batches.ledger import monthly_remaining
 from batches.models import Batch, Newsletter
+from batches.money import format_usd
 from batches.planning import plan_batch
 from batches.preflight import ERROR, run_checks
 from batches.pricing import PriceMissing, to_money
@@ -200,13 +202,13 @@ class Command(ContractCommand):
             topic = item.topic
             self.stdout.write(
                 f"{number:>3}. [{topic.category.slug}] {topic.title} (score {topic.score:g}, "
-                f"up to ${money(item.estimated_cost_usd)})"
+                f"up to {format_usd(item.estimated_cost_usd)})"
             )
         remaining = monthly_remaining()
-        self.stdout.write(f"Estimated cost: ${money(plan.estimated_cost_usd)} (upper bound) of a ${money(budget)} budget; "
-                          f"${money(budget - plan.estimated_cost_usd)} would remain.")
+        self.stdout.write(f"Estimated cost: {format_usd(plan.estimated_cost_usd)} (upper bound) of a "
+                          f"{format_usd(budget)} budget; {format_usd(budget - plan.estimated_cost_usd)} would remain.")
         if remaining is not None:
-            self.stdout.write(f"Monthly cap: ${money(remaining)} left this month.")
+            self.stdout.write(f"Monthly cap: {format_usd(remaining)} left this month.")
 
     def require_preflight(self):
         errors = [c for c in run_checks() if c.status == ERROR]
@@ -257,8 +259,9 @@ class Command(ContractCommand):
             self.items_total = Newsletter.objects.filter(batch_id=newsletter.batch_id).count()
         total = self.items_total
         label = newsletter.subject or newsletter.error or newsletter.get_status_display()
-        line = (f"[{self.items_shown}/{total}] {newsletter.get_status_display()}: {newsletter.topic.title[:60]} "
-                f"(${money(newsletter.cost_usd)}) — {label[:100]}")
+        line = (f"[{self.items_shown}/{total}] {newsletter.get_status_display()}: "
+                f"{Truncator(newsletter.topic.title).chars(60)} ({format_usd(newsletter.cost_usd)}) — "
+                f"{Truncator(label).chars(100)}")
         if sys.stdout.isatty():
             bar = "#" * round(20 * self.items_shown / max(total, 1))
             self.stdout.write(f"\r\033[K{line}\n[{bar:<20}] {self.items_shown}/{total}", ending="")
@@ -296,7 +299,7 @@ class Command(ContractCommand):
             self.stdout.write(json.dumps(self.report(batch)))
         else:
             self.stdout.write(f"Batch #{batch.pk}: {batch.status_reason or batch.get_status_display()} "
-                              f"Spent ${money(batch.spent_usd())} of ${money(batch.budget_usd)}.")
+                              f"Spent {format_usd(batch.spent_usd())} of {format_usd(batch.budget_usd)}.")
         if batch.status == Batch.Status.BUDGET_EXHAUSTED:
             raise CommandError("stopped by the budget", returncode=EXIT_BUDGET)
         if batch.status in (Batch.Status.PARTIAL,) or (
