@@ -8,10 +8,9 @@ from django.http import HttpResponseRedirect
 from django.urls import reverse
 from django.utils import timezone
 
-from batches.forms import MAX_POOL_IDS
-
 from .categorize import recategorize
 from .models import Category, DiscoveryRun, Topic
+from .selection import MAX_POOL_IDS
 
 
 @admin.register(Category)
