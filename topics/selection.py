@@ -10,8 +10,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from django.utils import timezone
+from rapidfuzz import fuzz, process
 
-from .dedupe import is_near_duplicate
+from .dedupe import NEAR_DUPLICATE_THRESHOLD, is_near_duplicate, normalize_title
 from .models import Category, Topic, TopicQuerySet
 
 RECENTLY_USED_DAYS = 90
@@ -50,7 +51,7 @@ def recently_used_titles(*, days: int = RECENTLY_USED_DAYS, limit: int = RECENTL
     """Titles of topics drafted recently: a story already covered must not come back from another source."""
     since = timezone.now() - datetime.timedelta(days=days)
     return list(
-        Topic.objects.filter(used_at__gte=since).order_by("-used_at").values_list("title", flat=True)[:limit]
+        Topic.objects.used().filter(used_at__gte=since).order_by("-used_at").values_list("title", flat=True)[:limit]
     )
 
 
@@ -121,6 +122,7 @@ def select_topics(
     # partial index topic_selection_head, whose columns are exactly these filters and this order: the database
     # reads `per_category` rows and stops, whatever the size of the pool and whatever its planner statistics.
     per_category = size * 2 + 8
+    recent = RecentStories(avoid)
     while True:
         heads: dict[int, list[Topic]] = {}
         truncated = False
@@ -134,7 +136,7 @@ def select_topics(
             for topic in head:
                 topic.category = category  # no join: the planner has one table and one index to think about
             heads[category.pk] = head
-        chooser = _Chooser(avoid=avoid)
+        chooser = _Chooser(avoid=recent)
         chosen = chooser.two_passes(heads=heads, size=size)
         if len(chosen) >= size or not truncated:
             break
@@ -154,10 +156,36 @@ def select_topics(
 _REPEAT, _NEAR_DUPLICATE = "recent_repeat", "near_duplicate"
 
 
+class RecentStories:
+    """Titles a chosen topic must not repeat, checked the way is_near_duplicate decides, but fast.
+
+    is_near_duplicate calls two titles one story only when their normalised forms score at least
+    NEAR_DUPLICATE_THRESHOLD on rapidfuzz's token_set_ratio or token_sort_ratio. rapidfuzz scores a title
+    against all the normalised recent titles at once in C, and only those reaching the threshold get the exact
+    check: the same answer as comparing with each title in turn, at a fraction of the cost with 500 of them.
+    """
+
+    def __init__(self, titles: Sequence[str]):
+        self.titles = list(titles)
+        self.normalized = [normalize_title(title) for title in self.titles]
+
+    def repeated_by(self, title: str) -> bool:
+        normalized = normalize_title(title)
+        if not normalized or not self.titles:
+            return False
+        for scorer in (fuzz.token_set_ratio, fuzz.token_sort_ratio):
+            for _, _, index in process.extract(
+                normalized, self.normalized, scorer=scorer, score_cutoff=NEAR_DUPLICATE_THRESHOLD, limit=None
+            ):
+                if is_near_duplicate(title, self.titles[index]):
+                    return True
+        return False
+
+
 class _Chooser:
     """The two passes over the category heads, remembering each topic passed over and why."""
 
-    def __init__(self, *, avoid: Sequence[str]):
+    def __init__(self, *, avoid: RecentStories):
         self.avoid = avoid
         self.chosen: list[Topic] = []
         self.chosen_ids: set[int] = set()
@@ -166,7 +194,7 @@ class _Chooser:
 
     def repeats_recent_story(self, topic: Topic) -> bool:
         if topic.pk not in self.repeats:
-            self.repeats[topic.pk] = any(is_near_duplicate(topic.title, title) for title in self.avoid)
+            self.repeats[topic.pk] = self.avoid.repeated_by(topic.title)
         return self.repeats[topic.pk]
 
     def eligible(self, topic: Topic) -> bool:
@@ -232,12 +260,9 @@ def _unavailable_counts(*, statuses: Sequence[str], topic_ids: Sequence[int] | N
                 1 for status, usage in picked if status in statuses and usage != Topic.Usage.UNUSED
             ),
         }
-    # Read through the partial index of used topics, newest first and capped, whatever the planner knows:
-    # the pool itself may hold a million topics, the used ones are a few per batch.
-    used_statuses = (
-        Topic.objects.filter(used_at__isnull=False).order_by("-used_at")
-        .values_list("status", flat=True)[:DRAFTED_COUNT_LIMIT]
-    )
+    # Counted here from the partial index of used topics (a few per batch), not by the database with a status
+    # filter, which without statistics could walk the status index over the whole pool instead.
+    used_statuses = Topic.objects.used().values_list("status", flat=True)[:DRAFTED_COUNT_LIMIT]
     return {"already_drafted": sum(1 for status in used_statuses if status in statuses), "not_approved": 0}
 
 

@@ -11,7 +11,7 @@ from django.test.utils import CaptureQueriesContext
 from topics import usage
 from topics.dedupe import is_near_duplicate
 from topics.models import Category, Topic
-from topics.selection import LeftOut, select_topics
+from topics.selection import LeftOut, RecentStories, select_topics
 
 pytestmark = pytest.mark.django_db
 
@@ -457,3 +457,30 @@ def test_it_reads_only_topics(topic):
 
     assert queries.captured_queries
     assert not [q["sql"] for q in queries.captured_queries if "batches_" in q["sql"]]
+
+
+def corpus_of_titles() -> list[str]:
+    """The sample topics, each also retold the ways sources retell a story, and the test suite's repeats."""
+    import json
+    from pathlib import Path
+
+    import topics
+
+    sample = Path(topics.__file__).parent / "sample_data" / "sample_topics.json"
+    titles = [row["title"] for row in json.loads(sample.read_text())]
+    retold = [variant for title in titles for variant in (
+        f"{title} - how are you handling it?", " ".join(reversed(title.split())), f"Report: {title.lower()}",
+        " ".join(title.split()[:3]),
+    )]
+    return titles + retold + [title for row in REPEATS for title in row[2:]]
+
+
+def test_the_fast_check_for_recent_stories_agrees_with_comparing_each_title():
+    corpus = corpus_of_titles()
+    recent, candidates = corpus[::3], corpus[1::3] + corpus[2::3]
+
+    fast = [RecentStories(recent).repeated_by(title) for title in candidates]
+    slow = [any(is_near_duplicate(title, other) for other in recent) for title in candidates]
+
+    assert fast == slow
+    assert 0 < sum(fast) < len(fast)  # the corpus has repeats and stories that are not

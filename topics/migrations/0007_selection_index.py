@@ -33,7 +33,7 @@ class Migration(migrations.Migration):
         ),
         migrations.AddIndex(
             model_name='topic',
-            index=models.Index(condition=models.Q(('used_at__isnull', False)), fields=['-used_at'], name='topic_used_at'),
+            index=models.Index(condition=models.Q(('usage__in', ['taken', 'drafted'])), fields=['-used_at'], name='topic_used_at'),
         ),
         migrations.AddConstraint(
             model_name='topic',
