@@ -291,3 +291,14 @@ def summary_lines(run: DiscoveryRun) -> list[str]:
                 + (f" — {report['error']}" if report["error"] else "")
             )
     return lines
+
+
+def run_problem(run: DiscoveryRun) -> str | None:
+    """Why a run must count as a failure for whoever scheduled it (exit 1), or None when it did its job."""
+    if not any(report["status"] != "skipped" for report in run.sources.values()):
+        return ("no discovery source is configured, so nothing was fetched: set REDDIT_CLIENT_ID and "
+                "REDDIT_CLIENT_SECRET, PERPLEXITY_API_KEY, TUBELAB_API_KEY or APIFY_TOKEN "
+                "(`manage.py preflight` shows what each adds)")
+    if run.status == DiscoveryRun.Status.FAILED:
+        return "every configured source failed"
+    return None
