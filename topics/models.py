@@ -5,6 +5,8 @@ from django.db import models
 from django.db.models import F, OrderBy, Q
 from django.utils import timezone
 
+from newsroom.formatting import desk_time
+
 FALLBACK_CATEGORY_SLUG = "platform_tools"
 
 
@@ -190,4 +192,4 @@ class DiscoveryRun(models.Model):
         ordering = ["-started_at", "-id"]
 
     def __str__(self) -> str:
-        return f"Discovery {self.started_at:%Y-%m-%d %H:%M} ({self.get_status_display()})"
+        return f"Discovery {desk_time(self.started_at)} ({self.get_status_display()})"
