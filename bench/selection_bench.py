@@ -19,6 +19,8 @@ import argparse
 import json
 import os
 import random
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -109,6 +111,8 @@ def analyze() -> None:
 
 def measure_point(*, vendor: str, size: int) -> dict:
     """Make a database, fill it with `size` topics, time selection without and with statistics, drop it."""
+    # A stopped run still drops its database: SIGTERM unwinds through the `finally` below.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     temporary = tempfile.mkdtemp(prefix="selection-bench-")
     if vendor == "sqlite":
         url, drop = f"sqlite:///{temporary}/bench.sqlite3", lambda: None
@@ -140,6 +144,7 @@ def measure_point(*, vendor: str, size: int) -> dict:
         return result
     finally:
         drop()
+        shutil.rmtree(temporary, ignore_errors=True)
 
 
 def create_postgres_database() -> tuple[str, callable]:
@@ -188,7 +193,7 @@ def main() -> int:
         print("PostgreSQL skipped: set BENCH_POSTGRES_URL (or a postgres:// DATABASE_URL) to a server to measure on")
         vendors.remove("postgres")
     print(f"selection of 8 topics, median of {REPEATS} after a warm-up; {RECENTLY_DRAFTED} recently drafted stories "
-          "to avoid; each point in a fresh database")
+          f"to avoid; each point in a fresh database; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     failed = 0
     for vendor in vendors:
         for size in args.sizes:

@@ -64,10 +64,6 @@ class TopicQuerySet(models.QuerySet):
         statuses = [Topic.Status.APPROVED, Topic.Status.NEW] if include_new else [Topic.Status.APPROVED]
         return self.filter(status__in=statuses)
 
-    def used(self) -> TopicQuerySet:
-        """Topics a draft has used: being drafted or drafted."""
-        return self.filter(usage__in=Topic.USED_USAGES)
-
     def unused(self) -> TopicQuerySet:
         """Topics no draft has used yet: none is queued, being drafted or drafted from them."""
         return self.filter(usage=Topic.Usage.UNUSED)
@@ -88,7 +84,7 @@ class Topic(models.Model):
         TAKEN = "taken", "Being drafted"
         DRAFTED = "drafted", "Drafted"
 
-    USED_USAGES = (Usage.TAKEN, Usage.DRAFTED)  # in the order of the topic_used_at index's condition
+    USED_USAGES = (Usage.TAKEN, Usage.DRAFTED)
 
     title = models.CharField(max_length=500)
     summary = models.TextField(blank=True)
@@ -148,10 +144,12 @@ class Topic(models.Model):
                 "category", "status", F("score").desc(), F("published_at").desc(nulls_last=True), F("id").desc(),
                 name="topic_selection_head", condition=Q(usage="unused"),
             ),
-            # Recently used stories and the count of drafted candidates: only used topics are in it, and queries
-            # repeat its condition word for word (TopicQuerySet.used), which the planner matches without
-            # statistics (a plain "used_at IS NOT NULL" it guesses true for nearly every row).
-            models.Index(fields=["-used_at"], name="topic_used_at", condition=Q(usage__in=["taken", "drafted"])),
+            # Recently used stories and the count of drafted candidates, one index per used state: each holds only
+            # the few used topics, and a query for one state (usage = %s) matches its condition on both databases
+            # with or without statistics (SQLite does not match "usage IN (%s, %s)" to a partial index, and
+            # PostgreSQL without statistics guesses "used_at IS NOT NULL" true for nearly every row).
+            models.Index(fields=["-used_at"], name="topic_taken_at", condition=Q(usage="taken")),
+            models.Index(fields=["-used_at"], name="topic_drafted_at", condition=Q(usage="drafted")),
         ]
 
     def __str__(self) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime
 import heapq
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -50,9 +51,14 @@ def candidate_pool(*, include_new: bool = False, topic_ids: Sequence[int] | None
 def recently_used_titles(*, days: int = RECENTLY_USED_DAYS, limit: int = RECENTLY_USED_LIMIT) -> list[str]:
     """Titles of topics drafted recently: a story already covered must not come back from another source."""
     since = timezone.now() - datetime.timedelta(days=days)
-    return list(
-        Topic.objects.used().filter(used_at__gte=since).order_by("-used_at").values_list("title", flat=True)[:limit]
-    )
+    # One query per used state, each through that state's own partial index (see Topic.Meta.indexes).
+    per_state = [
+        Topic.objects.filter(usage=usage, used_at__gte=since).order_by("-used_at")
+        .values_list("used_at", "title")[:limit]
+        for usage in Topic.USED_USAGES
+    ]
+    newest_first = heapq.merge(*per_state, key=lambda row: row[0], reverse=True)
+    return [title for _, title in itertools.islice(newest_first, limit)]
 
 
 @dataclass(frozen=True)
@@ -117,7 +123,6 @@ def select_topics(
     categories = list(categories if categories is not None else Category.objects.all())
     avoid = list(avoid_titles if avoid_titles is not None else ([] if topic_ids else recently_used_titles()))
     statuses = selectable_statuses(include_new=include_new)
-    pool = candidate_pool(include_new=include_new, topic_ids=topic_ids)
     # Only the head of each category can ever be chosen. Each head is read per (category, status) through the
     # partial index topic_selection_head, whose columns are exactly these filters and this order: the database
     # reads `per_category` rows and stops, whatever the size of the pool and whatever its planner statistics.
@@ -128,7 +133,7 @@ def select_topics(
         truncated = False
         for category in categories:
             parts = [
-                list(pool.filter(category=category, status=status).best_first()[:per_category])
+                list(_head(category=category, status=status, topic_ids=topic_ids)[:per_category])
                 for status in statuses
             ]
             truncated = truncated or any(len(part) == per_category for part in parts)
@@ -151,6 +156,15 @@ def select_topics(
             **_unavailable_counts(statuses=statuses, topic_ids=topic_ids),
         ),
     )
+
+
+def _head(*, category: Category, status: str, topic_ids: Sequence[int] | None) -> TopicQuerySet:
+    # Exactly the columns and the condition of the topic_selection_head index and nothing more: a redundant
+    # "status IN (...)" beside "status = %s" is enough for SQLite to pick a worse index.
+    head = Topic.objects.filter(category=category, status=status, usage=Topic.Usage.UNUSED)
+    if topic_ids:
+        head = head.filter(pk__in=list(topic_ids))
+    return head.best_first()
 
 
 _REPEAT, _NEAR_DUPLICATE = "recent_repeat", "near_duplicate"
@@ -260,10 +274,13 @@ def _unavailable_counts(*, statuses: Sequence[str], topic_ids: Sequence[int] | N
                 1 for status, usage in picked if status in statuses and usage != Topic.Usage.UNUSED
             ),
         }
-    # Counted here from the partial index of used topics (a few per batch), not by the database with a status
+    # Counted here from the partial indexes of used topics (a few per batch), not by the database with a status
     # filter, which without statistics could walk the status index over the whole pool instead.
-    used_statuses = Topic.objects.used().values_list("status", flat=True)[:DRAFTED_COUNT_LIMIT]
-    return {"already_drafted": sum(1 for status in used_statuses if status in statuses), "not_approved": 0}
+    drafted = 0
+    for usage in Topic.USED_USAGES:
+        used = Topic.objects.filter(usage=usage).order_by().values_list("status", flat=True)[:DRAFTED_COUNT_LIMIT]
+        drafted += sum(1 for status in used if status in statuses)
+    return {"already_drafted": drafted, "not_approved": 0}
 
 
 def covered_categories(topics: Sequence[Topic]) -> list[str]:

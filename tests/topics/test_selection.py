@@ -484,3 +484,47 @@ def test_the_fast_check_for_recent_stories_agrees_with_comparing_each_title():
 
     assert fast == slow
     assert 0 < sum(fast) < len(fast)  # the corpus has repeats and stories that are not
+
+
+def explain(sql: str) -> str:
+    """The plan the database would use for `sql`. On PostgreSQL, scanning the whole table and sorting are
+    discouraged, as they are on a big one: what remains shows whether an index gives the rows in order."""
+    from django.db import transaction
+
+    with transaction.atomic(), connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute("SET LOCAL enable_seqscan = off")
+            cursor.execute("SET LOCAL enable_sort = off")
+            cursor.execute("EXPLAIN " + sql)
+            return "\n".join(row[0] for row in cursor.fetchall())
+        cursor.execute("EXPLAIN QUERY PLAN " + sql)
+        return "\n".join(str(row[-1]) for row in cursor.fetchall())
+
+
+@pytest.mark.parametrize("include_new", [False, True])
+def test_each_category_head_is_read_in_order_from_the_selection_index(topic, include_new):
+    for n, slug in enumerate(SLUGS):
+        topic(slug, n, published_at=datetime(2026, 11, 1, tzinfo=timezone.utc) if n % 2 else None)
+
+    with CaptureQueriesContext(connection) as queries:
+        select_topics(size=8, include_new=include_new)
+
+    heads = [q["sql"] for q in queries.captured_queries if '"usage" = \'unused\'' in q["sql"]]
+    assert len(heads) == len(SLUGS) * (2 if include_new else 1)
+    for sql in heads:
+        plan = explain(sql)
+        assert "topic_selection_head" in plan, plan
+        assert "Sort" not in plan and "TEMP B-TREE" not in plan, plan  # read in order, no sorting
+
+
+def test_used_topics_are_read_through_their_own_small_indexes(topic):
+    drafted(topic("shipping_logistics", 5))
+
+    with CaptureQueriesContext(connection) as queries:
+        select_topics(size=8)
+
+    used = [q["sql"] for q in queries.captured_queries if "'taken'" in q["sql"] or "'drafted'" in q["sql"]]
+    assert len(used) == 4  # recent titles and the drafted count, per used state
+    for sql in used:
+        plan = explain(sql)
+        assert "topic_taken_at" in plan or "topic_drafted_at" in plan, plan

@@ -33,7 +33,11 @@ class Migration(migrations.Migration):
         ),
         migrations.AddIndex(
             model_name='topic',
-            index=models.Index(condition=models.Q(('usage__in', ['taken', 'drafted'])), fields=['-used_at'], name='topic_used_at'),
+            index=models.Index(condition=models.Q(('usage', 'taken')), fields=['-used_at'], name='topic_taken_at'),
+        ),
+        migrations.AddIndex(
+            model_name='topic',
+            index=models.Index(condition=models.Q(('usage', 'drafted')), fields=['-used_at'], name='topic_drafted_at'),
         ),
         migrations.AddConstraint(
             model_name='topic',
