@@ -164,7 +164,7 @@ def _head(*, category: Category, status: str, topic_ids: Sequence[int] | None) -
     head = Topic.objects.filter(category=category, status=status, usage=Topic.Usage.UNUSED)
     if topic_ids:
         head = head.filter(pk__in=list(topic_ids))
-    return head.best_first()
+    return head.best_first().defer("raw", "engagement")  # what a source sent: never needed to choose or draft
 
 
 _REPEAT, _NEAR_DUPLICATE = "recent_repeat", "near_duplicate"
