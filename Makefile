@@ -5,7 +5,11 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cksum requirements.txt | cut -d' ' -f1)
 MANAGE := $(BIN)/python manage.py
 PG_URL ?= postgres://postgres@127.0.0.1:5432/postgres
-REDIS_URL ?= redis://127.0.0.1:6379/15
+# The Redis database the tests use and empty (FLUSHDB) before and after each test that needs Redis: TEST_REDIS_URL
+# from the environment, else from .env, else db 15 of the local server. Never point it at a database you keep.
+TEST_REDIS_URL ?= $(or $(shell sed -n 's/^TEST_REDIS_URL=//p' .env 2>/dev/null),redis://127.0.0.1:6379/15)
+export TEST_REDIS_URL
+REDIS_NOTE = @echo "Tests that need Redis use $(TEST_REDIS_URL) and empty that database."
 
 .PHONY: install demo test test-postgres screenshots bench serve migrate check-deploy clean
 
@@ -33,12 +37,15 @@ demo: migrate
 
 # The database is DATABASE_URL's (SQLite under var/ when unset); `make test-postgres` runs on PostgreSQL.
 test: install
+	$(REDIS_NOTE)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-postgres: install
+	$(REDIS_NOTE)
 	DATABASE_URL=$(PG_URL) $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 screenshots: install
+	$(REDIS_NOTE)
 	UPDATE_SCREENSHOTS=1 $(BIN)/python -m pytest tests/admin/test_browser_desk.py
 
 bench: migrate

@@ -24,6 +24,8 @@ from django.db import DatabaseError, connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
+from topics import usage as topic_usage
+
 from . import ledger, spool
 from .models import Batch, Newsletter
 from .planning import topic_message
@@ -203,6 +205,7 @@ def _finish(*, newsletter: Newsletter, token: str, status: str, error: str = "")
         pk=newsletter.pk, status=Newsletter.Status.GENERATING, claim_token=token
     ).update(status=status, error=error, lease_expires_at=None, cost_usd=ledger.newsletter_spent(newsletter.pk))
     newsletter.status, newsletter.error = status, error
+    topic_usage.mark_free(topic_ids=[newsletter.topic_id] if changed else [])
     return bool(changed)
 
 
@@ -236,6 +239,8 @@ def write_answer(record: dict[str, Any]) -> str:
         item.cost_usd = ledger.newsletter_spent(item.pk)
         item.save(update_fields=["status", "error", "subject", "preview_text", "body_markdown", "generated_at",
                                  "model", "lease_expires_at", "cost_usd"])
+        if item.status not in Newsletter.OPEN_STATUSES:
+            topic_usage.record_outcome(topic_id=item.topic_id, drafted=item.status in Newsletter.DRAFTED_STATUSES)
     return item.status
 
 

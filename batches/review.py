@@ -6,6 +6,8 @@ from django.db import transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
+from topics import usage as topic_usage
+
 from .models import Batch, Newsletter
 from .running import BrokerUnavailable
 
@@ -97,6 +99,7 @@ def request_regeneration(*, newsletter: Newsletter) -> Newsletter:
             status=Newsletter.Status.PENDING, error="", claim_token="", reviewed_by=None, reviewed_at=None,
             lease_expires_at=None, interruptions=0, queued_at=timezone.now(),
         )
+        topic_usage.mark_taken(topic_ids=[current.topic_id])
 
         def publish() -> None:
             try:
@@ -106,6 +109,8 @@ def request_regeneration(*, newsletter: Newsletter) -> Newsletter:
                     status=previous["status"], error=previous["error"], reviewed_by_id=previous["reviewed_by"],
                     reviewed_at=previous["reviewed_at"],
                 )
+                if previous["status"] not in Newsletter.USED_STATUSES:  # a failed item had freed its topic
+                    topic_usage.mark_free(topic_ids=[current.topic_id])
                 failures.append(BrokerUnavailable(
                     f"Could not queue the new draft: the task broker is unreachable ({exc.__class__.__name__})."
                 ))

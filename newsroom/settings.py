@@ -1,6 +1,7 @@
 """Newsroom settings: one module, every deployment difference comes from the environment (or `.env`)."""
 from __future__ import annotations
 
+import zoneinfo
 from decimal import Decimal
 from pathlib import Path
 
@@ -65,6 +66,7 @@ TEMPLATES = [
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
             ],
+            "libraries": {"desk": "newsroom.formatting"},
         },
     },
 ]
@@ -98,7 +100,15 @@ AUTH_PASSWORD_VALIDATORS = [
 ]
 
 LANGUAGE_CODE = "en-us"
+# The desk's time zone: times are stored in UTC and shown in this zone, with its name (newsroom/formats).
 TIME_ZONE = env.str("TIME_ZONE", default="UTC")
+FORMAT_MODULE_PATH = ["newsroom.formats"]
+try:
+    zoneinfo.ZoneInfo(TIME_ZONE)
+except (ValueError, zoneinfo.ZoneInfoNotFoundError) as exc:
+    raise ImproperlyConfigured(
+        f"TIME_ZONE={TIME_ZONE!r} is not a time zone name (for example UTC, Europe/Berlin, America/New_York)."
+    ) from exc
 USE_I18N = True
 USE_TZ = True
 

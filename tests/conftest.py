@@ -9,7 +9,12 @@ from urllib.parse import urlsplit
 import pytest
 
 REQUIRE_SERVICES = os.environ.get("REQUIRE_SERVICES") == "1"
-REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+DEFAULT_TEST_REDIS_URL = "redis://127.0.0.1:6379/15"
+
+
+def test_redis_url() -> str:
+    """TEST_REDIS_URL, read when a test needs it (the settings have loaded .env by then), else db 15."""
+    return os.environ.get("TEST_REDIS_URL", DEFAULT_TEST_REDIS_URL)
 
 
 def service_missing(message: str) -> None:
@@ -38,14 +43,15 @@ def fresh_cache() -> None:
 
 @pytest.fixture
 def redis_url() -> str:
-    """A Redis database for tests (db 15), flushed before use."""
-    if not port_open(REDIS_URL):
-        service_missing(f"Redis at {REDIS_URL}")
+    """The Redis database for tests (TEST_REDIS_URL), emptied before and after use."""
+    url = test_redis_url()
+    if not port_open(url):
+        service_missing(f"Redis at {url}")
     import redis
 
-    client = redis.Redis.from_url(REDIS_URL)
+    client = redis.Redis.from_url(url)
     client.flushdb()
-    yield REDIS_URL
+    yield url
     client.flushdb()
 
 

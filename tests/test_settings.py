@@ -57,3 +57,17 @@ def test_it_refuses_a_batch_budget_that_is_not_a_number():
 
     assert result.returncode != 0
     assert "BATCH_BUDGET_USD='forty' is not a number" in result.stderr
+
+
+def test_it_takes_the_desks_time_zone_from_the_environment():
+    result = manage("shell", "-c", "from django.conf import settings; print(settings.TIME_ZONE)",
+                    DJANGO_DEBUG="1", TIME_ZONE="Europe/Berlin")
+
+    assert result.stdout.strip().splitlines()[-1] == "Europe/Berlin", result.stderr
+
+
+def test_it_refuses_a_time_zone_that_does_not_exist():
+    result = manage("check", DJANGO_DEBUG="1", TIME_ZONE="Mars/Olympus_Mons")
+
+    assert result.returncode != 0
+    assert "TIME_ZONE='Mars/Olympus_Mons' is not a time zone name" in result.stderr

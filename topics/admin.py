@@ -12,14 +12,13 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
-from batches.forms import MAX_POOL_IDS
-
 from .categorize import recategorize
 from rapidfuzz import fuzz, process
 
 from .dedupe import NEAR_DUPLICATE_THRESHOLD, is_near_duplicate, normalize_title
 from .manual import known_topic, prepare_manual_topic
 from .models import Category, DiscoveryRun, Topic
+from .selection import MAX_POOL_IDS
 
 REPEAT_DAYS = 90  # as selection: a story drafted in the last 90 days is not drafted again from another source
 REPEAT_TITLES = 500

@@ -56,6 +56,20 @@ def test_a_finished_batch_with_an_item_drafted_again_shows_as_running(editor_cli
     assert '<td class="field-shown_status">Running</td>' in listing
 
 
+def test_the_batch_page_and_list_show_times_in_the_desks_time_zone_with_the_zone(editor_client, make_batch, settings):
+    from datetime import UTC, datetime
+
+    settings.TIME_ZONE = "Europe/Berlin"
+    batch = make_batch(["generated"])
+    Batch.objects.filter(pk=batch.pk).update(created_at=datetime(2026, 7, 1, 8, 30, tzinfo=UTC))
+
+    page = editor_client.get(page_url(batch)).content.decode()
+    listing = editor_client.get(reverse("admin:batches_batch_changelist")).content.decode()
+
+    assert "1 Jul 2026, 10:30 CEST" in page
+    assert "1 Jul 2026, 10:30 CEST" in listing
+
+
 def test_the_batch_page_shows_each_items_status_and_cost(editor_client, make_batch):
     batch = make_batch(["generated", "failed"], cost="0.031200", error="Anthropic API answered 529 overloaded_error")
     page = editor_client.get(page_url(batch)).content.decode()

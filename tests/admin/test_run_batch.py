@@ -43,6 +43,21 @@ def test_the_new_batch_page_shows_the_topics_diversity_selection_picked(editor_c
         assert topic.title in response.content.decode()
 
 
+def test_the_new_batch_page_says_how_many_candidates_were_left_out_and_why(editor_client, make_topic):
+    from topics import usage
+
+    make_topic("Carrier rates climb", category="shipping_logistics", score=9)
+    drafted = make_topic("Loyalty emails that work", category="customer_retention", score=8)
+    usage.mark_taken(topic_ids=[drafted.pk])
+    usage.mark_drafted(topic_id=drafted.pk)
+    make_topic("Loyalty emails that really work - any tips?", category="platform_tools", score=50)
+
+    page = preview(editor_client).content.decode()
+
+    assert ('2 candidates left out: <span data-reason="already_drafted">1 already drafted</span>, '
+            '<span data-reason="recent_repeat">1 repeat of a recent story</span>.') in page
+
+
 def test_the_new_batch_page_shows_the_categories_covered(editor_client, categories, make_topic):
     make_topic("Carrier rates climb", category="shipping_logistics", score=9)
     make_topic("Loyalty emails that work", category="customer_retention", score=8)

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import json
 import math
 import sys
 import time
@@ -26,6 +25,14 @@ EXIT_ERROR, EXIT_BUDGET, EXIT_FAILED_ITEMS = 1, 3, 4
 MIN_BUDGET, MAX_BUDGET = Decimal("0.000001"), Decimal("99999999")
 POLL_SECONDS = 0.5
 DEFAULT_TIMEOUT = 1800.0
+EXIT_CODES = """exit codes:
+  0  done: every item drafted (or a dry run)
+  1  error: bad arguments, failed preflight, nothing to select, broker down with --queue
+  3  stopped by the budget
+  4  finished with some items failed for other reasons
+
+With --json every outcome, errors included, prints exactly one JSON object on stdout;
+an error's object has "status": "error" and "error": the message."""
 
 
 def first_line(error: Exception) -> str:
@@ -54,6 +61,7 @@ def parse_budget(value: str) -> Decimal:
 
 class Command(ContractCommand):
     help = "Run a batch: diversity selection, then one newsletter draft per topic (in-process or on the workers)."
+    epilog = EXIT_CODES
 
     def add_arguments(self, parser):
         parser.add_argument("--dry-run", action="store_true", help="Show the selection and the estimated cost only.")
@@ -72,10 +80,13 @@ class Command(ContractCommand):
 
     def handle(self, *args, **opts):
         self.as_json = opts["as_json"]
+        self.dry = opts["dry_run"]
         size = opts["size"] if opts["size"] is not None else settings.BATCH_SIZE
         if not 1 <= size <= 100:
             raise CommandError(f"--size must be between 1 and 100, got {size}", returncode=EXIT_ERROR)
-        budget = parse_budget(opts["budget"] if opts["budget"] is not None else str(settings.BATCH_BUDGET_USD))
+        budget = self.budget = parse_budget(
+            opts["budget"] if opts["budget"] is not None else str(settings.BATCH_BUDGET_USD)
+        )
         if opts["wait"] and not opts["queue"]:
             raise CommandError("--wait only goes with --queue", returncode=EXIT_ERROR)
         if opts["timeout"] is not None and not opts["wait"]:
@@ -101,7 +112,7 @@ class Command(ContractCommand):
         if opts["dry_run"]:
             return self.dry_run(size=size, budget=budget, include_new=opts["include_new"])
         self.require_preflight()
-        batch = running.create_batch(size=size, budget_usd=budget, include_new=opts["include_new"])
+        batch = self.batch = running.create_batch(size=size, budget_usd=budget, include_new=opts["include_new"])
         if opts["queue"]:
             try:
                 running.enqueue_batch(batch=batch)
@@ -110,7 +121,7 @@ class Command(ContractCommand):
             self.say(f"Batch #{batch.pk} queued for the workers.")
             if not opts["wait"]:
                 if self.as_json:
-                    self.stdout.write(json.dumps(self.report(batch)))
+                    self.write_json(self.report(batch))
                 return
             batch = self.follow(batch, timeout=timeout)
         else:
@@ -121,7 +132,7 @@ class Command(ContractCommand):
     # --- modes ------------------------------------------------------------------------------------
 
     def resume(self, batch_id: int, *, queue: bool, wait: bool, timeout: float):
-        batch = Batch.objects.filter(pk=batch_id).first()
+        batch = self.batch = Batch.objects.filter(pk=batch_id).first()
         if batch is None:
             raise CommandError(f"There is no batch #{batch_id}.", returncode=EXIT_ERROR)
         self.require_preflight()
@@ -135,7 +146,7 @@ class Command(ContractCommand):
             self.say(f"Batch #{batch.pk} resumed and queued for the workers.")
             if not wait:
                 if self.as_json:
-                    self.stdout.write(json.dumps(self.report(batch)))
+                    self.write_json(self.report(batch))
                 return
             return self.finish(self.follow(batch, timeout=timeout))
         refusal = launching.why_not_resumable(batch)
@@ -149,15 +160,15 @@ class Command(ContractCommand):
         return self.finish(running.run_inline(batch=batch, on_item=self.show_item))
 
     def discover(self):
-        from topics.discovery import run_as_dict, run_discovery, summary_lines
+        from topics.discovery import run_as_dict, run_discovery, run_problem, summary_lines
 
         run = run_discovery()
         if self.as_json:
-            self.stdout.write(json.dumps(run_as_dict(run)))
+            self.write_json(run_as_dict(run))
         else:
             self.stdout.write("\n".join(summary_lines(run)))
-        if run.status == "failed":
-            raise CommandError("discovery failed for every source", returncode=EXIT_ERROR)
+        if problem := run_problem(run):
+            raise CommandError(f"discovery failed: {problem}", returncode=EXIT_ERROR)
 
     def dry_run(self, *, size: int, budget: Decimal, include_new: bool):
         try:
@@ -167,33 +178,33 @@ class Command(ContractCommand):
         if not plan.items:
             raise CommandError(
                 "Nothing to select: no approved topic is left that no draft has used yet "
-                "(approve topics in the admin, import some, or use --include-new).",
+                "(approve topics in the admin, import some, or use --include-new). "
+                + plan.left_out.describe(),
                 returncode=EXIT_ERROR,
             )
         if self.as_json:
-            self.stdout.write(
-                json.dumps(
-                    {
-                        "batch": None,
-                        "dry_run": True,
-                        "status": "dry_run",
-                        "budget_usd": money(budget),
-                        "spent_usd": money(Decimal(0)),
-                        "estimated_cost_usd": money(plan.estimated_cost_usd),
-                        "items": [
-                            {
-                                "topic": item.topic.pk,
-                                "title": item.topic.title,
-                                "category": item.topic.category.slug,
-                                "score": item.topic.score,
-                                "status": "selected",
-                                "cost_usd": money(item.estimated_cost_usd),
-                                "subject": None,
-                            }
-                            for item in plan.items
-                        ],
-                    }
-                )
+            self.write_json(
+                {
+                    "batch": None,
+                    "dry_run": True,
+                    "status": "dry_run",
+                    "budget_usd": money(budget),
+                    "spent_usd": money(Decimal(0)),
+                    "estimated_cost_usd": money(plan.estimated_cost_usd),
+                    "items": [
+                        {
+                            "topic": item.topic.pk,
+                            "title": item.topic.title,
+                            "category": item.topic.category.slug,
+                            "score": item.topic.score,
+                            "status": "selected",
+                            "cost_usd": money(item.estimated_cost_usd),
+                            "subject": None,
+                        }
+                        for item in plan.items
+                    ],
+                    "left_out": plan.left_out.as_dict(),
+                }
             )
             return
         self.stdout.write(f"Dry run: {len(plan.items)} topics selected across {len(plan.categories)} categories "
@@ -204,6 +215,7 @@ class Command(ContractCommand):
                 f"{number:>3}. [{topic.category.slug}] {topic.title} (score {topic.score:g}, "
                 f"up to {format_usd(item.estimated_cost_usd)})"
             )
+        self.stdout.write(f"Candidates: {plan.left_out.describe()}")
         remaining = monthly_remaining()
         self.stdout.write(f"Estimated cost: {format_usd(plan.estimated_cost_usd)} (upper bound) of a "
                           f"{format_usd(budget)} budget; {format_usd(budget - plan.estimated_cost_usd)} would remain.")
@@ -294,9 +306,40 @@ class Command(ContractCommand):
             ],
         }
 
+    def json_error(self, message: str) -> dict:
+        """The contract's object for a failure: the batch's report when there is a batch, with the error."""
+        batch = getattr(self, "batch", None)
+        if batch is not None:
+            batch.refresh_from_db()
+            return {**self.report(batch), "status": "error", "error": message}
+        return self.json_error_fallback(message, None)
+
+    def json_error_fallback(self, message: str, exc: Exception | None) -> dict:
+        """The error object from what is known without the database (which may be what failed)."""
+        batch = getattr(self, "batch", None)
+        budget = getattr(self, "budget", None)
+        dry = getattr(self, "dry", None)
+        if dry is None:  # the arguments were refused before the command started
+            dry = any(len(a) >= 5 and "--dry-run".startswith(a) for a in getattr(self, "_argv", [])[2:])
+        nothing = money(Decimal(0)) if batch is None else None  # no batch: nothing spent or planned
+        return {
+            "batch": batch.pk if batch is not None else None,
+            "dry_run": bool(dry),
+            "status": "error",
+            "budget_usd": money(budget if budget is not None else Decimal(settings.BATCH_BUDGET_USD)),
+            "spent_usd": nothing,
+            "estimated_cost_usd": nothing,
+            "items": [],
+            "error": message,
+        }
+
     def finish(self, batch: Batch):
+        if batch.status == Batch.Status.FAILED and not batch.newsletters.exists():
+            # Nothing was drafted (nothing to select, no price): an error, reported as one (--json: the error object).
+            raise CommandError(f"Batch #{batch.pk} failed: {batch.status_reason or 'no reason given'}",
+                               returncode=EXIT_ERROR)
         if self.as_json:
-            self.stdout.write(json.dumps(self.report(batch)))
+            self.write_json(self.report(batch))
         else:
             self.stdout.write(f"Batch #{batch.pk}: {batch.status_reason or batch.get_status_display()} "
                               f"Spent {format_usd(batch.spent_usd())} of {format_usd(batch.budget_usd)}.")
@@ -306,5 +349,3 @@ class Command(ContractCommand):
             batch.status == Batch.Status.FAILED and batch.newsletters.exists()
         ):
             raise CommandError("finished with failed items", returncode=EXIT_FAILED_ITEMS)
-        if batch.status == Batch.Status.FAILED:
-            raise CommandError(batch.status_reason or "batch failed", returncode=EXIT_ERROR)
