@@ -26,7 +26,6 @@ import sys
 import tempfile
 import time
 import uuid
-from pathlib import Path
 
 from bench.common import ROOT
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import datetime
 
-from django import template
 from django.utils import formats, timezone
 
 
@@ -15,7 +14,3 @@ def desk_time(value: datetime.datetime | None) -> str:
         value = timezone.localtime(value)
     return formats.date_format(value, "DATETIME_FORMAT")
 
-
-# The template library `{% load desk %}` (registered in settings.TEMPLATES): `{{ batch.created_at|desk_time }}`.
-register = template.Library()
-register.filter("desk_time", desk_time, expects_localtime=False)

@@ -5,8 +5,11 @@ from django import template
 from django.conf import settings
 
 from batches.money import SUMMARY_PLACES, format_percent, format_usd
+from newsroom.formatting import desk_time
 
 register = template.Library()
+# `{{ batch.created_at|desk_time }}`: a moment in the desk's time zone, with the zone, in one format.
+register.filter("desk_time", desk_time, expects_localtime=False)
 
 
 @register.filter
