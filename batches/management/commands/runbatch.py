@@ -20,8 +20,7 @@ from batches.preflight import ERROR, run_checks
 from batches.pricing import PriceMissing, to_money
 
 EXIT_ERROR, EXIT_BUDGET, EXIT_FAILED_ITEMS = 1, 3, 4
-# What the batch's budget column holds: six decimal places, fourteen digits.
-MIN_BUDGET, MAX_BUDGET = Decimal("0.000001"), Decimal("99999999")
+MIN_SIZE, MAX_SIZE = 1, 100
 POLL_SECONDS = 0.5
 DEFAULT_TIMEOUT = 1800.0
 
@@ -35,19 +34,37 @@ def money(value: Decimal) -> str:
     return str(to_money(Decimal(value)))
 
 
-def parse_budget(value: str) -> Decimal:
+def _shown(value: object) -> str:
+    text = str(value).strip()
+    return repr(text if len(text) <= 40 else f"{text[:39]}…")
+
+
+def parse_budget(value: object) -> Decimal:
+    """A budget in dollars: a finite number from MIN_BUDGET_USD to MAX_BUDGET_USD (the settings' bounds, which the
+    budget column holds with room to spare), rounded to the ledger's six decimal places."""
+    low, high = settings.MIN_BUDGET_USD, settings.MAX_BUDGET_USD
+    allowed = f"--budget must be a number of dollars from ${low} to ${high:,}"
     try:
-        budget = Decimal(value)
+        budget = Decimal(str(value).strip())
     except InvalidOperation:
-        raise CommandError(f"--budget must be a number of dollars, got {value!r}", returncode=EXIT_ERROR) from None
-    if not budget.is_finite() or budget <= 0:
-        raise CommandError(f"--budget must be above 0, got {value}", returncode=EXIT_ERROR)
-    budget = to_money(budget)
-    if not MIN_BUDGET <= budget <= MAX_BUDGET:
-        raise CommandError(
-            f"--budget must be between ${MIN_BUDGET} and ${MAX_BUDGET:,}, got {value}", returncode=EXIT_ERROR
-        )
-    return budget
+        raise CommandError(f"{allowed}, got {_shown(value)}", returncode=EXIT_ERROR) from None
+    # Compared before rounding: rounding 1e28 to six places needs more digits than Decimal keeps, and NaN compares
+    # as nothing at all.
+    if not budget.is_finite() or not low <= budget <= high:
+        raise CommandError(f"{allowed}, got {_shown(value)}", returncode=EXIT_ERROR)
+    return to_money(budget)
+
+
+def parse_size(value: object) -> int:
+    """Newsletters in a batch: a whole number from MIN_SIZE to MAX_SIZE."""
+    allowed = f"--size must be a whole number from {MIN_SIZE} to {MAX_SIZE}"
+    try:
+        size = int(str(value).strip())
+    except ValueError:
+        raise CommandError(f"{allowed}, got {_shown(value)}", returncode=EXIT_ERROR) from None
+    if not MIN_SIZE <= size <= MAX_SIZE:
+        raise CommandError(f"{allowed}, got {_shown(value)}", returncode=EXIT_ERROR)
+    return size
 
 
 class Command(ContractCommand):
@@ -55,7 +72,7 @@ class Command(ContractCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("--dry-run", action="store_true", help="Show the selection and the estimated cost only.")
-        parser.add_argument("--size", type=int, default=None, help="Newsletters in the batch (1-100).")
+        parser.add_argument("--size", default=None, help=f"Newsletters in the batch ({MIN_SIZE}-{MAX_SIZE}).")
         parser.add_argument("--budget", default=None, help="Budget in USD for this batch (default BATCH_BUDGET_USD).")
         parser.add_argument("--include-new", action="store_true", help="Also select topics not yet reviewed.")
         parser.add_argument("--discover-only", action="store_true", help="Run discovery and stop.")
@@ -70,10 +87,17 @@ class Command(ContractCommand):
 
     def handle(self, *args, **opts):
         self.as_json = opts["as_json"]
-        size = opts["size"] if opts["size"] is not None else settings.BATCH_SIZE
-        if not 1 <= size <= 100:
-            raise CommandError(f"--size must be between 1 and 100, got {size}", returncode=EXIT_ERROR)
-        budget = parse_budget(opts["budget"] if opts["budget"] is not None else str(settings.BATCH_BUDGET_USD))
+        try:
+            size = parse_size(opts["size"] if opts["size"] is not None else settings.BATCH_SIZE)
+            budget = parse_budget(opts["budget"] if opts["budget"] is not None else settings.BATCH_BUDGET_USD)
+        except CommandError as exc:
+            if self.as_json:  # the contract: with --json, every outcome is one object on stdout
+                self.stdout.write(json.dumps({
+                    "batch": None, "dry_run": opts["dry_run"], "status": "error", "error": str(exc),
+                    "budget_usd": None, "spent_usd": money(Decimal(0)), "estimated_cost_usd": money(Decimal(0)),
+                    "items": [],
+                }))
+            raise
         if opts["wait"] and not opts["queue"]:
             raise CommandError("--wait only goes with --queue", returncode=EXIT_ERROR)
         if opts["timeout"] is not None and not opts["wait"]:
