@@ -82,6 +82,10 @@ class Topic(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     reviewed_at = models.DateTimeField(null=True, blank=True)
+    import_hash = models.CharField(
+        max_length=32, blank=True, default="", editable=False,
+        help_text="Hash of the fields last imported from a file; an unchanged row is skipped on re-import.",
+    )
 
     objects = TopicQuerySet.as_manager()
 
