@@ -1,0 +1,166 @@
+"""Import figures (issue 12): peak memory of a 1,000,000-row CSV import, the time of a 100,000-row import, and the
+time of re-importing those 100,000 rows unchanged.
+
+Every import runs as an operator runs it, `manage.py import_topics FILE` in a process of its own, on a fresh
+database of its own (a temporary SQLite file; on PostgreSQL, when BENCH_DATABASE_URL or DATABASE_URL names it, a
+database created for the run and dropped after). Peak memory is the child's maximum resident set size, read with
+getrusage(RUSAGE_CHILDREN) in a small wrapper process that runs nothing else, so no other process counts.
+Times include the command's start-up (about half a second).
+
+    python -m bench.import_bench [--rows-large N] [--rows N] [--runs N]
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import random
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+ROOT = Path(__file__).resolve().parent.parent
+PEAK_RSS_TARGET_MB = 300
+REIMPORT_TARGET_S = 5.0
+WORDS = ("shipping tariff checkout inventory loyalty supplier shopify margin ads carrier reorder churn landing "
+         "pricing factory warehouse returns bundle upsell creator tiktok amazon fba dropship etsy email").split()
+CATEGORIES = ("", "", "", "shipping_logistics", "pricing_margins", "ads_marketing", "customer_retention")
+
+
+def write_csv(path: Path, rows: int) -> None:
+    """A realistic import file: every field filled in, a quarter of the rows naming their category."""
+    rng = random.Random(12)
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["title", "summary", "url", "source", "external_id", "score", "category", "status",
+                         "published_at"])
+        for n in range(rows):
+            title = " ".join(rng.choice(WORDS) for _ in range(7)) + f" {n}"
+            summary = " ".join(rng.choice(WORDS) for _ in range(18))
+            writer.writerow([
+                title, summary, f"https://news.example.com/story/{n}?utm_source=newsletter", "bench", f"bench-{n}",
+                f"{rng.uniform(0, 100):.1f}", CATEGORIES[n % len(CATEGORIES)], "approved" if n % 3 else "new",
+                f"2026-{1 + n % 12:02d}-{1 + n % 28:02d}T{n % 24:02d}:15:00+00:00",
+            ])
+
+
+class Database:
+    """A fresh, migrated database for one run: a temporary SQLite file, or a PostgreSQL database made for it."""
+
+    def __init__(self, *, postgres_url: str | None, workdir: Path, name: str):
+        self.postgres_url, self.workdir, self.name = postgres_url, workdir, name
+        if postgres_url:
+            parts = urlsplit(postgres_url)
+            base = parts.path.lstrip("/") or "newsroom"
+            self.pg_name = f"{base}_import_bench"
+            self.admin = urlunsplit(("postgresql", parts.netloc, "/postgres", parts.query, ""))
+            self.url = urlunsplit((parts.scheme, parts.netloc, f"/{self.pg_name}", parts.query, ""))
+        else:
+            self.url = f"sqlite:///{workdir / f'{name}.sqlite3'}"
+
+    def __enter__(self) -> Database:
+        if self.postgres_url:
+            self._admin(f'DROP DATABASE IF EXISTS "{self.pg_name}"', f'CREATE DATABASE "{self.pg_name}"')
+        subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=self.env(), check=True)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.postgres_url:
+            self._admin(f'DROP DATABASE IF EXISTS "{self.pg_name}"')
+        else:
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{self.url.removeprefix('sqlite:///')}{suffix}").unlink(missing_ok=True)
+
+    def _admin(self, *statements: str) -> None:
+        import psycopg
+
+        with psycopg.connect(self.admin, autocommit=True) as conn:
+            for statement in statements:
+                conn.execute(statement)
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "DATABASE_URL": self.url}
+
+
+def measure(database: Database, path: Path) -> dict:
+    """One `import_topics` run, in a wrapper process whose only child is the command: seconds and peak RSS."""
+    output = subprocess.run(
+        [sys.executable, "-m", "bench.import_bench", "--measure", str(path)],
+        cwd=ROOT, env=database.env(), check=True, capture_output=True, text=True,
+    ).stdout
+    return json.loads(output.strip().splitlines()[-1])
+
+
+def measure_child(path: str) -> None:
+    started = time.perf_counter()
+    result = subprocess.run([sys.executable, "manage.py", "import_topics", path], cwd=ROOT, capture_output=True,
+                            text=True)
+    seconds = time.perf_counter() - started
+    if result.returncode:
+        sys.exit(f"import_topics failed ({result.returncode}): {result.stderr[-2000:]}")
+    peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # Linux reports kilobytes
+    print(json.dumps({"seconds": seconds, "peak_mb": peak_kb / 1024, "output": result.stdout.strip()}))
+
+
+def spread(values: list[float], fmt: str) -> str:
+    if len(values) == 1:
+        return f"{values[0]:{fmt}} (1 run)"
+    return (f"median {statistics.median(values):{fmt}} (min {min(values):{fmt}}, max {max(values):{fmt}}, "
+            f"{len(values)} runs)")
+
+
+def postgres_url() -> str | None:
+    url = os.environ.get("BENCH_DATABASE_URL") or os.environ.get("DATABASE_URL", "")
+    return url if url.startswith(("postgres://", "postgresql://", "pgsql://")) else None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--measure", help=argparse.SUPPRESS)
+    parser.add_argument("--rows-large", type=int, default=1_000_000)
+    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--large-runs", type=int, default=3)
+    args = parser.parse_args()
+    if args.measure:
+        return measure_child(args.measure)
+    pg = postgres_url()
+    print(f"import bench on {'PostgreSQL' if pg else 'SQLite'}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="import-bench-") as tmp:
+        workdir = Path(tmp)
+        small, large = workdir / "small.csv", workdir / "large.csv"
+        write_csv(small, args.rows)
+        imports, reimports, small_peaks = [], [], []
+        for run in range(args.runs):
+            with Database(postgres_url=pg, workdir=workdir, name=f"small-{run}") as database:
+                first = measure(database, small)
+                again = measure(database, small)
+            if f"{args.rows:,} created" not in first["output"] or f"{args.rows:,} unchanged" not in again["output"]:
+                sys.exit(f"unexpected import output: {first['output']!r} / {again['output']!r}")
+            imports.append(first["seconds"])
+            reimports.append(again["seconds"])
+            small_peaks.append(first["peak_mb"])
+        print(f"  {args.rows:,}-row CSV import: {spread(imports, '.1f')} s; peak RSS {spread(small_peaks, '.0f')} MB",
+              flush=True)
+        print(f"  {args.rows:,}-row unchanged re-import: {spread(reimports, '.2f')} s "
+              f"(target <= {REIMPORT_TARGET_S:g} s)", flush=True)
+        write_csv(large, args.rows_large)
+        peaks, seconds = [], []
+        for run in range(args.large_runs):
+            with Database(postgres_url=pg, workdir=workdir, name=f"large-{run}") as database:
+                result = measure(database, large)
+            peaks.append(result["peak_mb"])
+            seconds.append(result["seconds"])
+        print(f"  {args.rows_large:,}-row CSV import ({large.stat().st_size / 1e6:.0f} MB file): peak RSS "
+              f"{spread(peaks, '.0f')} MB (target <= {PEAK_RSS_TARGET_MB} MB); time {spread(seconds, '.0f')} s",
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()
