@@ -22,7 +22,7 @@ from batches.pricing import PriceMissing, to_money
 EXIT_ERROR, EXIT_BUDGET, EXIT_FAILED_ITEMS = 1, 3, 4
 MIN_SIZE, MAX_SIZE = 1, 100
 POLL_SECONDS = 0.5
-DEFAULT_TIMEOUT = 1800.0
+DEFAULT_TIMEOUT, MAX_TIMEOUT = 1800.0, 7 * 86400
 
 
 def first_line(error: Exception) -> str:
@@ -39,32 +39,38 @@ def _shown(value: object) -> str:
     return repr(text if len(text) <= 40 else f"{text[:39]}…")
 
 
+def _number(value: object, *, convert, accept, allowed: str):
+    """`value` converted, when it converts and `accept` takes it; otherwise one line: what is allowed, what was given."""
+    try:
+        number = convert(str(value).strip())
+    except (ValueError, InvalidOperation):
+        raise CommandError(f"{allowed}, got {_shown(value)}", returncode=EXIT_ERROR) from None
+    if not accept(number):
+        raise CommandError(f"{allowed}, got {_shown(value)}", returncode=EXIT_ERROR)
+    return number
+
+
 def parse_budget(value: object) -> Decimal:
     """A budget in dollars: a finite number from MIN_BUDGET_USD to MAX_BUDGET_USD (the settings' bounds, which the
     budget column holds with room to spare), rounded to the ledger's six decimal places."""
     low, high = settings.MIN_BUDGET_USD, settings.MAX_BUDGET_USD
-    allowed = f"--budget must be a number of dollars from ${low} to ${high:,}"
-    try:
-        budget = Decimal(str(value).strip())
-    except InvalidOperation:
-        raise CommandError(f"{allowed}, got {_shown(value)}", returncode=EXIT_ERROR) from None
-    # Compared before rounding: rounding 1e28 to six places needs more digits than Decimal keeps, and NaN compares
+    # Checked before rounding: rounding 1e28 to six places needs more digits than Decimal keeps, and NaN compares
     # as nothing at all.
-    if not budget.is_finite() or not low <= budget <= high:
-        raise CommandError(f"{allowed}, got {_shown(value)}", returncode=EXIT_ERROR)
+    budget = _number(value, convert=Decimal, accept=lambda b: b.is_finite() and low <= b <= high,
+                     allowed=f"--budget must be a number of dollars from ${low} to ${high:,}")
     return to_money(budget)
 
 
 def parse_size(value: object) -> int:
     """Newsletters in a batch: a whole number from MIN_SIZE to MAX_SIZE."""
-    allowed = f"--size must be a whole number from {MIN_SIZE} to {MAX_SIZE}"
-    try:
-        size = int(str(value).strip())
-    except ValueError:
-        raise CommandError(f"{allowed}, got {_shown(value)}", returncode=EXIT_ERROR) from None
-    if not MIN_SIZE <= size <= MAX_SIZE:
-        raise CommandError(f"{allowed}, got {_shown(value)}", returncode=EXIT_ERROR)
-    return size
+    return _number(value, convert=int, accept=lambda n: MIN_SIZE <= n <= MAX_SIZE,
+                   allowed=f"--size must be a whole number from {MIN_SIZE} to {MAX_SIZE}")
+
+
+def parse_timeout(value: object) -> float:
+    """How long `--wait` follows a batch: a finite number of seconds above 0, at most MAX_TIMEOUT."""
+    return _number(value, convert=float, accept=lambda t: math.isfinite(t) and 0 < t <= MAX_TIMEOUT,
+                   allowed=f"--timeout must be a number of seconds above 0 and at most {MAX_TIMEOUT:,}")
 
 
 class Command(ContractCommand):
@@ -78,7 +84,7 @@ class Command(ContractCommand):
         parser.add_argument("--discover-only", action="store_true", help="Run discovery and stop.")
         parser.add_argument("--queue", action="store_true", help="Hand the batch to the Celery workers.")
         parser.add_argument("--wait", action="store_true", help="With --queue: follow the batch to its end.")
-        parser.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+        parser.add_argument("--timeout", default=None, metavar="SECONDS",
                             help=f"With --wait: give up following after this long (default {DEFAULT_TIMEOUT:g}); "
                                  "the batch goes on.")
         parser.add_argument("--resume", type=int, default=None, metavar="BATCH",
@@ -90,6 +96,7 @@ class Command(ContractCommand):
         try:
             size = parse_size(opts["size"] if opts["size"] is not None else settings.BATCH_SIZE)
             budget = parse_budget(opts["budget"] if opts["budget"] is not None else settings.BATCH_BUDGET_USD)
+            timeout = DEFAULT_TIMEOUT if opts["timeout"] is None else parse_timeout(opts["timeout"])
         except CommandError as exc:
             if self.as_json:  # the contract: with --json, every outcome is one object on stdout
                 self.stdout.write(json.dumps({
@@ -102,10 +109,6 @@ class Command(ContractCommand):
             raise CommandError("--wait only goes with --queue", returncode=EXIT_ERROR)
         if opts["timeout"] is not None and not opts["wait"]:
             raise CommandError("--timeout only goes with --wait", returncode=EXIT_ERROR)
-        timeout = DEFAULT_TIMEOUT if opts["timeout"] is None else opts["timeout"]
-        if not math.isfinite(timeout) or not 0 < timeout <= 7 * 86400:
-            raise CommandError(f"--timeout must be between 0 and 604800 seconds, got {opts['timeout']}",
-                               returncode=EXIT_ERROR)
         try:
             return self.run(opts, size=size, budget=budget, timeout=timeout)
         except (OperationalError, InterfaceError) as exc:
