@@ -31,7 +31,7 @@ def _settings_or_exit() -> None:
     from django.core.exceptions import ImproperlyConfigured
 
     try:
-        settings.INSTALLED_APPS
+        settings.INSTALLED_APPS  # noqa: B018 -- the first setting read loads them all, here where an error is one line
     except ImproperlyConfigured as exc:
         sys.exit(f"Configuration error: {' '.join(str(exc).split())}")
 

@@ -39,7 +39,7 @@ def env_number(name: str, *, default, minimum, maximum, kind: type = int, unit: 
 
 # The largest budget any setting or `runbatch --budget` accepts; budgets are stored with 6 decimal places in
 # 14 digits, so this leaves room for every sum of them.
-MAX_BUDGET_USD = Decimal("1000000")
+MAX_BUDGET_USD = Decimal(1_000_000)
 MIN_BUDGET_USD = Decimal("0.000001")
 
 DEBUG = env.bool("DJANGO_DEBUG", default=False)
@@ -243,7 +243,7 @@ ANTHROPIC_RETRY_MAX_SECONDS = env_number(
 )
 
 BATCH_BUDGET_USD = env_number(
-    "BATCH_BUDGET_USD", default=Decimal("40"), minimum=MIN_BUDGET_USD, maximum=MAX_BUDGET_USD, kind=Decimal,
+    "BATCH_BUDGET_USD", default=Decimal(40), minimum=MIN_BUDGET_USD, maximum=MAX_BUDGET_USD, kind=Decimal,
     unit=" in USD",
 )
 BATCH_SIZE = env_number("BATCH_SIZE", default=8, minimum=1, maximum=100)

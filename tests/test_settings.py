@@ -139,7 +139,7 @@ def test_it_reads_numeric_settings_as_numbers(monkeypatch):
         APIFY_MAX_CHARGE_USD="0.75", REDDIT_MIN_SCORE="25",
     )
 
-    assert (loaded["BATCH_BUDGET_USD"], loaded["MONTHLY_BUDGET_USD"]) == (Decimal("12.5"), Decimal("300"))
+    assert (loaded["BATCH_BUDGET_USD"], loaded["MONTHLY_BUDGET_USD"]) == (Decimal("12.5"), Decimal(300))
     assert (loaded["BATCH_SIZE"], loaded["ANTHROPIC_TIMEOUT_SECONDS"]) == (12, 30.0)
     assert (loaded["APIFY_MAX_CHARGE_USD"], loaded["REDDIT_MIN_SCORE"]) == ("0.75", 25)
 

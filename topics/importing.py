@@ -19,7 +19,7 @@ import stat
 from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone as dt_timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, NamedTuple, TextIO
@@ -152,9 +152,9 @@ def open_import_file(path: Path, *, max_bytes: int) -> _CappedReader:
         raise ImportFailed(f"cannot read the file ({exc.strerror or exc})") from None
     try:
         info = os.fstat(fd)
-        for is_kind, kind in _FILE_KINDS:
-            if is_kind(info.st_mode):
-                raise ImportFailed(f"cannot read the file: it is {kind}, not a regular file")
+        if not stat.S_ISREG(info.st_mode):
+            kind = next((kind for is_kind, kind in _FILE_KINDS if is_kind(info.st_mode)), "something else")
+            raise ImportFailed(f"cannot read the file: it is {kind}, not a regular file")
         if info.st_size > max_bytes:
             raise ImportFailed(
                 f"the file is {info.st_size:,} bytes, over the import limit of {max_bytes:,} bytes (IMPORT_MAX_BYTES)"
@@ -400,11 +400,11 @@ def _published_at(value: Any) -> datetime | None:
     except ValueError:
         raise ValueError(f"published_at is not an ISO 8601 date-time: {_shown(text)}") from None
     if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=dt_timezone.utc)
+        parsed = parsed.replace(tzinfo=UTC)
     # The range is checked in UTC, which is what the database stores: 9999-12-31T23:59:59-12:00 is in year 10000
     # there, a value PostgreSQL accepts but psycopg cannot read back.
     try:
-        in_utc = parsed.astimezone(dt_timezone.utc)
+        in_utc = parsed.astimezone(UTC)
     except OverflowError:
         in_utc = None
     if in_utc is None or not EARLIEST_YEAR <= in_utc.year <= LATEST_YEAR:

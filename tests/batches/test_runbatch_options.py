@@ -42,7 +42,7 @@ BAD_TIMEOUTS = ["0", "-5", "nan", "inf", "1e309", "604801", "soon"]
 
 @pytest.fixture(autouse=True)
 def defaults(settings):
-    settings.BATCH_BUDGET_USD = Decimal("40")
+    settings.BATCH_BUDGET_USD = Decimal(40)
     settings.BATCH_SIZE = 8
     settings.MONTHLY_BUDGET_USD = ""
 

@@ -5,7 +5,7 @@ import json
 import os
 import subprocess
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -139,13 +139,13 @@ def test_it_reads_an_iso_8601_publication_date(tmp_path, categories):
 
     run_import(path)
 
-    assert only_topic().published_at == datetime(2026, 11, 18, 12, 5, tzinfo=timezone.utc)
+    assert only_topic().published_at == datetime(2026, 11, 18, 12, 5, tzinfo=UTC)
 
 
 def test_it_reads_a_publication_date_without_a_zone_as_utc(tmp_path, categories):
     run_import(write_json(tmp_path / "t.json", [{"title": "A", "published_at": "2026-11-18T14:05:00"}]))
 
-    assert only_topic().published_at == datetime(2026, 11, 18, 14, 5, tzinfo=timezone.utc)
+    assert only_topic().published_at == datetime(2026, 11, 18, 14, 5, tzinfo=UTC)
 
 
 def test_it_stores_the_canonical_url(tmp_path, categories):
@@ -468,7 +468,7 @@ def test_it_lists_the_first_50_errors_and_counts_the_rest(tmp_path, categories):
 def test_it_accepts_publication_dates_at_the_edges_of_the_range(tmp_path, categories, value):
     run_import(write_json(tmp_path / "t.json", [{"title": "A", "published_at": value}]))
 
-    assert only_topic().published_at == datetime.fromisoformat(value).astimezone(timezone.utc)
+    assert only_topic().published_at == datetime.fromisoformat(value).astimezone(UTC)
 
 
 def test_it_rejects_a_5000_digit_json_score_in_one_short_line(tmp_path, categories):
@@ -589,7 +589,7 @@ def test_it_finds_a_repeated_key_in_another_chunk(tmp_path, categories):
 def test_it_imports_the_first_of_two_rows_with_the_same_key_with_skip_invalid(tmp_path, categories):
     path = write_json(tmp_path / "t.json", [{"title": "First", "external_id": "k"}, {"title": "Second", "external_id": "k"}])
 
-    out, err = run_import(path, "--skip-invalid")
+    _, err = run_import(path, "--skip-invalid")
 
     assert only_topic().title == "First"
     assert "skipped item 2: same source and external_id as item 1" in err
@@ -642,19 +642,19 @@ def test_it_refreshes_a_row_whose_content_changed_since_the_last_import(tmp_path
 
     run_import(write_json(tmp_path / "b.json", [{"title": "A", "external_id": "x1", "published_at": "2026-01-03"}]))
 
-    assert only_topic().published_at == datetime(2026, 1, 3, tzinfo=timezone.utc)
+    assert only_topic().published_at == datetime(2026, 1, 3, tzinfo=UTC)
 
 
 def test_it_records_a_hash_on_a_topic_imported_before_hashes_without_changing_it(tmp_path, categories):
     path = write_json(tmp_path / "t.json", [{"title": "A", "external_id": "x1", "score": 5}])
     run_import(path)
-    Topic.objects.update(import_hash="", updated_at=datetime(2026, 1, 1, tzinfo=timezone.utc))
+    Topic.objects.update(import_hash="", updated_at=datetime(2026, 1, 1, tzinfo=UTC))
 
     out, _ = run_import(path)
 
     topic = only_topic()
     assert "0 updated, 1 unchanged" in out
-    assert topic.import_hash and topic.updated_at == datetime(2026, 1, 1, tzinfo=timezone.utc)
+    assert topic.import_hash and topic.updated_at == datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def test_it_counts_the_same_content_written_differently_as_unchanged(tmp_path, categories):
