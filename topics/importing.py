@@ -2,8 +2,8 @@
 
 The file is streamed twice, a chunk at a time, so memory stays flat whatever its length: a first pass validates
 every row (nothing is written while any row is invalid), a second pass validates again and writes, inside one
-transaction, only what changed. Each imported topic keeps a hash of its imported fields, so an unchanged row is
-recognised without rewriting it.
+transaction, what is new or changed. Each imported topic keeps a hash of the record it came from, so a record
+imported before exactly as it is now is recognised by one indexed lookup per chunk, without validating or writing it.
 """
 from __future__ import annotations
 
@@ -550,29 +550,29 @@ def _unchanged(chunk: list[_Record]) -> set[int]:
     return {item.index for item in chunk if item.key and stored.get(item.key) == item.digest}
 
 
-@dataclass
-class _Checked:
-    errors: list[RowError]
-    error_count: int
-    invalid: bytearray  # one byte per record, in file order: 1 when the record is invalid
-    digest: bytes
-
-
 def _key_halves(key: tuple[str, str]) -> tuple[int, int]:
     digest = hashlib.blake2b(f"{key[0]}\x00{key[1]}".encode("utf-8", "surrogatepass"), digest_size=16).digest()
     return int.from_bytes(digest[:8], "big"), int.from_bytes(digest[8:], "big")
 
 
+@dataclass
+class _Checked:
+    errors: list[RowError]  # the first MAX_REPORTED_ERRORS
+    error_count: int
+    invalid: bytearray  # a byte per record, in file order: 1 when it is invalid
+    unchanged: bytearray  # a byte per record: 1 when it was imported before exactly as it is now
+
+    def to_write(self) -> int:
+        return sum(1 for bad, same in zip(self.invalid, self.unchanged, strict=True) if not (bad or same))
+
+
 def _check(
     *, unit: str, records: Iterator[tuple[int, Any]], categories: dict[str, Category], chunk_rows: int
-) -> tuple[list[RowError], int, bytearray]:
-    """First pass: validate every record, and find the rows that repeat an earlier row's (source, external_id).
-
-    Returns the first MAX_REPORTED_ERRORS errors, the number of invalid records, and a byte per record (1: invalid).
-    """
+) -> _Checked:
+    """First pass: validate every record, and find the rows that repeat an earlier row's (source, external_id)."""
     errors: list[RowError] = []
     error_count = 0
-    invalid = bytearray()
+    invalid, same = bytearray(), bytearray()
     numbers = array("Q")
     # Each valid row's key as a 128-bit hash in two flat arrays (16 bytes a row instead of ~200 for a set of
     # tuples): a million rows cost 16 MB. Two different keys share a hash with a probability of about 2**-128.
@@ -582,6 +582,7 @@ def _check(
         for item in chunk:
             numbers.append(item.number)
             key = item.key
+            same.append(item.index in unchanged)
             if item.index not in unchanged:
                 try:
                     row = validate_record(number=item.number, record=item.record, categories=categories)
@@ -605,7 +606,7 @@ def _check(
         # Rows arrive in order; the repeats come after them in hash order: keep the first ones of the whole file.
         if len(errors) > 2 * MAX_REPORTED_ERRORS:
             errors = sorted(errors, key=lambda e: e.number)[:MAX_REPORTED_ERRORS]
-    return sorted(errors, key=lambda e: e.number)[:MAX_REPORTED_ERRORS], error_count, invalid
+    return _Checked(sorted(errors, key=lambda e: e.number)[:MAX_REPORTED_ERRORS], error_count, invalid, same)
 
 
 def _repeated_keys(high: array, low: array, records: array) -> Iterator[tuple[int, int]]:
@@ -648,13 +649,18 @@ def import_topics(
     if not all_categories:
         raise ImportFailed("no categories exist: run `manage.py migrate` first")
     categories = {c.slug: c for c in all_categories}
-    errors, error_count, invalid = _check(
+    checked = _check(
         unit=first_pass.unit, records=itertools.chain(head, first_pass.records), categories=categories,
         chunk_rows=chunk_rows,
     )
-    if error_count and not skip_invalid:
-        raise ImportFailed(errors=errors, error_count=error_count)
-    result = ImportResult(skipped=errors, skipped_count=error_count)
+    if checked.error_count and not skip_invalid:
+        raise ImportFailed(errors=checked.errors, error_count=checked.error_count)
+    result = ImportResult(skipped=checked.errors, skipped_count=checked.error_count)
+    invalid = checked.invalid
+    if not checked.to_write():
+        # Every valid row was imported before exactly as it is now: there is nothing to write, so no second pass.
+        result.unchanged = len(invalid) - checked.error_count
+        return result
     try:
         # One transaction: a failure anywhere in the second pass leaves the database as it was.
         with transaction.atomic():

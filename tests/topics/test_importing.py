@@ -675,3 +675,27 @@ def test_it_keeps_an_editors_locked_category_when_a_changed_row_is_imported(tmp_
 
     topic = only_topic()
     assert (topic.title, topic.category.slug) == ("B", "pricing_margins")
+
+
+def test_it_reads_an_unchanged_file_only_once(tmp_path, categories, monkeypatch):
+    path = write_json(tmp_path / "t.json", [{"title": f"Story {n}", "external_id": f"s-{n}"} for n in range(3)])
+    run_import(path)
+    reads = []
+    read = importing._read
+    monkeypatch.setattr(importing, "_read", lambda *args, **kwargs: reads.append(args) or read(*args, **kwargs))
+
+    out, _ = run_import(path)
+
+    assert "0 created, 0 updated, 3 unchanged" in out
+    assert len(reads) == 1
+
+
+def test_it_writes_the_changed_row_of_a_file_that_is_otherwise_unchanged(tmp_path, categories):
+    records = [{"title": f"Story {n}", "external_id": f"s-{n}"} for n in range(3)]
+    run_import(write_json(tmp_path / "a.json", records))
+    records[1]["title"] = "Story one, corrected"
+
+    out, _ = run_import(write_json(tmp_path / "b.json", records))
+
+    assert "0 created, 1 updated, 2 unchanged" in out
+    assert Topic.objects.get(external_id="s-1").title == "Story one, corrected"
