@@ -699,3 +699,12 @@ def test_it_writes_the_changed_row_of_a_file_that_is_otherwise_unchanged(tmp_pat
 
     assert "0 created, 1 updated, 2 unchanged" in out
     assert Topic.objects.get(external_id="s-1").title == "Story one, corrected"
+
+
+def test_it_hashes_records_that_import_alike_alike_and_others_apart():
+    row = {"title": "A", "summary": "b", "score": 7}
+
+    assert importing.record_hash(row) == importing.record_hash({"title": "A", "summary": "b", "score": "7", "url": ""})
+    assert importing.record_hash(row) != importing.record_hash({"title": "A", "summary": "b", "score": 8})
+    assert importing.record_hash({"title": "A", "summary": "b"}) != importing.record_hash({"title": "A\x00b"})
+    assert importing.record_hash({"title": ["A"]}) == ""
