@@ -115,6 +115,10 @@ class Topic(models.Model):
         null=True, blank=True, editable=False, help_text="When a batch took it for drafting (empty while unused)."
     )
     drafted_at = models.DateTimeField(null=True, blank=True, editable=False, help_text="When its last draft was saved.")
+    import_hash = models.CharField(
+        max_length=32, blank=True, default="", editable=False,
+        help_text="Hash of the fields last imported from a file; an unchanged row is skipped on re-import.",
+    )
 
     objects = TopicQuerySet.as_manager()
 

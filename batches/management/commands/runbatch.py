@@ -21,10 +21,9 @@ from batches.preflight import ERROR, run_checks
 from batches.pricing import PriceMissing, to_money
 
 EXIT_ERROR, EXIT_BUDGET, EXIT_FAILED_ITEMS = 1, 3, 4
-# What the batch's budget column holds: six decimal places, fourteen digits.
-MIN_BUDGET, MAX_BUDGET = Decimal("0.000001"), Decimal("99999999")
+MIN_SIZE, MAX_SIZE = 1, 100
 POLL_SECONDS = 0.5
-DEFAULT_TIMEOUT = 1800.0
+DEFAULT_TIMEOUT, MAX_TIMEOUT = 1800.0, 7 * 86400
 EXIT_CODES = """exit codes:
   0  done: every item drafted (or a dry run)
   1  error: bad arguments, failed preflight, nothing to select, broker down with --queue
@@ -44,19 +43,43 @@ def money(value: Decimal) -> str:
     return str(to_money(Decimal(value)))
 
 
-def parse_budget(value: str) -> Decimal:
+def _shown(value: object) -> str:
+    text = str(value).strip()
+    return repr(text if len(text) <= 40 else f"{text[:39]}…")
+
+
+def _number(value: object, *, convert, accept, allowed: str):
+    """`value` converted, when it converts and `accept` takes it; otherwise one line: what is allowed, what was given."""
     try:
-        budget = Decimal(value)
-    except InvalidOperation:
-        raise CommandError(f"--budget must be a number of dollars, got {value!r}", returncode=EXIT_ERROR) from None
-    if not budget.is_finite() or budget <= 0:
-        raise CommandError(f"--budget must be above 0, got {value}", returncode=EXIT_ERROR)
-    budget = to_money(budget)
-    if not MIN_BUDGET <= budget <= MAX_BUDGET:
-        raise CommandError(
-            f"--budget must be between ${MIN_BUDGET} and ${MAX_BUDGET:,}, got {value}", returncode=EXIT_ERROR
-        )
-    return budget
+        number = convert(str(value).strip())
+    except (ValueError, InvalidOperation):
+        raise CommandError(f"{allowed}, got {_shown(value)}", returncode=EXIT_ERROR) from None
+    if not accept(number):
+        raise CommandError(f"{allowed}, got {_shown(value)}", returncode=EXIT_ERROR)
+    return number
+
+
+def parse_budget(value: object) -> Decimal:
+    """A budget in dollars: a finite number from MIN_BUDGET_USD to MAX_BUDGET_USD (the settings' bounds, which the
+    budget column holds with room to spare), rounded to the ledger's six decimal places."""
+    low, high = settings.MIN_BUDGET_USD, settings.MAX_BUDGET_USD
+    # Checked before rounding: rounding 1e28 to six places needs more digits than Decimal keeps, and NaN compares
+    # as nothing at all.
+    budget = _number(value, convert=Decimal, accept=lambda b: b.is_finite() and low <= b <= high,
+                     allowed=f"--budget must be a number of dollars from ${low} to ${high:,}")
+    return to_money(budget)
+
+
+def parse_size(value: object) -> int:
+    """Newsletters in a batch: a whole number from MIN_SIZE to MAX_SIZE."""
+    return _number(value, convert=int, accept=lambda n: MIN_SIZE <= n <= MAX_SIZE,
+                   allowed=f"--size must be a whole number from {MIN_SIZE} to {MAX_SIZE}")
+
+
+def parse_timeout(value: object) -> float:
+    """How long `--wait` follows a batch: a finite number of seconds above 0, at most MAX_TIMEOUT."""
+    return _number(value, convert=float, accept=lambda t: math.isfinite(t) and 0 < t <= MAX_TIMEOUT,
+                   allowed=f"--timeout must be a number of seconds above 0 and at most {MAX_TIMEOUT:,}")
 
 
 class Command(ContractCommand):
@@ -65,13 +88,13 @@ class Command(ContractCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("--dry-run", action="store_true", help="Show the selection and the estimated cost only.")
-        parser.add_argument("--size", type=int, default=None, help="Newsletters in the batch (1-100).")
+        parser.add_argument("--size", default=None, help=f"Newsletters in the batch ({MIN_SIZE}-{MAX_SIZE}).")
         parser.add_argument("--budget", default=None, help="Budget in USD for this batch (default BATCH_BUDGET_USD).")
         parser.add_argument("--include-new", action="store_true", help="Also select topics not yet reviewed.")
         parser.add_argument("--discover-only", action="store_true", help="Run discovery and stop.")
         parser.add_argument("--queue", action="store_true", help="Hand the batch to the Celery workers.")
         parser.add_argument("--wait", action="store_true", help="With --queue: follow the batch to its end.")
-        parser.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+        parser.add_argument("--timeout", default=None, metavar="SECONDS",
                             help=f"With --wait: give up following after this long (default {DEFAULT_TIMEOUT:g}); "
                                  "the batch goes on.")
         parser.add_argument("--resume", type=int, default=None, metavar="BATCH",
@@ -81,20 +104,13 @@ class Command(ContractCommand):
     def handle(self, *args, **opts):
         self.as_json = opts["as_json"]
         self.dry = opts["dry_run"]
-        size = opts["size"] if opts["size"] is not None else settings.BATCH_SIZE
-        if not 1 <= size <= 100:
-            raise CommandError(f"--size must be between 1 and 100, got {size}", returncode=EXIT_ERROR)
-        budget = self.budget = parse_budget(
-            opts["budget"] if opts["budget"] is not None else str(settings.BATCH_BUDGET_USD)
-        )
+        size = parse_size(opts["size"] if opts["size"] is not None else settings.BATCH_SIZE)
+        budget = self.budget = parse_budget(opts["budget"] if opts["budget"] is not None else settings.BATCH_BUDGET_USD)
+        timeout = DEFAULT_TIMEOUT if opts["timeout"] is None else parse_timeout(opts["timeout"])
         if opts["wait"] and not opts["queue"]:
             raise CommandError("--wait only goes with --queue", returncode=EXIT_ERROR)
         if opts["timeout"] is not None and not opts["wait"]:
             raise CommandError("--timeout only goes with --wait", returncode=EXIT_ERROR)
-        timeout = DEFAULT_TIMEOUT if opts["timeout"] is None else opts["timeout"]
-        if not math.isfinite(timeout) or not 0 < timeout <= 7 * 86400:
-            raise CommandError(f"--timeout must be between 0 and 604800 seconds, got {opts['timeout']}",
-                               returncode=EXIT_ERROR)
         try:
             return self.run(opts, size=size, budget=budget, timeout=timeout)
         except (OperationalError, InterfaceError) as exc:
