@@ -8,7 +8,7 @@ import pytest
 
 from batches import running
 from batches.models import Batch, Newsletter
-from tests.fakes.anthropic_api import Fault
+from batches.claude_standin import Fault
 from topics.models import Topic
 from topics.selection import select_topics
 
