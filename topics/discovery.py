@@ -3,21 +3,20 @@ from __future__ import annotations
 
 import datetime
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from decimal import Decimal
 
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 from rapidfuzz import fuzz, process
 
-from . import scoring
+from . import metering, scoring
 from .categorize import categorize_text, topic_text
 from .dedupe import NEAR_DUPLICATE_THRESHOLD, canonical_url, is_near_duplicate, normalize_title
 from .models import Category, DiscoveryRun, Topic
-from .sources import BudgetRefused, Candidate, SourceError, build_sources
-from .sources.base import SpendHold, SpendMeter, redact
+from .sources import Candidate, SourceError, build_sources
+from .sources.base import redact
 
 logger = logging.getLogger("newsroom.discovery")
 RECENT_DAYS = 30
@@ -38,24 +37,6 @@ class SourceReport:
     detail: str = ""
 
 
-class NoLedger:
-    """The meter used until an app that keeps the money plugs its own in: every paid call is refused."""
-
-    def reserve(self, *, provider: str, description: str, worst_case_usd: Decimal, idempotency_key: str) -> SpendHold:
-        raise BudgetRefused("no cost ledger is installed, so no paid call can be recorded")
-
-
-# Paid discovery calls go through the cost ledger like drafts do, under the monthly cap when one is set. The ledger
-# belongs to the batches app, which plugs it in when it starts (batches.apps), so topics never imports batches.
-_meter_factory: Callable[[], SpendMeter] = NoLedger
-
-
-def use_meter(factory: Callable[[], SpendMeter]) -> None:
-    """Meter every later discovery run's paid calls with `factory()`."""
-    global _meter_factory
-    _meter_factory = factory
-
-
 @dataclass
 class _Story:
     """One story in this run: a new topic to create, or an existing one to credit with more sources."""
@@ -73,7 +54,7 @@ def fetch_all(*, names: Sequence[str] | None, limit: int) -> tuple[list[Candidat
     """Ask every source; a failing source is recorded and the others still run."""
     candidates: list[Candidate] = []
     reports: dict[str, SourceReport] = {}
-    meter = _meter_factory()
+    meter = metering.current_meter()
     for source in build_sources(settings, list(names) if names else None):
         report = reports[source.name] = SourceReport(name=source.name, detail=source.describe())
         if not source.is_configured():
