@@ -14,6 +14,7 @@ from django.contrib import admin
 from django.core.paginator import Paginator
 from django.db import connections
 from django.db.models import F, Max, Min, Model, QuerySet
+from django.db.models.functions import Lower
 from django.utils import timezone
 from django.utils.functional import cached_property
 
@@ -68,21 +69,23 @@ class EstimatedCountPaginator(Paginator):
         return About(estimate) if estimate is not None and estimate > bounded else AtLeast(bounded)
 
 
-def distinct_values(model: type[Model], field_name: str) -> list[str]:
-    """The distinct non-empty values of a column, read by skipping through an index that starts with it.
+def distinct_values(model: type[Model], field_name: str, *, casefold: bool = False) -> list[str]:
+    """The distinct non-empty values of a column (lower-cased with `casefold`), read by skipping through an index
+    that starts with it (with `casefold`, one on lower(column)).
 
     A recursive query asks the index for the smallest value, then for the smallest one above it, and so on: one
     short index probe per distinct value (a handful of sources), however many rows share each. Both SQLite and
-    PostgreSQL run it; without an index on the column it would be a scan per value, so keep one.
+    PostgreSQL run it; without such an index it would be a scan per value, so keep one.
     """
     connection = connections[model.objects.db]
     quote = connection.ops.quote_name
     table, column = quote(model._meta.db_table), quote(model._meta.get_field(field_name).column)
+    key = f"LOWER({column})" if casefold else column
     sql = (
         f"WITH RECURSIVE walk(value) AS ("
-        f" SELECT MIN({column}) FROM {table}"
+        f" SELECT MIN({key}) FROM {table}"
         f" UNION ALL"
-        f" SELECT (SELECT MIN({column}) FROM {table} WHERE {column} > walk.value) FROM walk"
+        f" SELECT (SELECT MIN({key}) FROM {table} WHERE {key} > walk.value) FROM walk"
         f" WHERE walk.value IS NOT NULL"
         f") SELECT value FROM walk WHERE value IS NOT NULL AND value <> ''"
     )
@@ -94,14 +97,21 @@ def distinct_values(model: type[Model], field_name: str) -> list[str]:
 class DistinctValuesFilter(admin.SimpleListFilter):
     """A list filter offering each value a column holds, found through its index (`distinct_values`), where
     Django's own `AllValuesFieldListFilter` would read every row. Subclass with `title` and `parameter_name` (the
-    field's name)."""
+    field's name); `casefold` offers and matches values case-insensitively, through an index on lower(field)."""
+
+    casefold = False
 
     def lookups(self, request, model_admin):
-        return [(value, value) for value in distinct_values(model_admin.model, self.parameter_name)]
+        values = distinct_values(model_admin.model, self.parameter_name, casefold=self.casefold)
+        return [(value, value) for value in values]
 
     def queryset(self, request, queryset):
         value = self.value()
-        return queryset.filter(**{self.parameter_name: value}) if value else queryset
+        if not value:
+            return queryset
+        if self.casefold:
+            return queryset.alias(_casefolded=Lower(self.parameter_name)).filter(_casefolded=value.lower())
+        return queryset.filter(**{self.parameter_name: value})
 
 
 class DateDrilldownQuerySet(QuerySet):

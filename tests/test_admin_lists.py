@@ -113,3 +113,11 @@ def test_the_date_drilldown_reads_first_and_last_dates_as_min_and_max_would():
     assert ours.aggregate(total=Sum("amount_usd")) == {"total": Decimal("7")}
     assert DateDrilldownQuerySet.adopt(CostLedgerEntry.objects.none()).aggregate(
         first=Min("created_at"), last=Max("created_at")) == {"first": None, "last": None}
+
+
+def test_casefolded_distinct_values_list_each_spelling_once():
+    moment = datetime.datetime(2026, 1, 1, tzinfo=UTC)
+    for provider in ("Apify", "apify", "tubelab"):
+        entries(moment, provider=provider)
+
+    assert distinct_values(CostLedgerEntry, "provider", casefold=True) == ["apify", "tubelab"]

@@ -38,6 +38,7 @@ class CategoryAdmin(admin.ModelAdmin):
 class SourceFilter(DistinctValuesFilter):
     title = "source"
     parameter_name = "source"
+    casefold = True  # through the lower(source) index the list is ordered by (topics.models)
 
 
 @admin.register(Topic)

@@ -74,8 +74,9 @@ _WORD_BYTES = frozenset(b"abcdefghijklmnopqrstuvwxyz0123456789%$.+/\x00")
 _TO_WORDS = bytes(b if b in _WORD_BYTES else 0x20 for b in range(256))
 
 
-def normalize_titles(titles: Sequence[str]) -> list[str]:
-    """`[normalize_title(t) for t in titles]`, computed in bulk for the hundred thousand titles of a discovery run.
+def normalize_titles(titles: Sequence[str], *, word_counts: Counter[str] | None = None) -> list[str]:
+    """`[normalize_title(t) for t in titles]`, computed in bulk for the hundred thousand titles of a discovery run;
+    with `word_counts`, each normalised word is also counted into it.
 
     The titles are lower-cased and split into words in one pass over one string, and each distinct word is
     normalised once, so the per-title Python work that dominates `normalize_title` is paid per vocabulary word.
@@ -83,7 +84,10 @@ def normalize_titles(titles: Sequence[str]) -> list[str]:
     titles = list(titles)
     joined = _SEPARATOR.join(titles)
     if joined.count(_SEPARATOR) != max(0, len(titles) - 1):  # a title holding the separator: one by one
-        return [normalize_title(title) for title in titles]
+        norms = [normalize_title(title) for title in titles]
+        if word_counts is not None:
+            word_counts.update(" ".join(norms).split())
+        return norms
     # Only titles with a possible question tail need the per-title headline rule.
     starts = list(accumulate((len(title) + 1 for title in titles), initial=0))
     heads = titles
@@ -96,7 +100,11 @@ def normalize_titles(titles: Sequence[str]) -> list[str]:
         joined = _SEPARATOR.join(heads)
     words = joined.lower().encode().translate(_TO_WORDS).replace(b"\x00", b" \x00 ").split()
     tokens = _Tokens({b"\x00": _SEPARATOR})
-    pieces = " ".join(filter(None, map(tokens.__getitem__, words))).split(_SEPARATOR)
+    stream = list(filter(None, map(tokens.__getitem__, words)))
+    if word_counts is not None:
+        word_counts.update(stream)
+        word_counts.pop(_SEPARATOR, None)
+    pieces = " ".join(stream).split(_SEPARATOR)
     return [piece.strip(" ") for piece in pieces] if titles else []
 
 
@@ -229,9 +237,9 @@ class StoryMatcher:
     def __init__(self, *, stored: Sequence[str], incoming: Sequence[str]):
         self._stored = len(stored)
         self._titles = [*stored, *incoming]
-        self._norms = normalize_titles(self._titles)
         # Word rarity over every title of the run, one order for all, so that two titles' rarest words agree.
-        counts = Counter(" ".join(self._norms).split())
+        counts: Counter[str] = Counter()
+        self._norms = normalize_titles(self._titles, word_counts=counts)
         self._rank = {word: n for n, word in enumerate(sorted(counts, key=lambda w: (counts[w], w)))}
         self._best_stored: dict[int, tuple[float, int]] = {}
         self._last_keys: tuple[int, list[Pair], list[Pair]] = (-1, [], [])  # find's keys, for add
@@ -271,9 +279,12 @@ class StoryMatcher:
                 rare_keys, every_keys = self._keys(self._norms[t])
                 _file(rare, rare_keys, t)
                 _file(every, every_keys, t)
+        # For each word, the words it is paired with in those blocks: a stored title is looked at closer only when
+        # one of its words has a partner among its other words, a test of a few set operations in C.
+        rare_partners, every_partners = _partners(rare), _partners(every)
         choices: defaultdict[int, set[int]] = defaultdict(set)
         by_length: defaultdict[int, list[int]] = defaultdict(list)  # short stories, and any a short title may be
-        rank, rare_view, every_view = self._rank.__getitem__, rare.keys(), every.keys()
+        rank = self._rank.__getitem__
         for s, norm in enumerate(self._norms[: self._stored]):
             words = norm.split()
             if len(words) < _SHORT_WORDS or len(norm) in short_lengths:
@@ -283,11 +294,12 @@ class StoryMatcher:
             ranks = sorted(set(map(rank, words)))
             # This story's rare pairs against the incoming titles' pairs, and the other way round: a title mostly
             # contained in a longer one shares its own rarest words with it, not necessarily the longer one's.
-            if not every_view.isdisjoint(combinations(_rarest(ranks), 2)):
-                for t in _gathered(every, list(combinations(_rarest(ranks), 2))):
+            head, top = _rarest(ranks), ranks[:_PAIR_WORDS]
+            if _paired(head, every_partners):
+                for t in _gathered(every, list(combinations(head, 2))):
                     choices[t].add(s)
-            if not rare_view.isdisjoint(combinations(ranks[:_PAIR_WORDS], 2)):
-                for t in _gathered(rare, list(combinations(ranks[:_PAIR_WORDS], 2))):
+            if _paired(top, rare_partners):
+                for t in _gathered(rare, list(combinations(top, 2))):
                     choices[t].add(s)
         for t in wanted:
             short = self._is_short(t)
@@ -348,6 +360,22 @@ class StoryMatcher:
             if _same_story(norm, texts[k]):
                 return score, ordered[k]
         return None
+
+
+def _partners(blocks: Blocks) -> dict[int, set[int]]:
+    partners: defaultdict[int, set[int]] = defaultdict(set)
+    for a, b in blocks:
+        partners[a].add(b)
+    return dict(partners)
+
+
+def _paired(ranks: list[int], partners: dict[int, set[int]]) -> bool:
+    """Whether two of these words make a pair that `partners` holds."""
+    for word in ranks:
+        paired = partners.get(word)
+        if paired is not None and not paired.isdisjoint(ranks):
+            return True
+    return False
 
 
 def _gathered(blocks: Blocks, keys: list[Pair]) -> set[int]:

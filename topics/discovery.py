@@ -134,10 +134,9 @@ def store_candidates(*, candidates: Sequence[Candidate], reports: dict[str, Sour
     known_keys = _existing_keys(candidates)
     urls = [canonical_url(c.url) for c in candidates]
     kept = _first_of_each_key(candidates, known_keys)
-    recent = _recent_titles(now)
-    stories = [_Story(title=title, topic_id=pk) for pk, title in recent]
-    by_url = _stored_urls(urls=urls, kept=kept, recent=recent, stories=stories)
-    matcher = StoryMatcher(stored=[s.title for s in stories], incoming=[c.title for c in candidates])
+    stories = _Stories(_recent_titles(now))
+    by_url = _stored_urls(urls=urls, kept=kept, stories=stories)
+    matcher = StoryMatcher(stored=stories.stored_titles(), incoming=[c.title for c in candidates])
     best_stored = matcher.match_stored(i for i, keep in enumerate(kept) if keep and urls[i] not in by_url)
     _load_topics([stories[n] for n in best_stored.values()])
 
@@ -152,8 +151,7 @@ def store_candidates(*, candidates: Sequence[Candidate], reports: dict[str, Sour
             story = stories[number]
         if story is None:
             matcher.add(i)
-            story = _Story(title=candidate.title, lead_url=url)
-            stories.append(story)
+            story = stories.add(_Story(title=candidate.title, lead_url=url))
             report.new += 1
         elif story.topic is not None and candidate.source in (story.topic.sources or [story.topic.source]):
             report.dropped += 1  # a stored story this source already told (seen again on a later run)
@@ -163,7 +161,46 @@ def store_candidates(*, candidates: Sequence[Candidate], reports: dict[str, Sour
         story.candidates.append(candidate)
         if url:
             by_url.setdefault(url, story)
-    _write(stories=[s for s in stories if s.candidates], now=now)
+    _write(stories=stories.told(), now=now)
+
+
+class _Stories:
+    """The run's stories by number, as StoryMatcher numbers them: the stored ones first (recent window, then older
+    topics sharing a URL), then the new ones. A stored story's object is made when first asked for: of a hundred
+    thousand, a run joins a few."""
+
+    def __init__(self, recent: list[tuple[int, str]]):
+        self._stored = recent  # (topic id, title)
+        self._made: dict[int, _Story] = {}
+        self._new: list[_Story] = []
+
+    def stored_titles(self) -> list[str]:
+        return [title for _, title in self._stored]
+
+    def position(self, topic_ids: set[int]) -> dict[int, int]:
+        """{topic id: story number} for these stored topics."""
+        return {pk: n for n, (pk, _) in enumerate(self._stored) if pk in topic_ids}
+
+    def add_stored(self, topic: Topic) -> _Story:
+        story = self._made[len(self._stored)] = _Story(title=topic.title, topic_id=topic.pk, topic=topic)
+        self._stored.append((topic.pk, topic.title))
+        return story
+
+    def add(self, story: _Story) -> _Story:
+        self._new.append(story)
+        return story
+
+    def __getitem__(self, number: int) -> _Story:
+        if number >= len(self._stored):
+            return self._new[number - len(self._stored)]
+        if number not in self._made:
+            pk, title = self._stored[number]
+            self._made[number] = _Story(title=title, topic_id=pk)
+        return self._made[number]
+
+    def told(self) -> list[_Story]:
+        """The stories some candidate joined: stored ones to credit, then new ones in the order they came."""
+        return [s for s in self._made.values() if s.candidates] + [s for s in self._new if s.candidates]
 
 
 def _first_of_each_key(candidates: Sequence[Candidate], known_keys: set[tuple[str, str]]) -> list[bool]:
@@ -191,9 +228,7 @@ def _recent_titles(now: datetime.datetime) -> list[tuple[int, str]]:
     return list(recent_window(now=now).values_list("id", "title"))
 
 
-def _stored_urls(
-    *, urls: list[str], kept: list[bool], recent: list[tuple[int, str]], stories: list[_Story]
-) -> dict[str, _Story]:
+def _stored_urls(*, urls: list[str], kept: list[bool], stories: _Stories) -> dict[str, _Story]:
     """The stored story each candidate URL already belongs to (one story, however old), looked up by index.
 
     A URL stored in the recent window belongs to the newest such topic; one stored only earlier, to the newest
@@ -204,17 +239,14 @@ def _stored_urls(
         row for chunk in _chunks(wanted)
         for row in Topic.objects.filter(canonical_url__in=chunk).values_list("id", "canonical_url")
     ]
-    position = {pk: n for n, (pk, _) in enumerate(recent)}
+    position = stories.position({pk for pk, _ in found}) if found else {}
     by_url: dict[str, _Story] = {}
-    for pk, url in sorted(found, key=lambda row: position.get(row[0], len(position))):
-        if pk in position:
-            by_url.setdefault(url, stories[position[pk]])
+    for pk, url in sorted((row for row in found if row[0] in position), key=lambda row: position[row[0]]):
+        by_url.setdefault(url, stories[position[pk]])
     older = sorted(pk for pk, url in found if pk not in position and url not in by_url)
     topics = [topic for chunk in _chunks(older) for topic in Topic.objects.filter(pk__in=chunk).only(*_STORY_FIELDS)]
     for topic in sorted(topics, key=lambda topic: -topic.pk):
-        story = _Story(title=topic.title, topic_id=topic.pk, topic=topic)
-        stories.append(story)
-        by_url.setdefault(topic.canonical_url, story)
+        by_url.setdefault(topic.canonical_url, stories.add_stored(topic))
     _load_topics(list(by_url.values()))
     return by_url
 

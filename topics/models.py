@@ -2,7 +2,8 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.db import models
-from django.db.models import Exists, OuterRef, Q
+from django.db.models import Exists, F, OuterRef, Q
+from django.db.models.functions import Lower
 from django.utils import timezone
 
 FALLBACK_CATEGORY_SLUG = "platform_tools"
@@ -103,7 +104,10 @@ class Topic(models.Model):
             # filters, read from an index that stops after one page instead of sorting the table.
             models.Index(fields=["-score", "-id"], name="topic_list_order"),
             models.Index(fields=["category", "-score", "-id"], name="topic_list_category"),
-            models.Index(fields=["source", "-score", "-id"], name="topic_list_source"),
+            # On lower(source), not source: SQLite's planner, without statistics, would take a (source, score)
+            # index for discovery's and import's (source, external_id IN ...) lookups and scan every topic of the
+            # source instead of using the unique (source, external_id) index.
+            models.Index(Lower("source"), F("score").desc(), F("id").desc(), name="topic_list_source"),
             models.Index(fields=["-score", "-id"], name="topic_list_locked", condition=Q(category_locked=True)),
             # Discovery compares new titles with the recent window: a range scan, newest first, bounded.
             models.Index(fields=["created_at", "id"], name="topic_created_id"),

@@ -1,17 +1,9 @@
 from __future__ import annotations
 
 import pytest
-from rapidfuzz import fuzz
 
-from bench.discovery_bench import make_candidates
-from topics.dedupe import (
-    NEAR_DUPLICATE_THRESHOLD,
-    StoryMatcher,
-    canonical_url,
-    is_near_duplicate,
-    normalize_title,
-    normalize_titles,
-)
+from bench.discovery_bench import blocked_decisions, exhaustive_decisions, make_candidates
+from topics.dedupe import canonical_url, is_near_duplicate, normalize_title, normalize_titles
 
 SAME_STORY = [
     (
@@ -128,36 +120,14 @@ def test_bulk_normalisation_of_no_titles_is_empty():
     assert normalize_titles([]) == []
 
 
-def exhaustive_match(title: str, stories: list[str]) -> int | None:
-    """The reference: every story compared, best token_set_ratio first, ties to the earliest."""
-    scored = [(fuzz.token_set_ratio(normalize_title(title), normalize_title(s)), -n) for n, s in enumerate(stories)]
-    for score, negative in sorted(scored, reverse=True):
-        if score >= NEAR_DUPLICATE_THRESHOLD and is_near_duplicate(title, stories[-negative]):
-            return -negative
-    return None
-
-
 def matched(*, stored: list[str], incoming: list[str]) -> list[int | None]:
-    """What StoryMatcher decides for each incoming title (None: a new story), adding new stories as it goes."""
-    matcher = StoryMatcher(stored=stored, incoming=incoming)
-    matcher.match_stored(range(len(incoming)))
-    decisions = []
-    for i in range(len(incoming)):
-        story = matcher.find(i)
-        if story is None:
-            matcher.add(i)
-        decisions.append(story)
-    return decisions
+    """What StoryMatcher decides for each incoming title: the story number it joins, None for a new story."""
+    return blocked_decisions(stored, incoming)
 
 
 def exhaustive(*, stored: list[str], incoming: list[str]) -> list[int | None]:
-    stories, decisions = list(stored), []
-    for title in incoming:
-        story = exhaustive_match(title, stories)
-        if story is None:
-            stories.append(title)
-        decisions.append(story)
-    return decisions
+    """The same decided by comparing with every story (the reference kept in the benchmark)."""
+    return exhaustive_decisions(stored, incoming)
 
 
 def test_the_matcher_finds_each_same_story_pair_whichever_side_is_stored():

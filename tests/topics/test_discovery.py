@@ -840,3 +840,14 @@ def test_the_recent_window_is_read_through_the_created_at_index(db) -> None:
     plan = recent_window(now=NOW).explain()
 
     assert "topic_created_id" in plan
+
+
+def test_the_lookup_of_already_stored_candidates_uses_the_unique_source_and_id_index(db) -> None:
+    from django.db import connection
+
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SET LOCAL enable_seqscan = off")
+    plan = Topic.objects.filter(source="reddit", external_id__in=[f"t3_{n}" for n in range(300)]).explain()
+
+    assert "topic_unique_source_external_id" in plan or "sqlite_autoindex_topics_topic_1" in plan

@@ -1,6 +1,7 @@
 # The topic list's order and filters, and discovery's recent window, read through indexes (issue 12).
 # Depends on 0003 on this branch: 0004_topic_import_hash is another branch's; chain them when merging.
 
+import django.db.models.functions.text
 from django.db import migrations, models
 
 
@@ -21,7 +22,7 @@ class Migration(migrations.Migration):
         ),
         migrations.AddIndex(
             model_name='topic',
-            index=models.Index(fields=['source', '-score', '-id'], name='topic_list_source'),
+            index=models.Index(django.db.models.functions.text.Lower('source'), models.F('score').desc(), models.F('id').desc(), name='topic_list_source'),
         ),
         migrations.AddIndex(
             model_name='topic',
