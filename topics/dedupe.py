@@ -236,10 +236,9 @@ class StoryMatcher:
 
     def __init__(self, *, stored: Sequence[str], incoming: Sequence[str]):
         self._stored = len(stored)
-        self._titles = [*stored, *incoming]
         # Word rarity over every title of the run, one order for all, so that two titles' rarest words agree.
         counts: Counter[str] = Counter()
-        self._norms = normalize_titles(self._titles, word_counts=counts)
+        self._norms = normalize_titles([*stored, *incoming], word_counts=counts)
         self._rank = {word: n for n, word in enumerate(sorted(counts, key=lambda w: (counts[w], w)))}
         self._best_stored: dict[int, tuple[float, int]] = {}
         self._last_keys: tuple[int, list[Pair], list[Pair]] = (-1, [], [])  # find's keys, for add
@@ -268,7 +267,7 @@ class StoryMatcher:
         if not self._stored or not wanted:
             return {}
         # The stored side is the large one (a hundred thousand titles): it is the incoming titles that are put
-        # in blocks, and each stored title's keys are looked up with set operations that stay in C.
+        # in blocks, and each stored title is checked against them.
         rare: Blocks = {}
         every: Blocks = {}
         short_lengths: set[int] = set()
