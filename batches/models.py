@@ -176,7 +176,12 @@ class Newsletter(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["batch", "topic"], name="newsletter_unique_batch_topic"),
         ]
-        indexes = [models.Index(fields=["status", "lease_expires_at"], name="newsletter_status_lease")]
+        indexes = [
+            models.Index(fields=["status", "lease_expires_at"], name="newsletter_status_lease"),
+            # The admin's draft list: its order, alone and within a status ("Drafts to review").
+            models.Index(fields=["batch", "position", "id"], name="newsletter_list_order"),
+            models.Index(fields=["status", "batch", "position", "id"], name="newsletter_list_status"),
+        ]
 
     def __str__(self) -> str:
         return self.subject or f"Newsletter on “{self.topic}”"
@@ -248,7 +253,14 @@ class CostLedgerEntry(models.Model):
                 condition=Q(amount_usd__gte=0) & Q(reserved_usd__gte=0), name="ledger_amounts_not_negative"
             ),
         ]
-        indexes = [models.Index(fields=["batch", "status"], name="ledger_batch_status")]
+        indexes = [
+            models.Index(fields=["batch", "status"], name="ledger_batch_status"),
+            # The admin's ledger list: newest first within a provider, model or status filter; the first two
+            # also give the filters their values by skipping through the index (newsroom.admin_lists).
+            models.Index(fields=["provider", "created_at"], name="ledger_list_provider"),
+            models.Index(fields=["model", "created_at"], name="ledger_list_model"),
+            models.Index(fields=["status", "created_at"], name="ledger_list_status"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.provider} {self.amount_usd} USD ({self.get_status_display()})"
