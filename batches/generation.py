@@ -15,7 +15,9 @@ from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from . import ledger
+from topics.material import Material, gather_for_newsletter
+
+from . import grounding, ledger
 from .models import Batch, Newsletter
 from .planning import topic_message
 from .pricing import PriceMissing, Usage, cost_of, price_for, worst_case_cost
@@ -54,6 +56,7 @@ class Draft:
     subject: str
     preview_text: str
     body_markdown: str
+    sources_used: tuple[int, ...] = ()  # the source numbers the answer says it cited (checked by grounding)
 
 
 def make_client() -> anthropic.Anthropic:
@@ -94,7 +97,9 @@ def parse_draft(message: Any) -> Draft:
         problems.append("the answer was cut off at max_tokens")
     if problems:
         raise InvalidAnswer("; ".join(problems))
-    return Draft(subject=subject, preview_text=preview, body_markdown=body)
+    used = data.get("sources_used") if isinstance(data.get("sources_used"), list) else []
+    sources_used = tuple(n for n in used if isinstance(n, int) and not isinstance(n, bool))
+    return Draft(subject=subject, preview_text=preview, body_markdown=body, sources_used=sources_used)
 
 
 def _retry_delay(*, attempt: int, error: Exception) -> float:
@@ -176,8 +181,11 @@ def generate_newsletter(
         _finish(newsletter, status=Newsletter.Status.SKIPPED_BUDGET, error="Not drafted: the batch budget was reached.")
         return newsletter.status
     newsletter.model = batch.model
+    # --- grounding (issue 9): the topic's source material is gathered first; failures never stop the draft ---
+    material = gather_for_newsletter(newsletter=newsletter)
     try:
-        answer = _call_within_budget(newsletter=newsletter, client=client or make_client(), sleep=sleep)
+        answer = _call_within_budget(newsletter=newsletter, client=client or make_client(), sleep=sleep,
+                                     material=material)
     except ledger.BudgetExhausted as exc:
         Batch.objects.filter(pk=batch.pk).update(budget_stopped=True)
         _finish(newsletter, status=Newsletter.Status.SKIPPED_BUDGET, error=f"Not drafted: {exc}")
@@ -204,10 +212,14 @@ def generate_newsletter(
             request_id=getattr(answer.message, "_request_id", None) or answer.message.id,
         )
         _finish(newsletter, status=status, error=error, draft=draft)
+        if draft is not None:  # grounding (issue 9): the draft's sources and flags land with it
+            grounding.store_check(newsletter=newsletter, draft=draft, material=material)
     return newsletter.status
 
 
-def _call_within_budget(*, newsletter: Newsletter, client: anthropic.Anthropic, sleep) -> Answer:
+def _call_within_budget(
+    *, newsletter: Newsletter, client: anthropic.Anthropic, sleep, material: Material | None = None
+) -> Answer:
     """Reserve, call and retry transient failures; the answer comes back with its reservation unsettled."""
     batch = newsletter.batch
     try:
@@ -215,7 +227,8 @@ def _call_within_budget(*, newsletter: Newsletter, client: anthropic.Anthropic, 
     except PriceMissing as exc:
         raise GenerationFailed(str(exc), permanent=True) from None
     max_tokens = settings.ANTHROPIC_MAX_TOKENS
-    request = build_request(model=batch.model, max_tokens=max_tokens, topic_message=topic_message(newsletter.topic))
+    request = build_request(model=batch.model, max_tokens=max_tokens,
+                            topic_message=topic_message(newsletter.topic, material))
     counting = {k: v for k, v in request.items() if k != "max_tokens"}
     attempts = settings.ANTHROPIC_MAX_RETRIES + 1
     # Retrying stops early enough that one more attempt (count + call, each up to the timeout) still ends before

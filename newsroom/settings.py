@@ -231,3 +231,15 @@ for _name in ("REDDIT_SUBREDDITS", "REDDIT_TIME_FILTER", "REDDIT_MIN_SCORE", "PE
               "TUBELAB_QUERIES", "TUBELAB_USD_PER_CREDIT", "APIFY_ACTOR_ID", "APIFY_MAX_CHARGE_USD"):
     if _name in env:
         globals()[_name] = env.str(_name)
+
+# --- Source material (issue 9): what each draft is written from --------------------------------------------
+# Tokens of source material per topic in the drafting prompt (best sources first; the rest is cut).
+MATERIAL_MAX_TOKENS = env.int("MATERIAL_MAX_TOKENS", default=6000)
+# A topic's gathered material is reused for this many days before its pages are fetched again.
+MATERIAL_REUSE_DAYS = env.int("MATERIAL_REUSE_DAYS", default=7)
+# One paid Perplexity research request per topic (needs PERPLEXITY_API_KEY), charged to the batch's budget.
+RESEARCH_WITH_PERPLEXITY = env.bool("RESEARCH_WITH_PERPLEXITY", default=False)
+# Fetch source pages from private, loopback and link-local addresses: only tests and the demo set it.
+SOURCE_FETCH_ALLOW_PRIVATE = env.bool("SOURCE_FETCH_ALLOW_PRIVATE", default=False)
+# How many of a Reddit thread's best top-level comments join its post as material.
+REDDIT_COMMENTS_PER_POST = env.int("REDDIT_COMMENTS_PER_POST", default=10)

@@ -40,7 +40,7 @@ class SourceReport:
     detail: str = ""
 
 
-class _LedgerHold:
+class LedgerHold:
     def __init__(self, entry_id: int):
         self.entry_id = entry_id
 
@@ -54,7 +54,7 @@ class _LedgerHold:
 class LedgerMeter:
     """Paid discovery calls go through the ledger like drafts do, under the monthly cap when one is set."""
 
-    def reserve(self, *, provider: str, description: str, worst_case_usd: Decimal, idempotency_key: str) -> _LedgerHold:
+    def reserve(self, *, provider: str, description: str, worst_case_usd: Decimal, idempotency_key: str) -> LedgerHold:
         try:
             reservation = ledger.reserve(
                 idempotency_key=idempotency_key, worst_case_usd=worst_case_usd, provider=provider,
@@ -62,7 +62,7 @@ class LedgerMeter:
             )
         except ledger.BudgetExhausted as exc:
             raise BudgetRefused(str(exc)) from exc
-        return _LedgerHold(reservation.entry_id)
+        return LedgerHold(reservation.entry_id)
 
 
 @dataclass
