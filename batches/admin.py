@@ -13,7 +13,7 @@ from django.urls import path, reverse
 from . import export, views
 from .launching import RESUMABLE
 from .models import Batch, CostLedgerEntry, ModelPrice, Newsletter
-from .review import ReviewRefused, request_regeneration, review_drafts
+from .review import REVIEWABLE, ReviewRefused, open_flags, request_regeneration, review_drafts
 from .running import BrokerUnavailable
 
 MONEY_FIELD = DecimalField(max_digits=14, decimal_places=6)
@@ -182,6 +182,8 @@ class NewsletterAdmin(admin.ModelAdmin):
         return [
             path("<int:object_id>/review/", wrap(self.review_view), name="batches_newsletter_review"),
             path("<int:object_id>/export/<str:fmt>/", wrap(self.export_view), name="batches_newsletter_export"),
+            path("<int:object_id>/flags/<int:flag_id>/dismiss/", wrap(self.dismiss_flag_view),
+                 name="batches_newsletter_dismiss_flag"),
             *super().get_urls(),
         ]
 
@@ -190,6 +192,9 @@ class NewsletterAdmin(admin.ModelAdmin):
 
     def export_view(self, request, object_id, fmt):
         return views.export_newsletter(request, self, object_id, fmt)
+
+    def dismiss_flag_view(self, request, object_id, flag_id):
+        return views.dismiss_flag_view(request, self, object_id, flag_id)
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
         newsletter = self.get_object(request, object_id)
@@ -209,7 +214,15 @@ class NewsletterAdmin(admin.ModelAdmin):
 
     @admin.action(description="Approve selected drafts", permissions=["approve"])
     def approve(self, request, queryset):
+        if not request.POST.get("confirm_flags"):
+            flags = list(open_flags(queryset=queryset.filter(status__in=REVIEWABLE)).select_related("newsletter"))
+            if flags:  # as on the draft page: approving past open flags is confirmed first
+                return views.confirm_flagged_approval(
+                    request, self, newsletters=list({f.newsletter_id: f.newsletter for f in flags}.values()),
+                    flags=flags, action_ids=[str(pk) for pk in queryset.values_list("pk", flat=True)],
+                )
         self._review(request, queryset, Newsletter.Status.APPROVED)
+        return None
 
     @admin.action(description="Reject selected drafts", permissions=["approve"])
     def reject(self, request, queryset):

@@ -7,11 +7,15 @@ from django.db.models import Count
 from django.http import HttpResponseRedirect
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.html import format_html
+from django.utils.text import Truncator
 
 from batches.forms import MAX_POOL_IDS
 
 from .categorize import recategorize
-from .models import Category, DiscoveryRun, Topic
+from .models import Category, DiscoveryRun, SourceDocument, Topic
+
+MAX_FETCH_TOPICS = 50
 
 
 @admin.register(Category)
@@ -34,6 +38,35 @@ class CategoryAdmin(admin.ModelAdmin):
         return obj.topic_count
 
 
+class SourceDocumentInline(admin.TabularInline):
+    """The topic's source material as drafts use it: read, or not read and why (filled by gathering only)."""
+
+    model = SourceDocument
+    extra = 0
+    can_delete = False
+    fields = ("kind", "source_link", "status", "reason", "excerpt", "fetched_at")
+    readonly_fields = fields
+    verbose_name = "source document"
+    verbose_name_plural = "source material"
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    @admin.display(description="source")
+    def source_link(self, obj: SourceDocument) -> str:
+        label = obj.title or obj.url or obj.get_kind_display()
+        if not obj.url:
+            return label
+        return format_html('<a href="{}" rel="noopener noreferrer" target="_blank">{}</a>', obj.url, label)
+
+    @admin.display(description="text")
+    def excerpt(self, obj: SourceDocument) -> str:
+        return f"{len(obj.text):,} characters: {Truncator(obj.text).chars(240)}" if obj.text else "—"
+
+
 @admin.register(Topic)
 class TopicAdmin(admin.ModelAdmin):
     list_display = ("title", "category", "category_locked", "status", "score", "source", "published_at")
@@ -47,7 +80,8 @@ class TopicAdmin(admin.ModelAdmin):
     ordering = ("-score", "-id")
     # A URL typed without a scheme is taken as https (Django 6's default; saying so silences the 5.x warning).
     formfield_overrides = {models.URLField: {"form_class": forms.URLField, "assume_scheme": "https"}}
-    actions = ("approve", "reject", "recategorize_selected", "run_batch")
+    actions = ("approve", "reject", "recategorize_selected", "run_batch", "fetch_material")
+    inlines = (SourceDocumentInline,)
     change_list_template = "admin/topics/topic/change_list.html"
     readonly_fields = ("source", "external_id", "canonical_url", "sources", "engagement", "raw",
                        "category_locked", "created_at", "updated_at", "reviewed_by", "reviewed_at")
@@ -110,6 +144,28 @@ class TopicAdmin(admin.ModelAdmin):
             return None
         # The confirmation page shows what diversity selection picks from these topics before anything is spent.
         return HttpResponseRedirect(reverse("admin:batches_batch_run") + "?topics=" + ",".join(map(str, ids)))
+
+
+    @admin.action(description="Fetch source material for the selected topics", permissions=["change"])
+    def fetch_material(self, request, queryset):
+        from .tasks import gather_material_task
+
+        ids = list(queryset.order_by("pk").values_list("pk", flat=True)[: MAX_FETCH_TOPICS + 1])
+        if len(ids) > MAX_FETCH_TOPICS:
+            self.message_user(request, f"Choose at most {MAX_FETCH_TOPICS} topics at a time.", messages.WARNING)
+            return
+        queued = 0
+        for pk in ids:
+            try:
+                gather_material_task.apply_async(args=[pk], retry=True)
+            except Exception as exc:  # kombu/redis raise several transport errors; all mean "not queued"
+                self.message_user(request, f"Could not queue the fetch: the task broker is unreachable "
+                                  f"({exc.__class__.__name__}). {queued} topic(s) were queued before it failed.",
+                                  messages.ERROR)
+                return
+            queued += 1
+        self.message_user(request, f"Fetching source material for {queued} topic(s) on the workers; each topic's "
+                          "page lists what was read, and what could not be and why.", messages.SUCCESS)
 
 
 @admin.register(DiscoveryRun)

@@ -4,9 +4,21 @@ from __future__ import annotations
 from celery import shared_task
 
 from .discovery import run_discovery
+from .material import gather_material
+from .models import Topic
 
 
 @shared_task(name="topics.discover")
 def discover_topics(limit: int = 50) -> int:
     """Periodic discovery (scheduled by Celery beat, see CELERY_BEAT_SCHEDULE). Returns the run's id."""
     return run_discovery(limit=limit).pk
+
+
+@shared_task(name="topics.gather_material")
+def gather_material_task(topic_id: int) -> int:
+    """Fetch a topic's source material ahead of drafting (the admin's "Fetch source material"). Returns how many
+    documents the topic has now; a topic deleted meanwhile has none."""
+    topic = Topic.objects.filter(pk=topic_id).first()
+    if topic is None:
+        return 0
+    return len(gather_material(topic=topic, refresh=True).documents)

@@ -11,6 +11,7 @@ from django.core.management.base import CommandError
 from newsroom.commands import ContractCommand
 
 from batches import running
+from batches.grounding import cited_sources
 from batches.ledger import monthly_remaining
 from batches.models import Batch, Newsletter
 from batches.planning import plan_batch
@@ -21,6 +22,15 @@ EXIT_ERROR, EXIT_BUDGET, EXIT_FAILED_ITEMS = 1, 3, 4
 # What the batch's budget column holds: six decimal places, fourteen digits.
 MIN_BUDGET, MAX_BUDGET = Decimal("0.000001"), Decimal("99999999")
 POLL_SECONDS = 0.5
+
+
+def material_note(plan) -> str:
+    """What the estimate knows of the topics' source material."""
+    pending = plan.material_pending
+    if not pending:
+        return "Source material: what is already fetched for these topics is counted in the estimate."
+    return (f"Source material: not fetched yet for {pending} of the {len(plan.items)} topics; the estimate counts "
+            f"the full {settings.MATERIAL_MAX_TOKENS:,} tokens of material for each of them.")
 
 
 def money(value: Decimal) -> str:
@@ -128,6 +138,8 @@ class Command(ContractCommand):
                                 "status": "selected",
                                 "cost_usd": money(item.estimated_cost_usd),
                                 "subject": None,
+                                "sources": [],
+                                "flags": [],
                             }
                             for item in plan.items
                         ],
@@ -143,6 +155,7 @@ class Command(ContractCommand):
                 f"{number:>3}. [{topic.category.slug}] {topic.title} (score {topic.score:g}, "
                 f"up to ${money(item.estimated_cost_usd)})"
             )
+        self.stdout.write(material_note(plan))
         remaining = monthly_remaining()
         self.stdout.write(f"Estimated cost: ${money(plan.estimated_cost_usd)} (upper bound) of a ${money(budget)} budget; "
                           f"${money(budget - plan.estimated_cost_usd)} would remain.")
@@ -194,7 +207,8 @@ class Command(ContractCommand):
             self.stdout.write(line)
 
     def report(self, batch: Batch) -> dict:
-        items = batch.newsletters.select_related("topic__category").order_by("position", "pk")
+        items = (batch.newsletters.select_related("topic__category").prefetch_related("flags")
+                 .order_by("position", "pk"))
         return {
             "batch": batch.pk,
             "dry_run": False,
@@ -211,6 +225,8 @@ class Command(ContractCommand):
                     "status": n.status,
                     "cost_usd": money(n.cost_usd),
                     "subject": n.subject or None,
+                    "sources": [{"n": s["n"], "url": s["url"], "title": s["title"]} for s in cited_sources(n)],
+                    "flags": [{"kind": f.kind, "text": f.text} for f in n.flags.all() if f.is_open],
                 }
                 for n in items
             ],
