@@ -12,6 +12,7 @@ misbehave (see tests/fakes/web_pages.py).
 from __future__ import annotations
 
 import html
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -127,6 +128,12 @@ class _Server(ThreadingHTTPServer):
     def __init__(self, pages: PageServer):
         self.pages = pages
         super().__init__((pages.host, pages.port), PageHandler)
+
+    def handle_error(self, request, client_address) -> None:
+        # A reader that gives up (a deadline, a size cap) drops the connection: that is the point, not an error.
+        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            return
+        super().handle_error(request, client_address)
 
 
 class PageServer:

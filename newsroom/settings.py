@@ -136,6 +136,8 @@ LOGGING = {
         "newsroom": {"level": env.str("LOG_LEVEL", default="INFO"), "propagate": True},
         # httpx logs every request URL at INFO; keep it quiet so nothing sensitive leaks by default.
         "httpx": {"level": "WARNING"},
+        # trafilatura logs every page it cannot extract as an ERROR; source material records why instead.
+        "trafilatura": {"level": "CRITICAL"},
     },
 }
 
