@@ -49,6 +49,10 @@ class SourceDocumentInline(admin.TabularInline):
     verbose_name = "source document"
     verbose_name_plural = "source material"
 
+    def has_view_permission(self, request, obj=None):
+        # The material is part of the topic: whoever may see the topic sees what it was drafted from.
+        return request.user.has_perm("topics.view_topic") or request.user.has_perm("topics.change_topic")
+
     def has_add_permission(self, request, obj=None):
         return False
 
