@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import ssl
 import time
 import zlib
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
+from functools import lru_cache
 from urllib.parse import urljoin, urlsplit
 
 import httpcore
@@ -191,14 +193,21 @@ class _GuardedBackend(httpcore.NetworkBackend):
         time.sleep(seconds)
 
 
+@lru_cache(maxsize=1)
+def _ssl_context() -> ssl.SSLContext:
+    # Loading the CA bundle takes tens of milliseconds of CPU: once per process, not once per page (a context is
+    # safe to share between threads).
+    return httpx.create_ssl_context(trust_env=False)
+
+
 class _GuardedTransport(httpx.HTTPTransport):
     def __init__(self, backend: _GuardedBackend):
-        super().__init__(trust_env=False)
+        super().__init__(verify=_ssl_context(), trust_env=False)
         # httpx offers no way to hand its connection pool a network backend; this is the pool it would build,
         # with ours. No keep-alive: each fetch is a few requests at most, and a pooled connection would skip the
         # address check of the next hop to the same host.
         self._pool = httpcore.ConnectionPool(
-            ssl_context=httpx.create_ssl_context(trust_env=False), max_connections=4, max_keepalive_connections=0,
+            ssl_context=_ssl_context(), max_connections=4, max_keepalive_connections=0,
             http1=True, http2=False, retries=0, network_backend=backend,
         )
 
@@ -342,9 +351,23 @@ def extract_text(body: bytes, *, url: str, content_type: str, charset: str | Non
             html = body.decode(charset, errors="replace")
         except LookupError:
             pass  # a charset Python does not know: trafilatura detects it from the bytes
-    document = trafilatura.bare_extraction(
-        html, url=url, with_metadata=True, include_comments=False, include_tables=True, favor_precision=True,
-    )
+    options = {"url": url, "with_metadata": True, "include_comments": False, "include_tables": True,
+               "favor_precision": True}
+    # trafilatura's own extractor first; only a page it gets too little from pays for the fallback extractors.
+    document = trafilatura.bare_extraction(html, fast=True, **options)
+    if document is None or len((document.text or "").strip()) < MIN_TEXT_CHARS:
+        document = trafilatura.bare_extraction(html, **options) or document
     if document is None:
         return "", ""
     return (document.title or "").strip(), (document.text or "").strip()
+
+
+def warm_up() -> None:
+    """Load what the first page would otherwise pay for (the CA bundle, trafilatura's lazily built parts).
+
+    A Celery worker calls it in its parent process, so every pool process inherits them (see topics/tasks.py).
+    """
+    _ssl_context()
+    page = ("<html><head><title>Warm-up</title></head><body><article><p>" + "Sellers compare notes. " * 20
+            + "</p></article></body></html>")
+    extract_text(page.encode(), url="https://warm-up.invalid/", content_type="text/html")

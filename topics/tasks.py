@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 from celery import shared_task
+from celery.signals import worker_init
 
 from .discovery import run_discovery
 from .material import gather_material
 from .models import Topic
+from .pages import warm_up
 
 
 @shared_task(name="topics.discover")
@@ -22,3 +24,10 @@ def gather_material_task(topic_id: int) -> int:
     if topic is None:
         return 0
     return len(gather_material(topic=topic, refresh=True).documents)
+
+
+@worker_init.connect
+def prepare_page_reader(**kwargs) -> None:
+    """In the worker's parent process, before it forks its pool: each pool process then starts with the page
+    reader ready instead of paying for it on its first page (material is gathered on every worker slot at once)."""
+    warm_up()
