@@ -14,7 +14,6 @@ from __future__ import annotations
 import html
 import sys
 import threading
-import time
 from collections.abc import Callable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -196,11 +195,32 @@ class PageServer:
             return sum(1 for p in self.requests if p == path)
 
 
-def wait_for(condition: Callable[[], bool], *, timeout: float, interval: float = 0.05) -> bool:
-    """Poll `condition` until it holds or `timeout` seconds pass; whether it held."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(interval)
-    return condition()
+# --- the demo's pages: a local copy of the page each sample topic links to --------------------------------------
+
+DEMO_PARAGRAPHS = (
+    "Sellers in forums and trade groups compared notes this week on what the change means for their stores. "
+    "Several said they would review their prices, shipping settings and suppliers before deciding anything.",
+    "Most agreed that the details matter more than the headline: which products, which marketplaces and which "
+    "customers are affected, and from when. Those who moved early shared what they changed and what it cost them.",
+)
+
+
+def local_path(url: str) -> str:
+    """Where the demo serves its copy of `url`: `/host/path`."""
+    parts = urlsplit(url)
+    return f"/{parts.netloc}{parts.path}".rstrip("/") or "/"
+
+
+def serve_sample_pages(server: PageServer, topics: Sequence[dict]) -> dict[str, str]:
+    """A page for each sample topic with a link, telling its summary inside a site's furniture; the local URL of
+    each, by the topic's own URL."""
+    local = {}
+    for topic in topics:
+        url = topic.get("url") or ""
+        if not url:
+            continue
+        host = urlsplit(url).netloc.removeprefix("www.")
+        site = host.split(".")[0].replace("-", " ").title()
+        paragraphs = [topic.get("summary") or topic["title"], *DEMO_PARAGRAPHS]
+        local[url] = server.add_article(local_path(url), site=site, title=topic["title"], paragraphs=paragraphs)
+    return local
