@@ -356,6 +356,12 @@ def system_status_view(request: HttpRequest, model_admin) -> HttpResponse:
 
 # --- Sources and flags (issue 9) ---------------------------------------------------------------------------------
 
+def web_link(url: str) -> str:
+    """`url` when it is an http(s) address, else "": a source's address comes from the web and is shown as a link
+    only when following it cannot run anything."""
+    return url if (url or "").lower().startswith(("http://", "https://")) else ""
+
+
 def highlight(sentence: str, text: str):
     """The sentence with the flagged text in <mark>, escaped."""
     at = sentence.find(text) if text else -1
@@ -371,12 +377,16 @@ def grounding_context(request: HttpRequest, newsletter: Newsletter) -> dict:
     for flag in flags:
         flag.highlighted = highlight(flag.sentence, flag.text)
     cited = {s["n"] for s in grounding.cited_sources(newsletter)}
+    unread = list(SourceDocument.objects.filter(topic_id=newsletter.topic_id, status=SourceDocument.Status.FAILED)
+                  .order_by("rank", "pk"))
+    for document in unread:
+        document.href = web_link(document.url)
     return {"grounding": {
         "open_flags": [f for f in flags if f.is_open],
         "dismissed_flags": [f for f in flags if not f.is_open],
-        "sources": [{**s, "cited": s["n"] in cited} for s in newsletter.sources or []],
-        "unread": list(SourceDocument.objects.filter(topic_id=newsletter.topic_id,
-                                                     status=SourceDocument.Status.FAILED).order_by("rank", "pk")),
+        "sources": [{**s, "cited": s["n"] in cited, "href": web_link(s.get("url", ""))}
+                    for s in newsletter.sources or []],
+        "unread": unread,
         "can_dismiss": can_approve(request) and newsletter.status in REVIEWABLE,
         "topic_url": reverse("admin:topics_topic_change", args=[newsletter.topic_id]),
     }}

@@ -62,8 +62,8 @@ class SourceDocumentInline(admin.TabularInline):
     @admin.display(description="source")
     def source_link(self, obj: SourceDocument) -> str:
         label = obj.title or obj.url or obj.get_kind_display()
-        if not obj.url:
-            return label
+        if not obj.url.lower().startswith(("http://", "https://")):
+            return label  # an address from the web that is not http(s) is shown, never made a link
         return format_html('<a href="{}" rel="noopener noreferrer" target="_blank">{}</a>', obj.url, label)
 
     @admin.display(description="text")

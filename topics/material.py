@@ -41,6 +41,9 @@ Kind = SourceDocument.Kind
 MAX_FETCHES = 6
 CITED_PAGES_PER_TOPIC = 3
 RESEARCH_TIMEOUT_SECONDS = 45.0
+THREAD_TIMEOUT_SECONDS = 10
+# Four times what the default prompt budget can carry: enough for any budget an editor sets, and a bounded row.
+MAX_STORED_CHARS = 100_000
 # A document with less text than this adds nothing beyond the headline.
 MIN_MATERIAL_CHARS = 200
 # Ranks: the topic's own link first, then the other sources that told the story, the research answer, the
@@ -207,6 +210,12 @@ def _read_thread(wanted: Wanted, *, reddit: RedditSource) -> Outcome:
     return Outcome(title=thread.title, text="\n\n".join(p for p in parts if p.strip()))
 
 
+def thread_reader() -> RedditSource:
+    reddit = RedditSource.from_settings(settings)
+    reddit.timeout = THREAD_TIMEOUT_SECONDS  # a draft waits for it: shorter than discovery's
+    return reddit
+
+
 def fetch_policy() -> AddressPolicy:
     return AddressPolicy(allow_private=settings.SOURCE_FETCH_ALLOW_PRIVATE)
 
@@ -298,7 +307,7 @@ def gather_material(
     to_read = [w for w in wanted if refresh or not _reusable(existing.get((w.kind, w.url)), fresh_after=fresh_after)]
     fetches = [w for w in to_read if w.text is None][:MAX_FETCHES]
     known = [w for w in to_read if w.text is not None]
-    policy, reddit = fetch_policy(), RedditSource.from_settings(settings)
+    policy, reddit = fetch_policy(), thread_reader()
     outcomes: list[tuple[Wanted, Outcome]] = []
     with ThreadPoolExecutor(max_workers=max(1, len(fetches)), thread_name_prefix="material") as pool:
         # The pool threads only talk to the network; every database write happens here, in the caller's thread.
@@ -315,7 +324,7 @@ def gather_material(
 
 
 def _store(*, topic: Topic, wanted: Wanted, outcome: Outcome) -> None:
-    text = outcome.text.strip() if outcome.ok else ""
+    text = outcome.text.strip()[:MAX_STORED_CHARS] if outcome.ok else ""
     values = {
         "title": clip(outcome.title or wanted.title, 500),
         "text": text,

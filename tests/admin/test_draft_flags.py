@@ -288,3 +288,37 @@ def test_the_fetch_task_reads_the_topics_sources(web_pages, make_topic):
     assert gather_material_task(topic.pk) == 1
     assert SourceDocument.objects.get(topic=topic).status == SourceDocument.Status.OK
     assert gather_material_task(999_999) == 0  # a topic deleted meanwhile
+
+
+def test_a_source_address_that_is_not_http_is_never_made_a_link(editor_client, flagged):
+    Newsletter.objects.filter(pk=flagged.pk).update(sources=[
+        {"n": 1, "title": "Looks harmless", "url": "javascript:alert(document.cookie)", "kind": "social",
+         "cited": True}])
+    SourceDocument.objects.create(topic=flagged.topic, kind="social", url="javascript:alert(1)", status="failed",
+                                  reason="the source gave no text")
+
+    page = editor_client.get(page_url(flagged)).content.decode()
+    topic_page = editor_client.get(reverse("admin:topics_topic_change", args=[flagged.topic_id])).content.decode()
+
+    assert 'href="javascript:' not in page and "Looks harmless" in page
+    assert 'href="javascript:' not in topic_page
+
+
+def test_the_run_page_says_when_it_estimates_material_not_fetched_yet(editor_client, make_topic, web_pages):
+    make_topic("USPS rates", category="shipping_logistics", url=web_pages.url("/news/usps-ground-advantage-2027"))
+
+    page = editor_client.get(reverse("admin:batches_batch_run")).content.decode()
+
+    assert "Source material is not fetched yet for 1 of these 1 topics" in page
+
+
+def test_the_run_page_says_fetched_material_is_counted(editor_client, make_topic, web_pages):
+    from topics.material import gather_material
+
+    topic = make_topic("USPS rates", category="shipping_logistics",
+                       url=web_pages.url("/news/usps-ground-advantage-2027"))
+    gather_material(topic=topic)
+
+    page = editor_client.get(reverse("admin:batches_batch_run")).content.decode()
+
+    assert "The estimate counts the source material already fetched for these topics." in page
