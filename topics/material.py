@@ -42,6 +42,10 @@ MAX_FETCHES = 6
 CITED_PAGES_PER_TOPIC = 3
 RESEARCH_TIMEOUT_SECONDS = 45.0
 THREAD_TIMEOUT_SECONDS = 10
+# How long gathering can hold a draft's task, for the lease an item holds while it is drafted: pages are read in
+# parallel under a 15 s deadline each while research (45 s a request) runs alongside; a Reddit thread that keeps
+# timing out is the slowest, as prawcore tries each of its two requests three times.
+GATHER_MAX_SECONDS = 90
 # Four times what the default prompt budget can carry: enough for any budget an editor sets, and a bounded row.
 MAX_STORED_CHARS = 100_000
 # A document with less text than this adds nothing beyond the headline.
