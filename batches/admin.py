@@ -11,7 +11,7 @@ from django.http import HttpResponseRedirect
 from django.urls import path, reverse
 
 from . import export, views
-from .launching import RESUMABLE
+from .launching import why_not_resumable
 from .models import Batch, CostLedgerEntry, ModelPrice, Newsletter
 from .review import REVIEWABLE, ReviewRefused, open_flags, request_regeneration, review_drafts
 from .running import BrokerUnavailable
@@ -112,9 +112,9 @@ class BatchAdmin(admin.ModelAdmin):
                               messages.WARNING)
             return None
         batch = chosen[0]
-        if batch.status not in RESUMABLE:
-            self.message_user(request, f"{batch} cannot be resumed: only a failed batch or one stopped part-way "
-                              "can. To draft more, start a new batch.", messages.WARNING)
+        refusal = why_not_resumable(batch)
+        if refusal:
+            self.message_user(request, f"{refusal} To draft more, start a new batch.", messages.WARNING)
             return None
         return HttpResponseRedirect(reverse("admin:batches_batch_resume", args=[batch.pk]))
 

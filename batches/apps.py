@@ -5,3 +5,6 @@ class BatchesConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
     name = "batches"
     verbose_name = "Batches and spend"
+
+    def ready(self) -> None:
+        from . import checks  # noqa: F401  (registers the system checks)

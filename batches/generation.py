@@ -1,23 +1,32 @@
-"""Draft one newsletter with Claude, inside the budget: reserve, call, validate, settle."""
+"""Draft one newsletter with Claude, inside the budget: claim with a lease, reserve, call, validate, settle.
+
+What an answer costs is real money, so once an answer has arrived it is never thrown away: its draft and its
+settlement are written in one transaction, retried across a database blip, and spooled to disk (batches.spool)
+if the database stays away longer; the sweeper replays the spool.
+"""
 from __future__ import annotations
 
 import datetime
 import logging
+import os
+import re
+import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from decimal import Decimal
 from typing import Any
 
 import anthropic
 import httpx2
 from django.conf import settings
-from django.db import transaction
+from django.db import DatabaseError, connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
 from topics.material import Material, gather_for_newsletter
 
-from . import grounding, ledger
+from . import grounding, ledger, spool
 from .models import Batch, Newsletter
 from .planning import topic_message
 from .pricing import PriceMissing, Usage, cost_of, price_for, worst_case_cost
@@ -28,6 +37,11 @@ logger = logging.getLogger("newsroom.generation")
 # Statuses after which retrying may succeed: timeouts, conflicts, rate limits, server errors, overload.
 TRANSIENT_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
 MIN_BODY_CHARS = 200
+BODY_MAX_CHARS = 60_000  # far above a 700-word issue; a runaway answer is cut here with a clear error
+# PostgreSQL refuses NUL in text; other C0 controls (tab and newline aside) are never wanted in a draft.
+_REFUSED_CHARACTERS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
+# Leave room after the last call for writing the answer (with its retries) before the lease runs out.
+WRITE_MARGIN_SECONDS = 5.0
 
 
 class GenerationFailed(Exception):
@@ -43,12 +57,16 @@ class InvalidAnswer(Exception):
     """The model answered, but not with what was asked for."""
 
 
+class UnreadableAnswer(Exception):
+    """A 200 whose body is not the API's JSON (an HTML page from a proxy, an empty body, bytes that are not UTF-8)."""
+
+
 @dataclass(frozen=True)
 class Answer:
     message: Any
     entry_id: int
-    usage: Usage
-    cost_usd: Any
+    usage: Usage | None  # None: the answer carried no usage
+    cost_usd: Decimal
 
 
 @dataclass(frozen=True)
@@ -59,15 +77,35 @@ class Draft:
     sources_used: tuple[int, ...] = ()  # the source numbers the answer says it cited (checked by grounding)
 
 
+_clients: dict[tuple, anthropic.Anthropic] = {}
+_clients_lock = threading.Lock()
+
+
 def make_client() -> anthropic.Anthropic:
-    # Retries are ours, not the SDK's: each HTTP attempt gets its own ledger reservation, so an attempt
-    # whose outcome is unknown (a timeout) keeps its money reserved while the next attempt reserves anew.
-    return anthropic.Anthropic(
-        api_key=settings.ANTHROPIC_API_KEY or None,
-        base_url=settings.ANTHROPIC_BASE_URL or None,
-        max_retries=0,
-        timeout=settings.ANTHROPIC_TIMEOUT_SECONDS,
-    )
+    """The process's SDK client (one per worker process, so its connection pool is reused across calls).
+
+    Retries are ours, not the SDK's: each HTTP attempt gets its own ledger reservation, so an attempt whose
+    outcome is unknown (a timeout) keeps its money reserved while the next attempt reserves anew. The client is
+    keyed by the process id too: a pool inherited through fork would share sockets with the parent.
+    """
+    key = (os.getpid(), settings.ANTHROPIC_API_KEY, settings.ANTHROPIC_BASE_URL, settings.ANTHROPIC_TIMEOUT_SECONDS)
+    with _clients_lock:
+        client = _clients.get(key)
+        if client is None:
+            client = anthropic.Anthropic(
+                api_key=settings.ANTHROPIC_API_KEY or None,
+                base_url=settings.ANTHROPIC_BASE_URL or None,
+                max_retries=0,
+                timeout=settings.ANTHROPIC_TIMEOUT_SECONDS,
+            )
+            _clients.clear()
+            _clients[key] = client
+    return client
+
+
+def clean_text(value: str) -> str:
+    """Model output as the database will take it: no NUL or other control characters, no lone surrogates."""
+    return _REFUSED_CHARACTERS.sub("", value)
 
 
 def parse_draft(message: Any) -> Draft:
@@ -82,17 +120,19 @@ def parse_draft(message: Any) -> Draft:
     problems = []
     for name in ("subject", "preview_text", "body_markdown"):
         value = data.get(name)
-        if not isinstance(value, str) or not value.strip():
+        if not isinstance(value, str) or not clean_text(value).strip():
             problems.append(f"{name} is missing or empty")
     if problems:
         raise InvalidAnswer("; ".join(problems))
-    subject, preview, body = data["subject"].strip(), data["preview_text"].strip(), data["body_markdown"].strip()
+    subject, preview, body = (clean_text(data[name]).strip() for name in ("subject", "preview_text", "body_markdown"))
     if len(subject) > SUBJECT_MAX:
         problems.append(f"subject is {len(subject)} characters (at most {SUBJECT_MAX})")
     if len(preview) > PREVIEW_MAX:
         problems.append(f"preview_text is {len(preview)} characters (at most {PREVIEW_MAX})")
     if len(body) < MIN_BODY_CHARS:
         problems.append(f"body_markdown is only {len(body)} characters")
+    if len(body) > BODY_MAX_CHARS:
+        problems.append(f"body_markdown is {len(body):,} characters (at most {BODY_MAX_CHARS:,})")
     if message.stop_reason == "max_tokens":
         problems.append("the answer was cut off at max_tokens")
     if problems:
@@ -102,7 +142,7 @@ def parse_draft(message: Any) -> Draft:
     return Draft(subject=subject, preview_text=preview, body_markdown=body, sources_used=sources_used)
 
 
-def _retry_delay(*, attempt: int, error: Exception) -> float:
+def _retry_delay(*, attempt: int, error: Exception | None) -> float:
     base = settings.ANTHROPIC_RETRY_BASE_SECONDS
     delay = min(base * (2**attempt), settings.ANTHROPIC_RETRY_MAX_SECONDS)
     response = getattr(error, "response", None)
@@ -115,7 +155,9 @@ def _retry_delay(*, attempt: int, error: Exception) -> float:
     return delay
 
 
-def _describe(error: Exception) -> str:
+def _describe(error: Exception | None) -> str:
+    if isinstance(error, UnreadableAnswer):
+        return f"the Anthropic API answered with something that is not a readable answer ({error})"
     if isinstance(error, anthropic.APIStatusError):
         body = error.body if isinstance(error.body, dict) else {}
         detail = (body.get("error") or {}).get("message") if isinstance(body.get("error"), dict) else None
@@ -125,44 +167,145 @@ def _describe(error: Exception) -> str:
         return f"Anthropic API did not answer within {settings.ANTHROPIC_TIMEOUT_SECONDS:g} s"
     if isinstance(error, anthropic.APIConnectionError):
         return f"could not reach the Anthropic API ({error.__cause__ or error})"
+    if error is None:
+        return "no attempt could start before the item's lease ran out"
     return f"{error.__class__.__name__}: {error}"
 
 
 def _is_transient(error: Exception) -> bool:
     if isinstance(error, anthropic.APIStatusError):
         return error.status_code in TRANSIENT_STATUSES or error.status_code >= 500
-    return isinstance(error, anthropic.APIConnectionError)  # includes timeouts
+    return isinstance(error, (anthropic.APIConnectionError, UnreadableAnswer))  # includes timeouts
+
+
+def lease_duration() -> datetime.timedelta:
+    return datetime.timedelta(seconds=settings.ITEM_LEASE_SECONDS)
 
 
 def claim(*, newsletter_id: int, token: str) -> Newsletter | None:
-    """Take the item for this task run, or None when another run owns it or it is finished.
+    """Take the item for this task run, or None when another run holds it or it is finished.
 
-    A redelivered task (same token) may take back an item left `generating` by a worker that died; so may
-    anyone once the previous claim is older than the task time limit.
+    An item `generating` is held by a lease: nobody takes it back, not even a redelivery of the same task,
+    until the lease has expired, so a slow call still running elsewhere is never drafted a second time.
     """
     now = timezone.now()
-    stale = now - datetime.timedelta(seconds=settings.CELERY_TASK_TIME_LIMIT + 60)
-    claimable = Q(status=Newsletter.Status.PENDING) | Q(
-        status=Newsletter.Status.GENERATING
-    ) & (Q(claim_token=token) | Q(claimed_at__lt=stale))
+    claimable = Q(status=Newsletter.Status.PENDING) | Q(status=Newsletter.Status.GENERATING) & (
+        Q(lease_expires_at__lt=now) | Q(lease_expires_at__isnull=True, claimed_at__lt=now - lease_duration())
+    )
     changed = Newsletter.objects.filter(claimable, pk=newsletter_id).update(
-        status=Newsletter.Status.GENERATING, claim_token=token, claimed_at=now, attempts=F("attempts") + 1
+        status=Newsletter.Status.GENERATING, claim_token=token, claimed_at=now,
+        lease_expires_at=now + lease_duration(), attempts=F("attempts") + 1,
     )
     if not changed:
         return None
     return Newsletter.objects.select_related("batch", "topic__category").get(pk=newsletter_id)
 
 
-def _finish(newsletter: Newsletter, *, status: str, error: str = "", draft: Draft | None = None) -> None:
-    newsletter.status = status
-    newsletter.error = error
-    fields = ["status", "error", "cost_usd"]
-    newsletter.cost_usd = ledger.newsletter_spent(newsletter.pk)
-    if draft is not None:
-        newsletter.subject, newsletter.preview_text = draft.subject, draft.preview_text
-        newsletter.body_markdown, newsletter.generated_at = draft.body_markdown, timezone.now()
-        fields += ["subject", "preview_text", "body_markdown", "generated_at", "model"]
-    newsletter.save(update_fields=fields)
+def _finish(*, newsletter: Newsletter, token: str, status: str, error: str = "") -> bool:
+    """End the item this run holds without a draft. False when the item is no longer this run's."""
+    changed = Newsletter.objects.filter(
+        pk=newsletter.pk, status=Newsletter.Status.GENERATING, claim_token=token
+    ).update(status=status, error=error, lease_expires_at=None, cost_usd=ledger.newsletter_spent(newsletter.pk))
+    newsletter.status, newsletter.error = status, error
+    return bool(changed)
+
+
+def write_answer(record: dict[str, Any]) -> str:
+    """Write a paid answer: settle its reservation and save its draft (or its failure) in one transaction.
+
+    Idempotent, so a replay from the spool after a partial outage changes nothing twice. The draft is saved when
+    this run still holds the item, or when the item has no draft yet (its lease ran out while the answer was on
+    its way): what was paid for is kept. Returns the item's status afterwards.
+    """
+    usage = Usage(**record["usage"]) if record["usage"] is not None else None
+    with transaction.atomic():
+        ledger.settle(entry_id=record["entry_id"], actual_usd=Decimal(record["actual_usd"]), usage=usage,
+                      request_id=record["request_id"], usage_missing=usage is None)
+        item = Newsletter.objects.select_for_update().filter(pk=record["newsletter_id"]).first()
+        if item is None:
+            return ""  # the item was deleted meanwhile; the charge stays on the ledger
+        ours = item.status == Newsletter.Status.GENERATING and item.claim_token == record["token"]
+        draft = record["draft"]
+        if draft is not None and (ours or item.status not in Newsletter.DRAFTED_STATUSES):
+            item.status, item.error = Newsletter.Status.GENERATED, ""
+            item.subject, item.preview_text = draft["subject"], draft["preview_text"]
+            item.body_markdown, item.generated_at, item.model = draft["body_markdown"], timezone.now(), record["model"]
+            grounding.write_checked(newsletter=item, checked=record.get("grounding"))  # issue 9
+        elif draft is None and ours:
+            item.status, item.error = Newsletter.Status.FAILED, record["error"]
+        elif draft is not None:
+            logger.warning("item %s was drafted by another attempt; answer of ledger entry %s kept only as spend",
+                           item.pk, record["entry_id"])
+        item.lease_expires_at = None if item.status != Newsletter.Status.GENERATING else item.lease_expires_at
+        item.cost_usd = ledger.newsletter_spent(item.pk)
+        item.save(update_fields=["status", "error", "subject", "preview_text", "body_markdown", "generated_at",
+                                 "model", "lease_expires_at", "cost_usd"])
+    return item.status
+
+
+def _write_answer_durably(record: dict[str, Any], *, sleep: Callable[[float], None]) -> str:
+    """write_answer, retried across a database outage; spooled to disk if the database stays away."""
+    deadline = time.monotonic() + settings.ANSWER_WRITE_RETRY_SECONDS
+    delay = 0.25
+    while True:
+        try:
+            return write_answer(record)
+        except DatabaseError as exc:
+            if not _connection_lost(exc):
+                # The database is up but refuses the row (cannot happen with cleaned, capped text): the charge
+                # must still land, so write it with the item failed and the reason.
+                logger.exception("draft of item %s refused by the database", record["newsletter_id"])
+                return write_answer({**record, "draft": None,
+                                     "error": f"The draft could not be saved: {exc.__class__.__name__}: {exc}"[:500]})
+            if time.monotonic() + delay > deadline:
+                path = spool.write(record)
+                logger.error("database unavailable: answer for item %s kept in %s until it can be written",
+                             record["newsletter_id"], path)
+                return Newsletter.Status.GENERATING
+            sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+def _connection_lost(error: DatabaseError) -> bool:
+    """True when the error is about reaching the database (retry later), not about the data written."""
+    from django.db import InterfaceError, OperationalError
+
+    if not isinstance(error, (OperationalError, InterfaceError)):
+        return False
+    if not connection.in_atomic_block:
+        connection.close()  # the next query reconnects
+    return True
+
+
+def replay_spool() -> int:
+    """Write the answers spooled during a database outage (see batches.spool)."""
+    return spool.replay(write_answer)
+
+
+def _answer_record(
+    *, newsletter: Newsletter, token: str, answer: Answer, material: Material | None = None
+) -> dict[str, Any]:
+    try:
+        parsed = parse_draft(answer.message)
+        draft, error = asdict(parsed), ""
+    except InvalidAnswer as exc:
+        parsed, draft, error = None, None, f"The model's answer was not a usable draft: {exc}."
+    # grounding (issue 9): the draft's numbered sources and flags, checked against the material its prompt carried,
+    # travel with the answer (a spooled answer keeps them) and are written with the draft.
+    checked = grounding.checked(newsletter=newsletter, draft=parsed, material=material) \
+        if parsed is not None and material is not None else None
+    return {
+        "entry_id": answer.entry_id,
+        "newsletter_id": newsletter.pk,
+        "token": token,
+        "model": newsletter.batch.model,
+        "actual_usd": str(answer.cost_usd),
+        "usage": asdict(answer.usage) if answer.usage is not None else None,
+        "request_id": getattr(answer.message, "_request_id", None) or answer.message.id or "",
+        "draft": draft,
+        "error": error,
+        "grounding": checked,
+    }
 
 
 def generate_newsletter(
@@ -172,15 +315,15 @@ def generate_newsletter(
     client: anthropic.Anthropic | None = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> str | None:
-    """Draft one newsletter. Returns its final status, or None when this run did not own the item."""
+    """Draft one newsletter. Returns its status afterwards, or None when this run did not get the item."""
     newsletter = claim(newsletter_id=newsletter_id, token=token)
     if newsletter is None:
         return None
     batch = newsletter.batch
     if Batch.objects.filter(pk=batch.pk, budget_stopped=True).exists():
-        _finish(newsletter, status=Newsletter.Status.SKIPPED_BUDGET, error="Not drafted: the batch budget was reached.")
+        _finish(newsletter=newsletter, token=token, status=Newsletter.Status.SKIPPED_BUDGET,
+                error="Not drafted: the batch was stopped by its budget.")
         return newsletter.status
-    newsletter.model = batch.model
     # --- grounding (issue 9): the topic's source material is gathered first; failures never stop the draft ---
     material = gather_for_newsletter(newsletter=newsletter)
     try:
@@ -188,39 +331,47 @@ def generate_newsletter(
                                      material=material)
     except ledger.BudgetExhausted as exc:
         Batch.objects.filter(pk=batch.pk).update(budget_stopped=True)
-        _finish(newsletter, status=Newsletter.Status.SKIPPED_BUDGET, error=f"Not drafted: {exc}")
+        _finish(newsletter=newsletter, token=token, status=Newsletter.Status.SKIPPED_BUDGET, error=f"Not drafted: {exc}")
         return newsletter.status
     except GenerationFailed as exc:
-        _finish(newsletter, status=Newsletter.Status.FAILED, error=exc.reason)
+        _finish(newsletter=newsletter, token=token, status=Newsletter.Status.FAILED, error=exc.reason)
         return newsletter.status
-    except Exception as exc:
-        # Anything unforeseen (the task's soft time limit, a database error, an SDK surprise) must not leave the
-        # item "generating" for ever: it fails with the reason, an open reservation stays (the outcome of the
-        # call is unknown), and the error goes on up so Celery records it.
-        _finish(newsletter, status=Newsletter.Status.FAILED, error=f"Stopped by an unexpected error: {_describe(exc)}")
+    except DatabaseError:
+        # The database went away before any answer arrived: nothing was paid for beyond what the ledger holds.
+        # The item keeps its lease; once it expires the sweeper puts it back in line.
         raise
-    try:
-        draft, status, error = parse_draft(answer.message), Newsletter.Status.GENERATED, ""
-    except InvalidAnswer as exc:
-        draft, status, error = None, Newsletter.Status.FAILED, f"The model's answer was not a usable draft: {exc}."
-    # The charge and the draft land together: a worker killed between them leaves neither half behind.
-    with transaction.atomic():
-        ledger.settle(
-            entry_id=answer.entry_id,
-            actual_usd=answer.cost_usd,
-            usage=answer.usage,
-            request_id=getattr(answer.message, "_request_id", None) or answer.message.id,
-        )
-        _finish(newsletter, status=status, error=error, draft=draft)
-        if draft is not None:  # grounding (issue 9): the draft's sources and flags land with it
-            grounding.store_check(newsletter=newsletter, draft=draft, material=material)
-    return newsletter.status
+    except Exception as exc:
+        # Anything unforeseen (an SDK surprise) must not leave the item "generating": it fails with the reason, an
+        # open reservation stays (the outcome of the call is unknown), and the error goes on up to Celery.
+        _finish(newsletter=newsletter, token=token, status=Newsletter.Status.FAILED,
+                error=f"Stopped by an unexpected error: {_describe(exc)}")
+        raise
+    record = _answer_record(newsletter=newsletter, token=token, answer=answer, material=material)
+    return _write_answer_durably(record, sleep=sleep)
+
+
+def reservation_tokens(counted: int) -> int:
+    """Input tokens to reserve for a request count_tokens measured at `counted` (with the safety margin)."""
+    margin = Decimal(counted) * settings.RESERVATION_INPUT_MARGIN
+    return counted + int(margin.to_integral_value(rounding="ROUND_CEILING")) + settings.RESERVATION_INPUT_EXTRA_TOKENS
+
+
+def _usable_usage(message: Any) -> Usage | None:
+    usage = getattr(message, "usage", None)
+    if usage is None or not isinstance(getattr(usage, "output_tokens", None), int) \
+            or not isinstance(getattr(usage, "input_tokens", None), int):
+        return None
+    return Usage.from_api(usage)
 
 
 def _call_within_budget(
     *, newsletter: Newsletter, client: anthropic.Anthropic, sleep, material: Material | None = None
 ) -> Answer:
-    """Reserve, call and retry transient failures; the answer comes back with its reservation unsettled."""
+    """Reserve, call and retry transient failures; the answer comes back with its reservation unsettled.
+
+    Every attempt must be able to end before the item's lease runs out (leaving time to write the answer), so
+    the sweeper never takes back an item whose call may still be running.
+    """
     batch = newsletter.batch
     try:
         price = price_for(batch.model)
@@ -230,29 +381,36 @@ def _call_within_budget(
     request = build_request(model=batch.model, max_tokens=max_tokens,
                             topic_message=topic_message(newsletter.topic, material))
     counting = {k: v for k, v in request.items() if k != "max_tokens"}
+    timeout = settings.ANTHROPIC_TIMEOUT_SECONDS
+    lease_left = (newsletter.lease_expires_at - timezone.now()).total_seconds()
+    deadline = time.monotonic() + lease_left - settings.ANSWER_WRITE_RETRY_SECONDS - WRITE_MARGIN_SECONDS
     attempts = settings.ANTHROPIC_MAX_RETRIES + 1
-    # Retrying stops early enough that one more attempt (count + call, each up to the timeout) still ends before
-    # the task's soft time limit, so the item ends as "failed, gave up" rather than being cut off mid-call.
-    deadline = time.monotonic() + settings.CELERY_TASK_SOFT_TIME_LIMIT
+    input_tokens: int | None = None
     last_error: Exception | None = None
     for attempt in range(attempts):
         if attempt:
             delay = _retry_delay(attempt=attempt - 1, error=last_error)
-            if time.monotonic() + delay + 2 * settings.ANTHROPIC_TIMEOUT_SECONDS > deadline:
+            if time.monotonic() + delay + timeout > deadline:
                 attempts = attempt
                 break
             sleep(delay)
-        try:
-            # Counting tokens is free; it makes the reservation exact instead of guessed.
-            input_tokens = client.messages.count_tokens(**counting).input_tokens
-        except anthropic.APIError as exc:
-            last_error = exc
-            if _is_transient(exc):
-                continue
-            raise GenerationFailed(_describe(exc), permanent=True) from None
+        if input_tokens is None:
+            try:
+                # Counting is free and makes the reservation exact rather than guessed; the request does not
+                # change between attempts, so it is counted once.
+                input_tokens = client.messages.count_tokens(**counting).input_tokens
+            except anthropic.APIError as exc:
+                last_error = exc
+                if _is_transient(exc):
+                    continue
+                raise GenerationFailed(_describe(exc), permanent=True) from None
+        if time.monotonic() + timeout > deadline:
+            attempts = attempt
+            break
         reservation = ledger.reserve(
             idempotency_key=f"newsletter:{newsletter.pk}:attempt:{newsletter.attempts}:try:{attempt}",
-            worst_case_usd=worst_case_cost(input_tokens=input_tokens, max_tokens=max_tokens, price=price),
+            worst_case_usd=worst_case_cost(input_tokens=reservation_tokens(input_tokens), max_tokens=max_tokens,
+                                           price=price),
             batch_id=batch.pk,
             newsletter_id=newsletter.pk,
             model=batch.model,
@@ -277,6 +435,15 @@ def _call_within_budget(
                 ledger.release(entry_id=reservation.entry_id)
             last_error = exc
             continue
-        usage = Usage.from_api(message.usage)
-        return Answer(message=message, entry_id=reservation.entry_id, usage=usage, cost_usd=cost_of(usage=usage, price=price))
+        except (ValueError, anthropic.APIResponseValidationError) as exc:
+            # A 200 whose body is not JSON or not UTF-8: the call went through and may be billed, so the
+            # reservation stays; another attempt may well get a readable answer.
+            last_error = UnreadableAnswer(f"{exc.__class__.__name__}: {str(exc)[:120]}")
+            continue
+        if not isinstance(message, anthropic.types.Message):
+            last_error = UnreadableAnswer(f"a {type(message).__name__} body, not a message: {str(message)[:80]!r}")
+            continue
+        usage = _usable_usage(message)
+        cost = cost_of(usage=usage, price=price) if usage is not None else reservation.amount_usd
+        return Answer(message=message, entry_id=reservation.entry_id, usage=usage, cost_usd=cost)
     raise GenerationFailed(f"Gave up after {attempts} attempts: {_describe(last_error)}", permanent=False)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from decimal import Decimal, InvalidOperation
 
 from django.conf import settings
@@ -219,17 +219,32 @@ def sources_snapshot(*, sources: Sequence[PromptSource], cited: Iterable[int]) -
     return [{"n": s.n, "title": s.title, "url": s.url, "kind": s.kind, "cited": s.n in chosen} for s in sources]
 
 
-def store_check(*, newsletter: Newsletter, draft, material: Material) -> list[DraftFlag]:
-    """Check the draft and store, with it, its numbered sources and its flags (replacing an earlier draft's)."""
+def checked(*, newsletter: Newsletter, draft, material: Material) -> dict:
+    """The draft's numbered sources (cited ones marked) and its flags, as JSON-ready data: an answer's record
+    carries it from the call to the write (and through the spool, if the database is away meanwhile)."""
     flags = check_draft(newsletter=newsletter, draft=draft, material=material)
-    sources = numbered(material)
     cited = set(cited_numbers(_draft_text(draft))) | set(getattr(draft, "sources_used", ()) or ())
-    newsletter.sources = sources_snapshot(sources=sources, cited=cited)
+    return {"sources": sources_snapshot(sources=numbered(material), cited=cited), "flags": [asdict(f) for f in flags]}
+
+
+def write_checked(*, newsletter: Newsletter, checked: dict | None) -> list[DraftFlag]:
+    """Store a draft's sources and flags with it, replacing an earlier draft's. Nothing for an answer recorded
+    without them."""
+    if checked is None:
+        return []
+    newsletter.sources = checked["sources"]
     Newsletter.objects.filter(pk=newsletter.pk).update(sources=newsletter.sources)
     DraftFlag.objects.filter(newsletter=newsletter).delete()
     return DraftFlag.objects.bulk_create(
-        DraftFlag(newsletter=newsletter, kind=f.kind, text=f.text, sentence=f.sentence) for f in flags
+        DraftFlag(newsletter=newsletter, kind=f["kind"], text=f["text"], sentence=f["sentence"])
+        for f in checked["flags"]
     )
+
+
+def store_check(*, newsletter: Newsletter, draft, material: Material) -> list[DraftFlag]:
+    """Check the draft and store its sources and flags with it."""
+    return write_checked(newsletter=newsletter,
+                         checked=checked(newsletter=newsletter, draft=draft, material=material))
 
 
 def cited_sources(newsletter: Newsletter) -> list[dict]:

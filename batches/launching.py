@@ -10,15 +10,51 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 from django.conf import settings
+from django.db.models import Q
 from django.db import transaction
+from django.utils import timezone
 
 from .ledger import batch_spent, monthly_remaining
 from .models import Batch, Newsletter
 from .planning import Plan, estimate_topics, plan_batch
-from .running import BrokerUnavailable, create_batch, enqueue_batch, resume_batch
+from .running import BrokerUnavailable, NotResumable, create_batch, enqueue_batch, in_flight, resume_batch
 
 RESUMABLE = (Batch.Status.FAILED, Batch.Status.PARTIAL, Batch.Status.BUDGET_EXHAUSTED)
 REDO_STATUSES = (Newsletter.Status.FAILED, Newsletter.Status.SKIPPED_BUDGET)
+
+
+def is_resumable(batch: Batch) -> bool:
+    """A finished batch that did not draft everything, or one left queued or running with nothing in flight."""
+    return why_not_resumable(batch) is None
+
+
+def why_not_resumable(batch: Batch) -> str | None:
+    """Why the batch cannot be resumed now, for an editor or an operator; None when it can."""
+    if batch.status in RESUMABLE:
+        return None
+    if batch.status in Batch.ACTIVE_STATUSES:
+        busy = in_flight(batch_id=batch.pk)
+        if busy:
+            return (f"Batch #{batch.pk} has {busy} item{'s' if busy != 1 else ''} being drafted right now; resume it "
+                    "once they end (or once their leases run out and the sweeper takes them back).")
+        if is_stuck(batch):
+            return None
+        return (f"Batch #{batch.pk} is “{batch.get_status_display()}” and still moving: it can be resumed once "
+                f"nothing has happened for {settings.SWEEP_STALE_SECONDS} s (the sweeper republishes it by itself).")
+    return (f"Batch #{batch.pk} is “{batch.get_status_display()}” and cannot be resumed: only a failed batch, one "
+            "stopped part-way, or one left queued or running with nothing in flight can.")
+
+
+def is_stuck(batch: Batch) -> bool:
+    """Queued or running, yet nothing of it is being drafted and nothing has moved for a while (a lost message,
+    a crashed worker or database): the sweeper will republish it, and an operator may resume it now."""
+    if batch.status not in Batch.ACTIVE_STATUSES or in_flight(batch_id=batch.pk):
+        return False
+    now = timezone.now()
+    if batch.newsletters.filter(status=Newsletter.Status.GENERATING, lease_expires_at__lt=now).exists():
+        return True
+    moved = max(t for t in (batch.created_at, batch.queued_at, batch.started_at) if t is not None)
+    return (now - moved).total_seconds() > settings.SWEEP_STALE_SECONDS
 NOTHING_TO_SELECT = ("Nothing to select: no approved topic is left that no draft has used yet. Approve some topics "
                      "(or include unreviewed ones) and try again.")
 
@@ -116,11 +152,14 @@ class ResumePlan:
 
 def plan_resume(*, batch: Batch) -> ResumePlan:
     """What resuming the batch would draft and could cost (raises LaunchRefused, PriceMissing)."""
-    if batch.status not in RESUMABLE:
-        raise LaunchRefused(f"Batch #{batch.pk} is “{batch.get_status_display()}”: only a failed batch or one "
-                            "stopped part-way can be resumed.")
-    redo = list(batch.newsletters.filter(status__in=REDO_STATUSES).select_related("topic__category")
-                .order_by("position", "pk"))
+    refusal = why_not_resumable(batch)
+    if refusal:
+        raise LaunchRefused(refusal)
+    redo = list(batch.newsletters.filter(
+        Q(status__in=REDO_STATUSES)
+        | Q(status=Newsletter.Status.GENERATING, lease_expires_at__lt=timezone.now())
+        | Q(status=Newsletter.Status.PENDING)
+    ).select_related("topic__category").order_by("position", "pk"))
     reselect = not redo and not batch.newsletters.exists()
     if reselect:
         plan = plan_batch(size=batch.size, include_new=batch.include_new, topic_ids=batch.candidate_ids or None,
@@ -131,7 +170,7 @@ def plan_resume(*, batch: Batch) -> ResumePlan:
         plan = estimate_topics(topics=[n.topic for n in redo], model=batch.model,
                                max_tokens=settings.ANTHROPIC_MAX_TOKENS)
     else:
-        raise LaunchRefused(f"Batch #{batch.pk} has no failed or skipped item left to draft.")
+        raise LaunchRefused(f"Batch #{batch.pk} has no failed, skipped or interrupted item left to draft.")
     # A failed or skipped item frees its topic, so another batch may have drafted it meanwhile.
     used = set(
         Newsletter.objects.filter(topic__in=[n.topic_id for n in redo], status__in=Newsletter.USED_STATUSES)
@@ -146,15 +185,19 @@ def resume(*, batch: Batch, budget_usd: Decimal | None = None) -> Batch:
     _refuse_when_month_is_spent()
     with transaction.atomic():
         locked = Batch.objects.select_for_update().get(pk=batch.pk)
-        if locked.status not in RESUMABLE:
-            raise LaunchRefused(f"Batch #{locked.pk} is “{locked.get_status_display()}”: it cannot be resumed now.")
+        refusal = why_not_resumable(locked)
+        if refusal:
+            raise LaunchRefused(refusal)
         if budget_usd is not None and budget_usd != locked.budget_usd:
             spent = batch_spent(locked.pk)
             if budget_usd < spent:
                 raise LaunchRefused(f"The budget cannot be set below what this batch has already spent (${spent}).")
             Batch.objects.filter(pk=locked.pk).update(budget_usd=budget_usd)
         snapshot = list(locked.newsletters.filter(status__in=REDO_STATUSES).values_list("pk", "status", "error"))
-        resume_batch(batch=locked)
+        try:
+            resume_batch(batch=locked)
+        except NotResumable as exc:
+            raise LaunchRefused(str(exc)) from None
 
         def put_items_back() -> None:
             # enqueue_batch has marked the batch failed; its items return to what they were, freeing their topics.

@@ -71,6 +71,22 @@ class Batch(models.Model):
     budget_stopped = models.BooleanField(
         default=False, help_text="Set when the budget refused a call: items not yet started are skipped."
     )
+    # Running totals of this batch's ledger entries, kept in the same transaction as each entry so a reservation
+    # reads this one (locked) row instead of summing the ledger. `manage.py reconcile_ledger` checks them.
+    ledger_total_usd = models.DecimalField(
+        default=Decimal("0"), **MONEY, help_text="Sum of the batch's ledger entries: settled spend plus open reservations."
+    )
+    reserved_open_usd = models.DecimalField(
+        default=Decimal("0"), **MONEY, help_text="The part of the total held by reservations not settled yet."
+    )
+    overrun_usd = models.DecimalField(
+        default=Decimal("0"), **MONEY,
+        help_text="How much answered calls cost beyond their reservations (usage above what was counted).",
+    )
+    queued_at = models.DateTimeField(
+        null=True, blank=True, help_text="When the batch was last handed to the workers (the sweeper republishes it "
+        "if nothing picks it up)."
+    )
     model = models.CharField(max_length=100)
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
@@ -90,6 +106,8 @@ class Batch(models.Model):
 
     def __str__(self) -> str:
         return f"Batch #{self.pk} ({self.get_status_display()})"
+
+    ACTIVE_STATUSES = (Status.PENDING, Status.QUEUED, Status.RUNNING)
 
     @property
     def is_finished(self) -> bool:
@@ -137,6 +155,13 @@ class Newsletter(models.Model):
     attempts = models.PositiveSmallIntegerField(default=0)
     claim_token = models.CharField(max_length=64, blank=True, help_text="Which task run owns the item now.")
     claimed_at = models.DateTimeField(null=True, blank=True)
+    lease_expires_at = models.DateTimeField(
+        null=True, blank=True, help_text="While generating: when the sweeper may take the item back."
+    )
+    queued_at = models.DateTimeField(null=True, blank=True, help_text="When a task for this item was last queued.")
+    interruptions = models.PositiveSmallIntegerField(
+        default=0, help_text="Times the sweeper took the item back after its lease ran out (a worker died mid-draft)."
+    )
     cost_usd = models.DecimalField(default=Decimal("0"), **MONEY)
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     generated_at = models.DateTimeField(null=True, blank=True)
@@ -154,9 +179,26 @@ class Newsletter(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["batch", "topic"], name="newsletter_unique_batch_topic"),
         ]
+        indexes = [models.Index(fields=["status", "lease_expires_at"], name="newsletter_status_lease")]
 
     def __str__(self) -> str:
         return self.subject or f"Newsletter on “{self.topic}”"
+
+
+class MonthlySpend(models.Model):
+    """Running totals of one calendar month's ledger entries (all batches and discovery), kept in the same
+    transaction as each entry; the monthly cap locks and reads this row instead of summing the month."""
+
+    month = models.CharField(max_length=7, unique=True, help_text="YYYY-MM in the project's time zone.")
+    total_usd = models.DecimalField(default=Decimal("0"), **MONEY)
+    reserved_usd = models.DecimalField(default=Decimal("0"), **MONEY)
+
+    class Meta:
+        verbose_name = "monthly spend"
+        verbose_name_plural = "monthly spend"
+
+    def __str__(self) -> str:
+        return f"{self.month}: {self.total_usd} USD"
 
 
 class BudgetLock(models.Model):
@@ -172,6 +214,10 @@ class CostLedgerEntry(models.Model):
         RESERVED = "reserved", "Reserved (outcome pending or unknown)"
         SETTLED = "settled", "Settled"
         RELEASED = "released", "Released (cost nothing)"
+
+    class Note(models.TextChoices):
+        USAGE_MISSING = "usage_missing", "No usage in the answer: settled at its reservation"
+        OVERRUN = "overrun", "Usage above the reservation"
 
     idempotency_key = models.CharField(max_length=200, unique=True)
     created_at = models.DateTimeField(default=timezone.now, editable=False, db_index=True)
@@ -191,6 +237,10 @@ class CostLedgerEntry(models.Model):
     cache_write_tokens = models.PositiveIntegerField(default=0)
     cache_read_tokens = models.PositiveIntegerField(default=0)
     request_id = models.CharField(max_length=120, blank=True)
+    note = models.CharField(
+        max_length=20, choices=Note.choices, blank=True,
+        help_text="Set when the settlement is not a plain usage x price: no usage reported, or above the reservation.",
+    )
 
     class Meta:
         ordering = ["-created_at", "-id"]

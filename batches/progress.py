@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from django.db.models import Sum
+from django.utils import timezone
 
 from .models import Batch, CostLedgerEntry, Newsletter
 from .pricing import to_money
@@ -14,6 +15,9 @@ ZERO = Decimal("0")
 
 # (pattern in the technical error, what an editor should read). First match wins.
 _EXPLANATIONS: list[tuple[re.Pattern[str], str]] = [
+    (re.compile(r"not a readable answer", re.I),
+     "Claude's answers kept arriving garbled (a proxy's error page, an empty or broken reply); any charge for them "
+     "stays in the ledger. Resume the batch to try again."),
     (re.compile(r"\b401\b|authentication_error|x-api-key", re.I),
      "Claude refused our API key. An administrator needs to check ANTHROPIC_API_KEY; then resume the batch."),
     (re.compile(r"\b402\b|billing_error|credit balance", re.I),
@@ -39,6 +43,11 @@ _EXPLANATIONS: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"no price", re.I),
      "There is no price for this model in the price table, so no call was made. An administrator needs to add "
      "one; then resume the batch."),
+    (re.compile(r"interrupted \d+ times", re.I),
+     "Drafting was cut off several times (a worker stopped or the database went away mid-draft), so it was not "
+     "tried again automatically. Resume the batch to try once more."),
+    (re.compile(r"could not be saved", re.I),
+     "Claude's draft was paid for but the database refused to store it. This needs a developer."),
     (re.compile(r"\b400\b|invalid_request", re.I),
      "Claude rejected the request as malformed. This needs a developer; resuming will not help."),
 ]
@@ -135,6 +144,7 @@ class BatchProgress:
             "remaining_usd": str(self.remaining_usd),
             "estimated_cost_usd": str(batch.estimated_cost_usd),
             "budget_percent": self.budget_percent,
+            "overrun_usd": str(batch.overrun_usd),
             "items": [
                 {
                     "id": item.id,
@@ -156,6 +166,15 @@ class BatchProgress:
         }
 
 
+def _status_label(newsletter: Newsletter, now) -> str:
+    if newsletter.status == Newsletter.Status.GENERATING and newsletter.lease_expires_at is not None \
+            and newsletter.lease_expires_at < now:
+        return "Interrupted: the sweeper will put it back in line"
+    if newsletter.status == Newsletter.Status.PENDING and newsletter.interruptions:
+        return f"Waiting (retry {newsletter.interruptions} after an interruption)"
+    return newsletter.get_status_display()
+
+
 def batch_progress(*, batch: Batch) -> BatchProgress:
     """The batch's items with their live cost, in three queries whatever the number of items."""
     newsletters = list(
@@ -173,6 +192,7 @@ def batch_progress(*, batch: Batch) -> BatchProgress:
         .order_by()
     )
     spent = to_money(sum(per_item.values(), ZERO))
+    now = timezone.now()
     items = [
         ItemProgress(
             id=n.pk,
@@ -182,7 +202,7 @@ def batch_progress(*, batch: Batch) -> BatchProgress:
             category=n.topic.category.name,
             score=n.topic.score,
             status=n.status,
-            status_label=n.get_status_display(),
+            status_label=_status_label(n, now),
             cost_usd=to_money(per_item.get(n.pk, ZERO)),
             subject=n.subject,
             problem=explain_error(status=n.status, error=n.error),

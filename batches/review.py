@@ -54,7 +54,9 @@ def request_regeneration(*, newsletter: Newsletter) -> Newsletter:
     failures: list[BrokerUnavailable] = []
     with transaction.atomic():
         current = Newsletter.objects.select_for_update().select_related("batch").get(pk=newsletter.pk)
-        if current.status not in REGENERABLE:
+        interrupted = current.status == Newsletter.Status.GENERATING and current.lease_expires_at is not None \
+            and current.lease_expires_at < timezone.now()
+        if current.status not in REGENERABLE and not interrupted:
             raise ReviewRefused(
                 f"This item is “{current.get_status_display()}”: only a finished item that is not approved can "
                 "be drafted again." + (" Reject it first." if current.status == Newsletter.Status.APPROVED else "")
@@ -65,7 +67,8 @@ def request_regeneration(*, newsletter: Newsletter) -> Newsletter:
         previous = {"status": current.status, "error": current.error, "reviewed_by": current.reviewed_by_id,
                     "reviewed_at": current.reviewed_at}
         Newsletter.objects.filter(pk=current.pk).update(
-            status=Newsletter.Status.PENDING, error="", claim_token="", reviewed_by=None, reviewed_at=None
+            status=Newsletter.Status.PENDING, error="", claim_token="", reviewed_by=None, reviewed_at=None,
+            lease_expires_at=None, interruptions=0, queued_at=timezone.now(),
         )
 
         def publish() -> None:

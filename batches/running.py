@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from decimal import Decimal
 
 from django.conf import settings
-from django.db import transaction
+from django.db import DatabaseError, transaction
 from django.db.models import Count, Q
 from django.utils import timezone
 
@@ -50,7 +50,7 @@ def enqueue_batch(*, batch: Batch) -> None:
     from .tasks import run_batch
 
     Batch.objects.filter(pk=batch.pk, status__in=[Batch.Status.PENDING, Batch.Status.FAILED]).update(
-        status=Batch.Status.QUEUED, status_reason=""
+        status=Batch.Status.QUEUED, status_reason="", queued_at=timezone.now()
     )
     try:
         run_batch.apply_async(args=[batch.pk], retry=True)
@@ -96,13 +96,40 @@ def start_batch(*, batch_id: int) -> Batch | None:
     return batch
 
 
+class NotResumable(Exception):
+    """The batch cannot be resumed now; the message says why, for an editor or an operator."""
+
+
+def in_flight(*, batch_id: int) -> int:
+    """Items of the batch being drafted right now: claimed, with a lease that has not run out."""
+    return Newsletter.objects.filter(
+        batch_id=batch_id, status=Newsletter.Status.GENERATING, lease_expires_at__gte=timezone.now()
+    ).count()
+
+
 def resume_batch(*, batch: Batch) -> Batch:
-    """Put a stopped or failed batch's unfinished items back in line so the batch can run again."""
+    """Put a batch's unfinished items back in line so the batch can run again, from whatever state it was left in.
+
+    Failed and skipped items go back in line, and so do items whose drafting was interrupted (their lease ran
+    out). An item that has a draft is never drafted again. A batch with an item still being drafted (its lease
+    is live) is refused: that call may yet answer.
+    """
+    now = timezone.now()
     with transaction.atomic():
+        locked = Batch.objects.select_for_update().get(pk=batch.pk)
+        busy = in_flight(batch_id=locked.pk)
+        if busy:
+            raise NotResumable(
+                f"Batch #{locked.pk} has {busy} item{'s' if busy != 1 else ''} being drafted right now; resume it once "
+                "they end (or once their leases run out, when the sweeper takes them back)."
+            )
         Newsletter.objects.filter(
-            batch=batch, status__in=[Newsletter.Status.FAILED, Newsletter.Status.SKIPPED_BUDGET]
-        ).update(status=Newsletter.Status.PENDING, error="", claim_token="")
-        Batch.objects.filter(pk=batch.pk, status__in=Batch.FINAL_STATUSES).update(
+            batch=locked, status__in=[Newsletter.Status.FAILED, Newsletter.Status.SKIPPED_BUDGET]
+        ).update(status=Newsletter.Status.PENDING, error="", claim_token="", interruptions=0, queued_at=None)
+        Newsletter.objects.filter(batch=locked, status=Newsletter.Status.GENERATING, lease_expires_at__lt=now).update(
+            status=Newsletter.Status.PENDING, claim_token="", lease_expires_at=None, queued_at=None
+        )
+        Batch.objects.filter(pk=locked.pk).exclude(status=Batch.Status.PENDING).update(
             status=Batch.Status.PENDING, budget_stopped=False, status_reason="", finished_at=None
         )
     batch.refresh_from_db()
@@ -117,6 +144,11 @@ def final_status(*, batch: Batch) -> tuple[str, str]:
     )
     drafted, failed, skipped = counts["drafted"], counts["failed"], counts["skipped"]
     summary = f"{drafted} drafted, {failed} failed, {skipped} skipped by the budget"
+    if batch.overrun_usd > 0:
+        return Batch.Status.BUDGET_EXHAUSTED, (
+            f"Stopped: answered calls cost ${batch.overrun_usd} more than was reserved for them, so no further call "
+            f"was made ({summary})."
+        )
     if skipped or batch.budget_stopped:
         return Batch.Status.BUDGET_EXHAUSTED, f"Stopped by the budget: {summary}."
     if failed and drafted:
@@ -131,12 +163,14 @@ def finalize_batch(*, batch_id: int) -> bool:
     if Newsletter.objects.filter(batch_id=batch_id, status__in=Newsletter.OPEN_STATUSES).exists():
         return False
     batch = Batch.objects.get(pk=batch_id)
+    if not batch.newsletters.exists():
+        return False  # not selected yet: nothing to close
     status, reason = final_status(batch=batch)
     # The conditional update makes finalisation happen exactly once however many items end at the same time.
-    closed = Batch.objects.filter(pk=batch_id, status=Batch.Status.RUNNING).update(
+    closed = Batch.objects.filter(pk=batch_id, status__in=Batch.ACTIVE_STATUSES).update(
         status=status, status_reason=reason, finished_at=timezone.now()
     )
-    if not closed and batch.newsletters.exists():
+    if not closed:
         # A finished batch whose item was drafted again (an editor asked for a new draft): its outcome follows.
         Batch.objects.filter(pk=batch_id, status__in=Batch.FINAL_STATUSES).exclude(status=status).update(
             status=status, status_reason=reason
@@ -160,8 +194,12 @@ def run_inline(*, batch: Batch, on_item: Callable[[Newsletter], None] | None = N
         return batch
     token = f"inline-{uuid.uuid4().hex}"
     for newsletter_id in open_item_ids(batch_id=batch.pk):
+        # Items still in this process's line are not lost messages: keep the sweeper from republishing them.
+        Newsletter.objects.filter(batch_id=batch.pk, status=Newsletter.Status.PENDING).update(queued_at=timezone.now())
         try:
             generate_newsletter(newsletter_id=newsletter_id, token=token)
+        except DatabaseError:
+            raise  # the database is away: stop here; leases and the sweeper take the batch from where it stands
         except Exception:
             # The item is already marked failed with the reason; the rest of the batch still runs.
             logger.exception("batch %s: item %s stopped by an unexpected error", batch.pk, newsletter_id)

@@ -3,10 +3,12 @@ from __future__ import annotations
 
 from celery import shared_task
 from django.db import transaction
+from django.utils import timezone
 
-from . import running
-from .generation import generate_newsletter
+from . import running, sweeper
+from .generation import generate_newsletter, replay_spool
 from .models import Batch, Newsletter
+from .spool import pending as spooled_answers
 
 
 @shared_task(name="batches.run_batch")
@@ -19,12 +21,18 @@ def run_batch(batch_id: int) -> None:
         batch = Batch.objects.filter(pk=batch_id, status=Batch.Status.RUNNING).first()
     if batch is None or batch.is_finished:
         return
-    for newsletter_id in running.open_item_ids(batch_id=batch_id):
+    item_ids = running.open_item_ids(batch_id=batch_id)
+    Newsletter.objects.filter(pk__in=item_ids).update(queued_at=timezone.now())
+    for newsletter_id in item_ids:
         transaction.on_commit(lambda pk=newsletter_id: generate_newsletter_task.delay(pk))
+    if not item_ids:
+        running.finalize_batch(batch_id=batch_id)  # resumed with nothing left to draft, or every item ended
 
 
 @shared_task(name="batches.generate_newsletter", bind=True)
 def generate_newsletter_task(self, newsletter_id: int) -> None:
+    if spooled_answers():
+        replay_spool()  # answers kept through a database outage land before anything new is drafted
     batch_id = Newsletter.objects.filter(pk=newsletter_id).values_list("batch_id", flat=True).first()
     if batch_id is None:
         return  # the item (or its batch) was deleted meanwhile: nothing to do
@@ -33,3 +41,9 @@ def generate_newsletter_task(self, newsletter_id: int) -> None:
     finally:
         # Even after an unexpected error (the item is marked failed first) the batch must be able to close.
         running.finalize_batch(batch_id=batch_id)
+
+
+@shared_task(name="batches.sweep", ignore_result=True)
+def sweep() -> dict:
+    """Every minute (a django-celery-beat schedule): take back and republish whatever a fault left behind."""
+    return sweeper.sweep().as_dict()

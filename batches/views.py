@@ -26,7 +26,8 @@ from . import export, grounding
 from .dashboard import spend_dashboard
 from .forms import ResumeBatchForm, RunBatchForm
 from .launching import (
-    RESUMABLE, BatchNotQueued, LaunchRefused, RunOptions, SelectionChanged, launch_batch, plan_resume,
+    RESUMABLE, BatchNotQueued, LaunchRefused, RunOptions, SelectionChanged, is_resumable, is_stuck, launch_batch,
+    plan_resume,
     preview_run, resume,
 )
 from .ledger import monthly_cap, monthly_remaining
@@ -207,7 +208,8 @@ def batch_page_context(request: HttpRequest, batch: Batch) -> dict:
         "export_url": reverse("admin:batches_batch_export", args=[batch.pk]),
         "can_run": can_run(request),
         "resumable_statuses": " ".join(RESUMABLE),
-        "is_resumable": batch.status in RESUMABLE,
+        "is_resumable": is_resumable(batch),
+        "is_stuck": is_stuck(batch),
         "approved_count": sum(1 for item in progress.items if item.status == Newsletter.Status.APPROVED),
     }
 

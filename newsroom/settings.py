@@ -5,7 +5,6 @@ from decimal import Decimal
 from pathlib import Path
 
 import environ
-from celery.schedules import crontab
 from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -36,6 +35,7 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "django_celery_beat",
     "topics.apps.TopicsConfig",
     "batches.apps.BatchesConfig",
 ]
@@ -182,19 +182,12 @@ CELERY_RESULT_BACKEND = None
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
-CELERY_TASK_TIME_LIMIT = env.int("CELERY_TASK_TIME_LIMIT", default=600)
-CELERY_TASK_SOFT_TIME_LIMIT = env.int("CELERY_TASK_SOFT_TIME_LIMIT", default=540)
 CELERY_TASK_ALWAYS_EAGER = False
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_TIMEZONE = TIME_ZONE
-# Unattended discovery: `celery -A newsroom beat` runs it every Monday and Thursday at 06:00 (CELERY_TIMEZONE).
-CELERY_BEAT_SCHEDULE = {
-    "discover-topics": {
-        "task": "topics.discover",
-        "schedule": crontab(minute="0", hour="6", day_of_week="mon,thu"),
-        "kwargs": {"limit": 50},
-    },
-}
+# Periodic tasks (the sweeper every minute, discovery on Mondays and Thursdays) are django-celery-beat schedules,
+# seeded by a migration and editable in the admin; `celery -A newsroom beat` reads them from the database.
+CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 
 # --- Newsroom -----------------------------------------------------------------------------------
 ANTHROPIC_API_KEY = env.str("ANTHROPIC_API_KEY", default="")
@@ -233,6 +226,30 @@ for _name in ("REDDIT_SUBREDDITS", "REDDIT_TIME_FILTER", "REDDIT_MIN_SCORE", "PE
               "TUBELAB_QUERIES", "TUBELAB_USD_PER_CREDIT", "APIFY_ACTOR_ID", "APIFY_MAX_CHARGE_USD"):
     if _name in env:
         globals()[_name] = env.str(_name)
+
+# --- Recovery: leases, the sweeper, the answer spool ---------------------------------------------
+# An item being drafted holds a lease. It must outlive the longest the drafting can take (a token count and every
+# attempt at the call, each up to the timeout, the backoff between them, and writing the answer across a database
+# blip), so a slow call is never taken back and drafted twice; the task's time limits sit just above it.
+ANSWER_WRITE_RETRY_SECONDS = env.float("ANSWER_WRITE_RETRY_SECONDS", default=30.0)
+_attempts = ANTHROPIC_MAX_RETRIES + 1
+_backoff = sum(min(ANTHROPIC_RETRY_BASE_SECONDS * 2**i, ANTHROPIC_RETRY_MAX_SECONDS) for i in range(_attempts - 1))
+ITEM_LEASE_SECONDS = env.int(
+    "ITEM_LEASE_SECONDS",
+    default=int(ANTHROPIC_TIMEOUT_SECONDS * (_attempts + 1) + _backoff + ANSWER_WRITE_RETRY_SECONDS + 30),
+)
+CELERY_TASK_SOFT_TIME_LIMIT = env.int("CELERY_TASK_SOFT_TIME_LIMIT", default=ITEM_LEASE_SECONDS + 30)
+CELERY_TASK_TIME_LIMIT = env.int("CELERY_TASK_TIME_LIMIT", default=ITEM_LEASE_SECONDS + 60)
+# How many times an item may be claimed (first try plus take-backs after lost leases) before it fails for good.
+ITEM_MAX_CLAIMS = env.int("ITEM_MAX_CLAIMS", default=3)
+# A queued batch or item that nothing has picked up for this long is published again by the sweeper.
+SWEEP_STALE_SECONDS = env.int("SWEEP_STALE_SECONDS", default=180)
+# Answers that could not be written during a database outage wait here (one JSON file each) for the sweeper.
+ANSWER_SPOOL_DIR = Path(env.str("ANSWER_SPOOL_DIR", default=str(VAR_DIR / "spool" / "answers")))
+# Input tokens can come back higher than count_tokens said (Anthropic documents it as an estimate): each
+# reservation adds this fraction of the counted input, plus RESERVATION_INPUT_EXTRA_TOKENS, as a safety margin.
+RESERVATION_INPUT_MARGIN = Decimal(env.str("RESERVATION_INPUT_MARGIN", default="0.10"))
+RESERVATION_INPUT_EXTRA_TOKENS = env.int("RESERVATION_INPUT_EXTRA_TOKENS", default=100)
 
 # --- Source material (issue 9): what each draft is written from --------------------------------------------
 # Tokens of source material per topic in the drafting prompt (best sources first; the rest is cut).

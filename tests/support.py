@@ -133,3 +133,14 @@ class WorkerProcess:
             except (ProcessLookupError, subprocess.TimeoutExpired):
                 pass
         self.kill()  # also takes any pool process the warm shutdown left behind
+
+
+def record_ledger_entry(**fields):
+    """A ledger entry written as history (a past month, an earlier run), with the running totals on batches and
+    months brought in line with it, as `manage.py reconcile_ledger --fix` would after such an edit."""
+    from batches import ledger
+    from batches.models import CostLedgerEntry
+
+    entry = CostLedgerEntry.objects.create(**fields)
+    ledger.reconcile(fix=True)
+    return entry

@@ -12,7 +12,7 @@ from .pages import warm_up
 
 @shared_task(name="topics.discover")
 def discover_topics(limit: int = 50) -> int:
-    """Periodic discovery (scheduled by Celery beat, see CELERY_BEAT_SCHEDULE). Returns the run's id."""
+    """Periodic discovery (a django-celery-beat schedule seeded by batches migration 0004, editable in the admin). Returns the run's id."""
     return run_discovery(limit=limit).pk
 
 

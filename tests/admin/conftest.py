@@ -11,7 +11,7 @@ from django.conf import settings as django_settings
 from django.test import Client
 
 from tests.conftest import service_missing
-from tests.support import DOWN_BROKER_URL, WorkerProcess, service_env
+from tests.support import DOWN_BROKER_URL, WorkerProcess, record_ledger_entry, service_env
 
 CHROMIUM = "/usr/bin/chromium"
 PASSWORD = "desk-password-0f3c"
@@ -290,7 +290,7 @@ def make_batch(categories, make_topic) -> Callable[..., object]:
                 cost_usd=Decimal(cost) if drafted else Decimal("0"),
             )
             if drafted or item_status == Newsletter.Status.GENERATING:
-                CostLedgerEntry.objects.create(
+                record_ledger_entry(
                     idempotency_key=f"test:{newsletter.pk}", batch=batch, newsletter=newsletter,
                     model=batch.model, reserved_usd=Decimal("0.05"), amount_usd=Decimal(cost) if drafted else
                     Decimal("0.05"),

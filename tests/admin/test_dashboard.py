@@ -15,13 +15,14 @@ from batches.dashboard import spend_chart, spend_dashboard
 from batches.ledger import month_bounds
 from batches.models import Batch, CostLedgerEntry
 from tests.admin.conftest import csrf_client
+from tests.support import record_ledger_entry
 
 DASHBOARD = reverse("admin:batches_costledgerentry_dashboard")
 _keys = itertools.count()
 
 
 def spend(amount: str, *, days_ago: int = 0, batch=None, status=CostLedgerEntry.Status.SETTLED) -> CostLedgerEntry:
-    return CostLedgerEntry.objects.create(
+    return record_ledger_entry(
         idempotency_key=f"dash:{next(_keys)}", batch=batch, amount_usd=Decimal(amount), reserved_usd=Decimal(amount),
         status=status, created_at=timezone.now() - datetime.timedelta(days=days_ago),
     )

@@ -134,3 +134,47 @@ def test_resuming_without_run_batch_is_forbidden(viewer_client, post_form, make_
                                                       "csrfmiddlewaretoken": viewer_client.cookies["csrftoken"].value})
     assert response.status_code == 403
     assert batch.newsletters.get().status == Newsletter.Status.FAILED
+
+
+def strand(batch, *, minutes: int = 10) -> None:
+    """Leave the batch as a crash would: its drafting items' leases ran out and nothing has moved for a while."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    long_ago = timezone.now() - timedelta(minutes=minutes)
+    Batch.objects.filter(pk=batch.pk).update(created_at=long_ago, queued_at=long_ago, started_at=long_ago)
+    batch.newsletters.filter(status=Newsletter.Status.GENERATING).update(lease_expires_at=long_ago, claimed_at=long_ago)
+
+
+def test_a_running_batch_left_stranded_says_so_and_can_be_resumed(
+    editor_client, post_form, make_batch, redis_broker, django_capture_on_commit_callbacks
+):
+    batch = make_batch(["generated", "generating", "pending"], status=Batch.Status.RUNNING)
+    strand(batch)
+
+    page = editor_client.get(reverse("admin:batches_batch_change", args=[batch.pk])).content.decode()
+    assert 'id="desk-stuck"' in page and "resume it now" in page
+    assert editor_client.get(resume_url(batch)).status_code == 200
+    with django_capture_on_commit_callbacks(execute=True):
+        response = post_form(editor_client, resume_url(batch), {"budget_usd": "40"}, page=resume_url(batch))
+
+    batch.refresh_from_db()
+    assert response.status_code == 302 and batch.status == Batch.Status.QUEUED
+    assert sorted(batch.newsletters.values_list("status", flat=True)) == ["generated", "pending", "pending"]
+    assert queued_tasks(redis_broker) == ["batches.run_batch"]
+
+
+def test_a_running_batch_with_a_live_lease_cannot_be_resumed(editor_client, make_batch):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    batch = make_batch(["generating", "pending"], status=Batch.Status.RUNNING)
+    strand(batch)
+    batch.newsletters.filter(status="generating").update(lease_expires_at=timezone.now() + timedelta(minutes=5))
+
+    response = editor_client.get(resume_url(batch), follow=True)
+
+    assert "being drafted right now" in response.content.decode()
+    assert 'id="desk-stuck"' not in response.content.decode()

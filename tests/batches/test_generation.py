@@ -4,20 +4,23 @@ from __future__ import annotations
 import json
 from collections import Counter
 from decimal import ROUND_HALF_UP, Decimal
+from datetime import timedelta
 from types import SimpleNamespace
 
 import anthropic
 import pytest
 from django.conf import settings as django_settings
+from django.utils import timezone
 
 from batches import ledger, running
-from batches.generation import claim, generate_newsletter
+from batches.generation import claim, generate_newsletter, reservation_tokens
 from batches.models import Batch, CostLedgerEntry, ModelPrice, Newsletter
 from batches.planning import topic_message
 from batches.pricing import price_for, worst_case_cost
 from batches.prompts import build_request
 from batches.tasks import generate_newsletter_task, run_batch
 from tests.fakes.anthropic_api import Fault, request_input_tokens
+from tests.support import record_ledger_entry
 
 pytestmark = pytest.mark.django_db
 
@@ -36,7 +39,8 @@ def worst_case_for(topic, model: str = "claude-sonnet-4-6") -> Decimal:
     """The reservation the app makes before drafting `topic`, computed the way the API counts tokens."""
     max_tokens = django_settings.ANTHROPIC_MAX_TOKENS
     request = build_request(model=model, max_tokens=max_tokens, topic_message=topic_message(topic))
-    return worst_case_cost(input_tokens=request_input_tokens(request), max_tokens=max_tokens, price=price_for(model))
+    counted = reservation_tokens(request_input_tokens(request))  # with the documented safety margin
+    return worst_case_cost(input_tokens=counted, max_tokens=max_tokens, price=price_for(model))
 
 
 def budget_for_calls(calls: int, topics) -> Decimal:
@@ -90,7 +94,7 @@ def test_a_batch_stopped_by_the_budget_never_spends_more_than_its_budget(
 
 def test_a_batch_whose_ledger_is_already_at_its_budget_makes_no_call(fake_anthropic, topics_in_every_category):
     batch = running.create_batch(size=8, budget_usd=Decimal("1"))
-    CostLedgerEntry.objects.create(
+    record_ledger_entry(
         idempotency_key="earlier-run", batch=batch, status=CostLedgerEntry.Status.SETTLED,
         reserved_usd=Decimal("1"), amount_usd=Decimal("1"),
     )
@@ -334,10 +338,11 @@ def test_an_unexpected_error_fails_the_item_and_still_lets_the_batch_close(
     assert batch.status == Batch.Status.FAILED
 
 
-def test_retrying_stops_in_time_for_the_tasks_soft_time_limit(
+def test_retrying_stops_in_time_to_write_the_answer_before_the_lease_runs_out(
     fake_anthropic, topics_in_every_category, settings
 ):
-    settings.CELERY_TASK_SOFT_TIME_LIMIT = 30
+    settings.ITEM_LEASE_SECONDS = 45
+    settings.ANSWER_WRITE_RETRY_SECONDS = 10.0
     settings.ANTHROPIC_TIMEOUT_SECONDS = 10.0
     settings.ANTHROPIC_RETRY_BASE_SECONDS = 8.0
     fake_anthropic.enqueue(*[Fault(status=529) for _ in range(4)])
@@ -348,9 +353,11 @@ def test_retrying_stops_in_time_for_the_tasks_soft_time_limit(
     generate_newsletter(newsletter_id=item.pk, token="t", sleep=slept.append)
 
     item.refresh_from_db()
-    # One retry fits (8 s wait + 2 × 10 s < 30 s); a second (16 s + 20 s) would run past the soft limit.
-    assert slept == [8.0]
-    assert item.status == Newsletter.Status.FAILED and "Gave up after 2 attempts" in item.error
+    # 30 s of the lease are for calls (45 s less 10 s to write the answer and a 5 s margin): waiting 8 s then
+    # 16 s still leaves a 10 s call inside it; a third wait of 32 s would not.
+    assert slept == [8.0, 16.0]
+    assert item.status == Newsletter.Status.FAILED and "Gave up after 3 attempts" in item.error
+    assert item.lease_expires_at is None
 
 
 def test_a_malformed_draft_fails_the_item_but_its_cost_is_still_charged(
@@ -385,14 +392,25 @@ def test_running_the_same_task_twice_drafts_once_and_charges_once(fake_anthropic
     assert Batch.objects.get(pk=newsletter.batch_id).status == Batch.Status.DONE
 
 
-def test_a_redelivered_task_takes_back_the_item_its_killed_run_left_drafting(
-    fake_anthropic, topics_in_every_category
-):
+def test_a_redelivered_task_leaves_an_item_alone_while_its_lease_runs(fake_anthropic, topics_in_every_category):
     newsletter = started_batch().newsletters.get()
-    # The first delivery claimed the item, reserved, and died mid-call.
+    # The first delivery claimed the item and is still in its (slow) call when the broker hands the message out again.
+    claim(newsletter_id=newsletter.pk, token="same")
+
+    generate_newsletter_task.apply(args=[newsletter.pk], task_id="same")
+
+    newsletter.refresh_from_db()
+    assert (newsletter.status, newsletter.attempts) == (Newsletter.Status.GENERATING, 1)
+    assert fake_anthropic.requests == []
+
+
+def test_a_redelivered_task_takes_back_an_item_once_its_lease_has_run_out(fake_anthropic, topics_in_every_category):
+    newsletter = started_batch().newsletters.get()
+    # The first delivery claimed the item, reserved, and died mid-call; its lease has run out since.
     claim(newsletter_id=newsletter.pk, token="same")
     ledger.reserve(idempotency_key=f"newsletter:{newsletter.pk}:attempt:1:try:0", worst_case_usd=Decimal("0.05"),
                    batch_id=newsletter.batch_id, newsletter_id=newsletter.pk)
+    Newsletter.objects.filter(pk=newsletter.pk).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
 
     generate_newsletter_task.apply(args=[newsletter.pk], task_id="same")
 

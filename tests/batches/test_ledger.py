@@ -9,6 +9,7 @@ from decimal import Decimal
 
 import pytest
 from django.db import connection
+from django.db.models import Sum
 
 from batches import ledger
 from batches.models import Batch, CostLedgerEntry
@@ -171,6 +172,7 @@ def test_spend_in_an_earlier_month_does_not_count_against_this_month(settings):
     reserve(None, "0.9")
     start, _ = ledger.month_bounds()
     CostLedgerEntry.objects.update(created_at=start - datetime.timedelta(seconds=1))
+    assert ledger.reconcile(fix=True)  # the month totals follow the entries moved by hand
 
     reserve(None, "0.9")
 
@@ -229,6 +231,8 @@ def test_sixteen_workers_hammering_one_small_budget_never_take_the_ledger_over_i
     assert spent <= batch.budget_usd
     assert batch.budget_usd - spent < worst_case  # every worker stopped only because the budget was full
     assert sum(calls) == CostLedgerEntry.objects.filter(batch=batch).count() > WORKERS
+    assert spent == CostLedgerEntry.objects.filter(batch=batch).aggregate(t=Sum("amount_usd"))["t"]
+    assert ledger.reconcile() == []  # the running totals agree with the entries after the race
 
 
 @pytest.mark.parametrize("round_", range(3))
@@ -244,6 +248,7 @@ def test_sixteen_workers_on_many_batches_never_take_the_month_over_its_cap(setti
     assert spent <= Decimal("0.4")
     assert Decimal("0.4") - spent < worst_case
     assert sum(calls) == CostLedgerEntry.objects.count() > WORKERS
+    assert ledger.reconcile() == []
 
 
 @pytest.mark.django_db(transaction=True)
@@ -268,3 +273,62 @@ def test_batches_starting_at_the_same_moment_never_draft_the_same_topic(migratio
     topics = list(Newsletter.objects.values_list("topic_id", flat=True))
     assert len(topics) == workers
     assert len(set(topics)) == workers
+
+
+# --- running totals ----------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_a_reservation_reads_one_row_whatever_the_size_of_the_ledger():
+    from django.db import connection as conn
+    from django.test.utils import CaptureQueriesContext
+
+    batch = make_batch("1000")
+    CostLedgerEntry.objects.bulk_create(
+        CostLedgerEntry(idempotency_key=f"old:{i}", batch=batch, status=CostLedgerEntry.Status.SETTLED,
+                        reserved_usd=Decimal("0.01"), amount_usd=Decimal("0.01")) for i in range(2000)
+    )
+    ledger.reconcile(fix=True)
+    reserve(batch, "0.02")  # the month's row exists from here on
+
+    with CaptureQueriesContext(conn) as captured:
+        reserve(batch, "0.02")
+
+    sql = " ".join(q["sql"].upper() for q in captured.captured_queries)
+    assert "SUM(" not in sql and "COUNT(" not in sql
+    assert len(captured.captured_queries) <= 8
+    assert ledger.batch_spent(batch.pk) == Decimal("20.04")
+
+
+@pytest.mark.django_db
+def test_totals_follow_reserve_settle_and_release_exactly():
+    batch = make_batch("10")
+    kept = reserve(batch, "0.5")
+    settled = reserve(batch, "0.5")
+    released = reserve(batch, "0.5")
+    ledger.settle(entry_id=settled.entry_id, actual_usd=Decimal("0.123456"))
+    ledger.release(entry_id=released.entry_id)
+
+    batch.refresh_from_db()
+    assert (batch.ledger_total_usd, batch.reserved_open_usd) == (Decimal("0.623456"), Decimal("0.5"))
+    assert ledger.month_spent() == Decimal("0.623456")
+    assert ledger.reconcile() == []
+    assert kept.created
+
+
+@pytest.mark.django_db
+def test_reconcile_finds_a_total_that_drifted_and_fix_corrects_it(capsys):
+    from django.core.management import CommandError, call_command
+
+    batch = make_batch("10")
+    reserve(batch, "0.5")
+    Batch.objects.filter(pk=batch.pk).update(ledger_total_usd=Decimal("0.1"))
+
+    with pytest.raises(CommandError):
+        call_command("reconcile_ledger")
+    assert f"batch #{batch.pk}: ledger_total_usd is 0.100000, its entries sum to 0.500000" in capsys.readouterr().out
+
+    call_command("reconcile_ledger", "--fix")
+    assert ledger.batch_spent(batch.pk) == Decimal("0.5")
+    call_command("reconcile_ledger")
+    assert "agrees" in capsys.readouterr().out

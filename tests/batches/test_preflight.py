@@ -13,6 +13,7 @@ from django.core.management import CommandError, call_command
 
 from batches.models import CostLedgerEntry
 from topics.models import Category
+from tests.support import record_ledger_entry
 
 pytestmark = pytest.mark.django_db
 
@@ -238,7 +239,7 @@ def test_it_shows_the_price_of_the_configured_model(settings):
 
 
 def spend_this_month(amount: str) -> None:
-    CostLedgerEntry.objects.create(
+    record_ledger_entry(
         idempotency_key=f"test-spend-{amount}", status=CostLedgerEntry.Status.SETTLED,
         reserved_usd=Decimal(amount), amount_usd=Decimal(amount), model="claude-sonnet-4-6",
     )

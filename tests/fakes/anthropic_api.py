@@ -57,7 +57,16 @@ __all__ = [
 JSONDict = dict[str, Any]
 Predicate = Callable[[JSONDict], bool]
 
-FAULT_KINDS = ("error", "timeout", "disconnect", "malformed", "text_only")
+FAULT_KINDS = ("error", "timeout", "disconnect", "malformed", "text_only", "no_usage", "nul_body", "over_usage",
+               "unreadable")
+# What an "unreadable" 200 carries: bodies a proxy or a broken hop can hand back instead of the API's JSON.
+UNREADABLE_BODIES: dict[str, tuple[str, bytes]] = {
+    "html": ("text/html; charset=utf-8",
+             b"<!DOCTYPE html><html><head><title>502 Bad Gateway</title></head><body><h1>Bad Gateway</h1></body></html>"),
+    "empty": ("application/json", b""),
+    "not_json": ("application/json", b"{\"id\": \"msg_01\", \"type\": \"message\", \"content\": ["),
+    "not_utf8": ("application/json", b"{\"id\": \"msg_\xff\xfe\x80\", \"type\": \"message\"}"),
+}
 
 ERROR_TYPES: dict[int, str] = {
     400: "invalid_request_error",
@@ -144,7 +153,10 @@ class Fault:
     kind ``error`` (implied by ``status``) answers that HTTP error; ``timeout`` waits ``seconds``
     and then answers normally; ``disconnect`` closes the connection without answering;
     ``malformed`` answers 200 with a tool input that breaks its schema; ``text_only`` answers
-    200 with a text block and no ``tool_use``.
+    200 with a text block and no ``tool_use``; ``no_usage`` answers 200 without a ``usage`` object;
+    ``nul_body`` puts NUL bytes in every string of the tool input; ``over_usage`` reports ``seconds`` times the
+    input tokens the request really had; ``unreadable`` answers 200 with a body that is not the API's JSON
+    (``message`` names the shape: html, empty, not_json or not_utf8).
     """
 
     status: int | None = None
@@ -1011,11 +1023,18 @@ class FakeAnthropicServer:
         except _RequestError as err:
             return _error_reply(err.status, err.message)
 
+        if fault is not None and fault.kind == "unreadable":
+            content_type, raw = UNREADABLE_BODIES[fault.message or "html"]
+            with self._lock:
+                self._message_calls += 1
+            return _Reply(200, raw, {"content-type": content_type, "request-id": _request_id()})
         usage = self._input_usage(body)
         plant = self._take_plant(body)
         content, stop_reason, output_tokens = self._generate(body, fault.kind if fault else None, plant)
         usage["output_tokens"] = output_tokens
         usage.update(self.usage_overrides)
+        if fault is not None and fault.kind == "over_usage":
+            usage["input_tokens"] = int(usage["input_tokens"] * fault.seconds)
         if "cache_creation_input_tokens" in self.usage_overrides and "cache_creation" not in self.usage_overrides:
             usage["cache_creation"] = {
                 "ephemeral_5m_input_tokens": usage["cache_creation_input_tokens"],
@@ -1031,6 +1050,8 @@ class FakeAnthropicServer:
             "stop_sequence": None,
             "usage": usage,
         }
+        if fault is not None and fault.kind == "no_usage":
+            del message["usage"]
         if self.latency > 0 and cancel.wait(self.latency):
             return None
         with self._lock:
@@ -1133,6 +1154,8 @@ class FakeAnthropicServer:
                 tool_input["sources_used"] = list(dict.fromkeys(writer.cited))
             if mode == "malformed":
                 tool_input = _malform(tool_input, schema)
+            if mode == "nul_body":
+                tool_input = {k: f"{v}\x00 and\x00more" if isinstance(v, str) else v for k, v in tool_input.items()}
             stop_reason = "tool_use"
             output_tokens = estimate_tokens(json.dumps(tool_input, ensure_ascii=False))
             if output_tokens > max_tokens:

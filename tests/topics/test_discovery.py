@@ -25,6 +25,7 @@ from topics import scoring
 from topics.discovery import SourceReport, run_discovery, store_candidates
 from topics.models import Category, DiscoveryRun, Topic
 from topics.sources import Candidate, build_sources
+from tests.support import record_ledger_entry
 
 NOW = timezone.now()
 _ids = itertools.count(1)
@@ -486,7 +487,7 @@ def test_reddit_is_free_and_writes_no_ledger_entry(discovery_fakes: DiscoveryFak
 
 def use_up_the_month(settings, *, cap: str, spent: str) -> None:
     settings.MONTHLY_BUDGET_USD = cap
-    CostLedgerEntry.objects.create(
+    record_ledger_entry(
         idempotency_key="earlier-drafts", provider="anthropic", status=CostLedgerEntry.Status.SETTLED,
         reserved_usd=Decimal(spent), amount_usd=Decimal(spent),
     )
@@ -652,15 +653,19 @@ def test_the_discover_topics_task_runs_discovery_and_returns_the_run_id(discover
     assert (run.status, run.fetched) == (DiscoveryRun.Status.DONE, 4)
 
 
-def test_the_beat_schedule_runs_the_discover_topics_task(settings) -> None:
+def test_the_beat_schedule_runs_the_discover_topics_task(db) -> None:
+    from django_celery_beat.models import PeriodicTask
+    from django_celery_beat.schedulers import ModelEntry
+
     from newsroom.celery import app
     from topics.tasks import discover_topics
 
-    entries = [e for e in settings.CELERY_BEAT_SCHEDULE.values() if e["task"] == discover_topics.name]
+    tasks = list(PeriodicTask.objects.filter(task=discover_topics.name, enabled=True))
 
-    assert len(entries) == 1
-    assert entries[0]["task"] in app.tasks
-    assert entries[0]["schedule"].remaining_estimate(timezone.now()) <= timedelta(days=7)
+    assert len(tasks) == 1
+    assert tasks[0].task in app.tasks
+    entry = ModelEntry(tasks[0], app=app)
+    assert entry.schedule.remaining_estimate(timezone.now()) <= timedelta(days=7)
 
 
 # --- faults -------------------------------------------------------------------------------------------------

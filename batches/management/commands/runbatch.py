@@ -1,16 +1,18 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from decimal import Decimal, InvalidOperation
 
 from django.conf import settings
 from django.core.management.base import CommandError
+from django.db import InterfaceError, OperationalError, connection
 
 from newsroom.commands import ContractCommand
 
-from batches import running
+from batches import launching, running
 from batches.grounding import cited_sources
 from batches.ledger import monthly_remaining
 from batches.models import Batch, Newsletter
@@ -22,6 +24,12 @@ EXIT_ERROR, EXIT_BUDGET, EXIT_FAILED_ITEMS = 1, 3, 4
 # What the batch's budget column holds: six decimal places, fourteen digits.
 MIN_BUDGET, MAX_BUDGET = Decimal("0.000001"), Decimal("99999999")
 POLL_SECONDS = 0.5
+DEFAULT_TIMEOUT = 1800.0
+
+
+def first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return f"{error.__class__.__name__}: {text.splitlines()[0][:160]}" if text else error.__class__.__name__
 
 
 def material_note(plan) -> str:
@@ -63,6 +71,11 @@ class Command(ContractCommand):
         parser.add_argument("--discover-only", action="store_true", help="Run discovery and stop.")
         parser.add_argument("--queue", action="store_true", help="Hand the batch to the Celery workers.")
         parser.add_argument("--wait", action="store_true", help="With --queue: follow the batch to its end.")
+        parser.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                            help=f"With --wait: give up following after this long (default {DEFAULT_TIMEOUT:g}); "
+                                 "the batch goes on.")
+        parser.add_argument("--resume", type=int, default=None, metavar="BATCH",
+                            help="Continue a stopped, failed or stranded batch without drafting an item twice.")
         parser.add_argument("--json", action="store_true", dest="as_json", help="Print one JSON object.")
 
     def handle(self, *args, **opts):
@@ -73,6 +86,24 @@ class Command(ContractCommand):
         budget = parse_budget(opts["budget"] if opts["budget"] is not None else str(settings.BATCH_BUDGET_USD))
         if opts["wait"] and not opts["queue"]:
             raise CommandError("--wait only goes with --queue", returncode=EXIT_ERROR)
+        if opts["timeout"] is not None and not opts["wait"]:
+            raise CommandError("--timeout only goes with --wait", returncode=EXIT_ERROR)
+        timeout = DEFAULT_TIMEOUT if opts["timeout"] is None else opts["timeout"]
+        if not math.isfinite(timeout) or not 0 < timeout <= 7 * 86400:
+            raise CommandError(f"--timeout must be between 0 and 604800 seconds, got {opts['timeout']}",
+                               returncode=EXIT_ERROR)
+        try:
+            return self.run(opts, size=size, budget=budget, timeout=timeout)
+        except (OperationalError, InterfaceError) as exc:
+            raise CommandError(
+                f"The database became unavailable ({first_line(exc)}). "
+                "Work already paid for is kept; the sweeper (or `runbatch --resume BATCH`) carries on once it is back.",
+                returncode=EXIT_ERROR,
+            ) from None
+
+    def run(self, opts, *, size: int, budget: Decimal, timeout: float):
+        if opts["resume"] is not None:
+            return self.resume(opts["resume"], queue=opts["queue"], wait=opts["wait"], timeout=timeout)
         if opts["discover_only"]:
             return self.discover()
         if opts["dry_run"]:
@@ -89,13 +120,41 @@ class Command(ContractCommand):
                 if self.as_json:
                     self.stdout.write(json.dumps(self.report(batch)))
                 return
-            batch = self.follow(batch)
+            batch = self.follow(batch, timeout=timeout)
         else:
             self.say(f"Batch #{batch.pk}: drafting in this process with {batch.model}.")
             batch = running.run_inline(batch=batch, on_item=self.show_item)
         return self.finish(batch)
 
     # --- modes ------------------------------------------------------------------------------------
+
+    def resume(self, batch_id: int, *, queue: bool, wait: bool, timeout: float):
+        batch = Batch.objects.filter(pk=batch_id).first()
+        if batch is None:
+            raise CommandError(f"There is no batch #{batch_id}.", returncode=EXIT_ERROR)
+        self.require_preflight()
+        if queue:
+            try:
+                batch = launching.resume(batch=batch)
+            except launching.LaunchRefused as exc:
+                raise CommandError(str(exc), returncode=EXIT_ERROR) from None
+            except running.BrokerUnavailable as exc:
+                raise CommandError(f"Batch #{batch.pk} was not resumed: {exc}", returncode=EXIT_ERROR) from None
+            self.say(f"Batch #{batch.pk} resumed and queued for the workers.")
+            if not wait:
+                if self.as_json:
+                    self.stdout.write(json.dumps(self.report(batch)))
+                return
+            return self.finish(self.follow(batch, timeout=timeout))
+        refusal = launching.why_not_resumable(batch)
+        if refusal:
+            raise CommandError(refusal, returncode=EXIT_ERROR)
+        try:
+            batch = running.resume_batch(batch=batch)
+        except running.NotResumable as exc:
+            raise CommandError(str(exc), returncode=EXIT_ERROR) from None
+        self.say(f"Batch #{batch.pk}: resuming in this process with {batch.model}.")
+        return self.finish(running.run_inline(batch=batch, on_item=self.show_item))
 
     def discover(self):
         from topics.discovery import run_as_dict, run_discovery, summary_lines
@@ -168,16 +227,32 @@ class Command(ContractCommand):
             details = "; ".join(f"{c.name}: {c.detail}" for c in errors)
             raise CommandError(f"Preflight failed, no batch was started: {details}", returncode=EXIT_ERROR)
 
-    def follow(self, batch: Batch) -> Batch:
+    def follow(self, batch: Batch, *, timeout: float) -> Batch:
+        """Follow the batch to its end, riding out database blips; give up (exit 1) after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
         seen: set[int] = set()
+        outage: str | None = None
         while True:
-            batch.refresh_from_db()
-            for newsletter in batch.newsletters.select_related("topic__category").exclude(pk__in=seen):
-                if newsletter.status not in Newsletter.OPEN_STATUSES:
-                    seen.add(newsletter.pk)
-                    self.show_item(newsletter)
-            if batch.is_finished:
-                return batch
+            try:
+                batch.refresh_from_db()
+                for newsletter in batch.newsletters.select_related("topic__category").exclude(pk__in=seen):
+                    if newsletter.status not in Newsletter.OPEN_STATUSES:
+                        seen.add(newsletter.pk)
+                        self.show_item(newsletter)
+                outage = None
+                if batch.is_finished:
+                    return batch
+            except (OperationalError, InterfaceError) as exc:
+                outage = first_line(exc)
+                if not connection.in_atomic_block:
+                    connection.close()  # reconnect on the next poll
+            if time.monotonic() >= deadline:
+                why = f" (the database is unavailable: {outage})" if outage else ""
+                raise CommandError(
+                    f"Stopped following batch #{batch.pk} after {timeout:g} s{why}; it goes on without this "
+                    f"command. Follow it on the batch page, or resume it later with `runbatch --resume {batch.pk}`.",
+                    returncode=EXIT_ERROR,
+                )
             time.sleep(POLL_SECONDS)
 
     # --- output -----------------------------------------------------------------------------------
