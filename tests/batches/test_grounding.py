@@ -3,6 +3,7 @@ path: material gathered, carried in the prompt, cited, checked, and the flags st
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 
 import pytest
 
@@ -288,3 +289,36 @@ def test_a_text_with_no_citation_left_lists_the_sources_the_answer_said_it_used(
     ])
 
     assert [s["n"] for s in cited_sources(newsletter)] == [1]
+
+
+def test_an_answer_spooled_during_a_database_outage_keeps_its_sources_and_flags(
+    fake_anthropic, pages_topics, settings, tmp_path, monkeypatch
+):
+    from django.db import OperationalError
+
+    from batches import generation, running, spool
+    from batches.generation import generate_newsletter
+    from batches.sweeper import sweep
+
+    settings.ANSWER_SPOOL_DIR = tmp_path / "spool"
+    settings.ANSWER_WRITE_RETRY_SECONDS = 0.2
+    fake_anthropic.plant(Plant(figure="37.5%"))
+    batch = running.create_batch(size=1, budget_usd=Decimal("40"), topic_ids=[pages_topics[0].pk])
+    running.start_batch(batch_id=batch.pk)
+    item = batch.newsletters.get()
+    real_write = generation.write_answer
+
+    def database_down(record):
+        raise OperationalError("connection to server at 127.0.0.1 failed: Connection refused")
+
+    monkeypatch.setattr(generation, "write_answer", database_down)
+    generate_newsletter(newsletter_id=item.pk, token="t", sleep=lambda s: None)
+    monkeypatch.setattr(generation, "write_answer", real_write)
+    assert len(spool.pending()) == 1 and not DraftFlag.objects.exists()
+
+    sweep()
+
+    item.refresh_from_db()
+    assert item.status == Newsletter.Status.GENERATED
+    assert [s["n"] for s in cited_sources(item)] == [1]
+    assert [(f.kind, f.text) for f in item.flags.all()] == [("figure", "37.5%")]
