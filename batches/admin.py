@@ -7,24 +7,28 @@ from django.contrib import admin, messages
 from django.contrib.admin.models import CHANGE, LogEntry
 from django.db.models import Count, DecimalField, OuterRef, Q, Subquery, Sum, Value
 from django.db.models.functions import Coalesce
-from django.http import HttpResponseRedirect
+from django.http import HttpResponseBadRequest, HttpResponseRedirect
 from django.urls import path, reverse
+from django.utils.html import format_html
 
 from . import export, views
 from .launching import why_not_resumable
-from .models import Batch, CostLedgerEntry, ModelPrice, Newsletter
+from .money import LEDGER_PLACES, format_usd
+from .progress import counts_label
+from .models import Batch, CostLedgerEntry, DraftVersion, ModelPrice, Newsletter
 from .review import REVIEWABLE, ReviewRefused, open_flags, request_regeneration, review_drafts
 from .running import BrokerUnavailable
+from .versions import TEXT_FIELDS, keep_version
 
 MONEY_FIELD = DecimalField(max_digits=14, decimal_places=6)
+DECISION_FIELD = "_decision"  # the draft page's Approve / Reject / new-draft buttons, submitted with the form
 
 
 @admin.register(Batch)
 class BatchAdmin(admin.ModelAdmin):
     """Batches are started and resumed from the desk (“New batch”, “Run batch”), never typed in or edited."""
 
-    list_display = ("number", "status", "progress", "size", "model", "budget_usd", "spent", "created_by",
-                    "created_at")
+    list_display = ("number", "shown_status", "progress", "model", "budget", "spent", "created_by", "created_at")
     list_filter = ("status", "model")
     list_select_related = ("created_by",)
     readonly_fields = ("status", "status_reason", "size", "include_new", "candidate_ids", "budget_usd",
@@ -43,26 +47,51 @@ class BatchAdmin(admin.ModelAdmin):
             spent_total=Coalesce(Subquery(spent, output_field=MONEY_FIELD),
                                  Value(Decimal("0"), output_field=MONEY_FIELD)),
             item_count=Count("newsletters"),
-            done_count=Count("newsletters", filter=Q(newsletters__status__in=Newsletter.FINAL_STATUSES)),
+            drafted_count=Count("newsletters", filter=Q(newsletters__status__in=Newsletter.DRAFTED_STATUSES)),
+            failed_count=Count("newsletters", filter=Q(newsletters__status=Newsletter.Status.FAILED)),
+            skipped_count=Count("newsletters", filter=Q(newsletters__status=Newsletter.Status.SKIPPED_BUDGET)),
+            open_count=Count("newsletters", filter=Q(newsletters__status__in=Newsletter.OPEN_STATUSES)),
         )
 
     @admin.display(description="batch", ordering="-pk")
     def number(self, obj: Batch) -> str:
         return f"#{obj.pk}"
 
-    @admin.display(description="spent (USD)", ordering="spent_total")
-    def spent(self, obj: Batch) -> Decimal:
-        return obj.spent_total or Decimal("0")
+    @admin.display(description="status", ordering="status")
+    def shown_status(self, obj: Batch) -> str:
+        # A finished batch with an item being drafted again is running again, whatever its last outcome was.
+        if obj.status in Batch.FINAL_STATUSES and obj.open_count:
+            return Batch.Status.RUNNING.label
+        return obj.get_status_display()
 
-    @admin.display(description="items done")
+    @admin.display(description="spent", ordering="spent_total")
+    def spent(self, obj: Batch) -> str:
+        return format_usd(obj.spent_total)
+
+    @admin.display(description="budget", ordering="budget_usd")
+    def budget(self, obj: Batch) -> str:
+        return format_usd(obj.budget_usd)
+
+    @admin.display(description="items")
     def progress(self, obj: Batch) -> str:
-        return f"{obj.done_count} / {obj.item_count}" if obj.item_count else "—"
+        if not obj.item_count:
+            return "—"
+        return counts_label(drafted=obj.drafted_count, failed=obj.failed_count, skipped=obj.skipped_count,
+                            in_flight=obj.open_count)
 
     def has_add_permission(self, request):
         return False  # batches are started with "New batch" or "Run batch", never typed in by hand
 
     def has_change_permission(self, request, obj=None):
         return False  # a batch changes by running; its page is its progress
+
+    def has_delete_permission(self, request, obj=None):
+        return False  # the ledger's spend history is append-only, and a batch is the record of what it paid for
+
+    def delete_view(self, request, object_id, extra_context=None):
+        # Say why instead of the admin's "your account doesn't have permission", which suggests asking for it.
+        self.message_user(request, views.NOT_DELETED, messages.WARNING)
+        return HttpResponseRedirect(reverse("admin:batches_batch_change", args=[object_id]))
 
     def has_run_permission(self, request) -> bool:
         return views.can_run(request)
@@ -143,7 +172,7 @@ class NewsletterForm(forms.ModelForm):
 @admin.register(Newsletter)
 class NewsletterAdmin(admin.ModelAdmin):
     form = NewsletterForm
-    list_display = ("__str__", "batch", "topic", "status", "cost_usd", "generated_at", "reviewed_by")
+    list_display = ("__str__", "batch_link", "topic_link", "status", "cost", "generated_at", "reviewed_by")
     list_filter = ("status", "batch")
     list_select_related = ("batch", "topic", "reviewed_by")
     search_fields = ("subject", "preview_text", "body_markdown", "topic__title")
@@ -161,15 +190,45 @@ class NewsletterAdmin(admin.ModelAdmin):
     def has_add_permission(self, request):
         return False
 
+    @admin.display(description="batch", ordering="batch")
+    def batch_link(self, obj: Newsletter) -> str:
+        return format_html('<a href="{}">#{}</a>', reverse("admin:batches_batch_change", args=[obj.batch_id]),
+                           obj.batch_id)
+
+    @admin.display(description="topic", ordering="topic__title")
+    def topic_link(self, obj: Newsletter) -> str:
+        return format_html('<a href="{}">{}</a>', reverse("admin:topics_topic_change", args=[obj.topic_id]),
+                           obj.topic.title)
+
+    @admin.display(description="cost", ordering="cost_usd")
+    def cost(self, obj: Newsletter) -> str:
+        return format_usd(obj.cost_usd)
+
     def save_model(self, request, obj: Newsletter, form, change):
         # Approval is a permission of its own: an approved draft whose text is changed by someone who may not
         # approve goes back to "draft ready", so what gets exported is always what an approver read.
-        edited = {"subject", "preview_text", "body_markdown"} & set(form.changed_data)
+        edited = set(TEXT_FIELDS) & set(form.changed_data)
         if change and edited and obj.status == Newsletter.Status.APPROVED and not self.has_approve_permission(request):
             obj.status, obj.reviewed_by, obj.reviewed_at = Newsletter.Status.GENERATED, None, None
             self.message_user(request, "The draft changed after it was approved, so it needs approving again.",
                               messages.WARNING)
+        if change and edited:
+            # The text as stored (perhaps a new draft that arrived while the editor typed) stays restorable; the
+            # admin's change view runs this in the same transaction as the save.
+            keep_version(newsletter=obj, reason=DraftVersion.Reason.EDITED, user=request.user)
         super().save_model(request, obj, form, change)
+
+    def log_change(self, request, obj, message):
+        # Pressing Approve on an unchanged draft saves the form first; "No fields changed." would only be noise.
+        if not message and request.POST.get(DECISION_FIELD):
+            return None
+        return super().log_change(request, obj, message)
+
+    def response_change(self, request, obj):
+        decision = request.POST.get(DECISION_FIELD)
+        if decision:
+            return views.apply_decision(request, self, obj, decision)  # the form is saved: now decide
+        return super().response_change(request, obj)
 
     def has_approve_permission(self, request) -> bool:
         return views.can_approve(request)
@@ -181,6 +240,10 @@ class NewsletterAdmin(admin.ModelAdmin):
         wrap = self.admin_site.admin_view
         return [
             path("<int:object_id>/review/", wrap(self.review_view), name="batches_newsletter_review"),
+            path("<int:object_id>/versions/<int:version_id>/", wrap(self.version_view),
+                 name="batches_newsletter_version"),
+            path("<int:object_id>/versions/<int:version_id>/restore/", wrap(self.restore_view),
+                 name="batches_newsletter_restore"),
             path("<int:object_id>/export/<str:fmt>/", wrap(self.export_view), name="batches_newsletter_export"),
             path("<int:object_id>/flags/<int:flag_id>/dismiss/", wrap(self.dismiss_flag_view),
                  name="batches_newsletter_dismiss_flag"),
@@ -190,6 +253,12 @@ class NewsletterAdmin(admin.ModelAdmin):
     def review_view(self, request, object_id):
         return views.review_newsletter(request, self, object_id)
 
+    def version_view(self, request, object_id, version_id):
+        return views.draft_version_view(request, self, object_id, version_id)
+
+    def restore_view(self, request, object_id, version_id):
+        return views.restore_draft_version(request, self, object_id, version_id)
+
     def export_view(self, request, object_id, fmt):
         return views.export_newsletter(request, self, object_id, fmt)
 
@@ -197,10 +266,22 @@ class NewsletterAdmin(admin.ModelAdmin):
         return views.dismiss_flag_view(request, self, object_id, flag_id)
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
+        decision = request.POST.get(DECISION_FIELD) if request.method == "POST" else None
+        if decision:
+            try:
+                views.check_decision(request, decision)  # before anything is saved
+            except views.UnknownDecision:
+                return HttpResponseBadRequest("Unknown decision.")
         newsletter = self.get_object(request, object_id)
         if newsletter is not None and self.has_view_permission(request, newsletter):
-            extra_context = {**(extra_context or {}), **views.draft_page_context(request, newsletter)}
-        return super().change_view(request, object_id, form_url, extra_context=extra_context)
+            extra_context = {**(extra_context or {}), **views.draft_page_context(
+                request, newsletter, can_edit=self.has_change_permission(request, newsletter))}
+        response = super().change_view(request, object_id, form_url, extra_context=extra_context)
+        if decision and response.status_code == 200:
+            # The form came back with errors: nothing was saved and nothing decided.
+            self.message_user(request, "Nothing was decided: the draft has errors (below). Correct them, then "
+                              "press the button again; your text is still in the form.", messages.ERROR)
+        return response
 
     def _review(self, request, queryset, status: str) -> None:
         ids = review_drafts(queryset=queryset, status=status, user=request.user)
@@ -263,7 +344,7 @@ class NewsletterAdmin(admin.ModelAdmin):
 class CostLedgerEntryAdmin(admin.ModelAdmin):
     """Spend history is append-only here: nobody adds, edits or deletes it from the admin."""
 
-    list_display = ("created_at", "provider", "model", "batch", "status", "amount_usd", "reserved_usd",
+    list_display = ("created_at", "provider", "model", "batch", "status", "amount", "reserved",
                     "input_tokens", "output_tokens", "cache_write_tokens", "cache_read_tokens")
     list_filter = ("status", "provider", "model", "batch")
     list_select_related = ("batch",)
@@ -278,6 +359,14 @@ class CostLedgerEntryAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+    @admin.display(description="amount", ordering="amount_usd")
+    def amount(self, obj: CostLedgerEntry) -> str:
+        return format_usd(obj.amount_usd, places=LEDGER_PLACES)
+
+    @admin.display(description="reserved", ordering="reserved_usd")
+    def reserved(self, obj: CostLedgerEntry) -> str:
+        return format_usd(obj.reserved_usd, places=LEDGER_PLACES)
 
     def get_urls(self):
         return [

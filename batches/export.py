@@ -1,6 +1,11 @@
-"""Drafts as they will read: Markdown to safe HTML, and exports as Markdown, email-ready HTML or a zip of both."""
+"""Drafts as they will read: Markdown to safe HTML, and exports as Markdown, email-ready HTML or a zip of both.
+
+One sanitiser serves the preview and every export alike: what the approver did not see (a script, an event
+handler, a `javascript:` link) is in no export either.
+"""
 from __future__ import annotations
 
+import html
 import io
 import json
 import re
@@ -48,6 +53,91 @@ EMAIL_STYLES = {
 }
 
 
+UNSUBSCRIBE_PLACEHOLDER = "{{unsubscribe_url}}"  # replaced by the email service's own unsubscribe link
+
+_COMMENT = re.compile(r"<!--.*?(?:-->|\Z)", re.S)
+_HIDDEN_ELEMENT = re.compile(r"<(script|style)\b[^>]*>.*?(?:</\1\s*>|\Z)", re.I | re.S)  # nh3 drops their text too
+_TAG = re.compile(r"<(/?)([a-zA-Z][a-zA-Z0-9-]*)((?:\s[^<>]*?)?)\s*/?>")
+_ATTRIBUTE = re.compile(r"""([^\s"'<>/=]+)(?:\s*=\s*("[^"]*"|'[^']*'|[^\s"'=<>`]+))?""")
+_AUTOLINK = re.compile(r"<([a-zA-Z][a-zA-Z0-9+.-]{1,31}):[^\s<>]*>")
+_LINK = re.compile(r"(!?)\[((?:[^\[\]\n]|\[[^\]\n]*\])*)\]\(\s*(<[^<>\n]*>|(?:[^\s()]|\([^\s()]*\))*)"
+                   r"(?:\s+(?:\"[^\"\n]*\"|'[^'\n]*'|\([^)\n]*\)))?\s*\)")
+_REFERENCE = re.compile(r"^ {0,3}\[[^\]\n]+\]:[ \t]*(<[^<>\n]*>|\S+).*$\n?", re.M)
+_CODE_SPAN = re.compile(r"(`+)[^`].*?\1", re.S)
+_SCHEME = re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]*):")
+
+
+def _safe_url(url: str) -> bool:
+    """Relative, or http(s)/mailto, once entities and the blanks browsers ignore are taken out."""
+    plain = re.sub(r"[\x00-\x20\x7f]+", "", html.unescape(url.strip().strip("<>")))
+    scheme = _SCHEME.match(plain)
+    return scheme is None or scheme.group(1).lower() in URL_SCHEMES
+
+
+def _clean_tag(match: re.Match) -> str:
+    closing, name, attributes = match.group(1), match.group(2).lower(), match.group(3)
+    if name not in ALLOWED_TAGS:
+        return ""  # the tag goes, its text stays: as nh3 shows it
+    if closing:
+        return f"</{name}>"
+    kept = []
+    for attribute in _ATTRIBUTE.finditer(attributes):
+        key, raw = attribute.group(1).lower(), (attribute.group(2) or "").strip("\"'")
+        if key in ALLOWED_ATTRIBUTES.get(name, ()) and (key != "href" or _safe_url(raw)):
+            kept.append(f' {key}="{html.escape(html.unescape(raw))}"')
+    return f"<{name}{''.join(kept)}>"
+
+
+def _clean_link(match: re.Match) -> str:
+    image, text, url = match.group(1), match.group(2), match.group(3)
+    if image:
+        return ""  # no images: a newsletter body carries no remote asset (and the preview shows none)
+    return match.group(0) if _safe_url(url) else text
+
+
+def _clean_prose(text: str) -> str:
+    text = _COMMENT.sub("", text)
+    text = _HIDDEN_ELEMENT.sub("", text)
+    text = _AUTOLINK.sub(lambda m: m.group(0) if m.group(1).lower() in URL_SCHEMES else "", text)
+    text = _TAG.sub(_clean_tag, text)
+    text = _LINK.sub(_clean_link, text)
+    return _REFERENCE.sub(lambda m: m.group(0) if _safe_url(m.group(1)) else "", text)
+
+
+def _clean_outside_code_spans(text: str) -> str:
+    out, last = [], 0
+    for span in _CODE_SPAN.finditer(text):
+        out += [_clean_prose(text[last:span.start()]), span.group(0)]
+        last = span.end()
+    out.append(_clean_prose(text[last:]))
+    return "".join(out)
+
+
+def sanitize_markdown(text: str) -> str:
+    """The Markdown with what the preview would not show taken out: scripts and styles with their text, tags and
+    attributes outside the allowed set, links whose scheme is not http(s) or mailto, images. Code is left as
+    written (it shows as text). The preview and every export start from this, so they cannot differ."""
+    lines, chunk, out, fenced = (text or "").replace("\r\n", "\n").split("\n"), [], [], False
+
+    def flush() -> None:
+        if chunk:
+            out.append(_clean_outside_code_spans("\n".join(chunk)))
+            chunk.clear()
+
+    for line in lines:
+        if _FENCE.match(line):
+            if not fenced:
+                flush()
+            fenced = not fenced
+            out.append(line)
+        elif fenced:
+            out.append(line)
+        else:
+            chunk.append(line)
+    flush()
+    return "\n".join(out)
+
+
 _LIST_ITEM = re.compile(r"^\s{0,3}(?:[-*+]|\d{1,3}[.)])\s+\S")
 _FENCE = re.compile(r"^\s{0,3}(```|~~~)")
 
@@ -70,7 +160,8 @@ def _loosen_lists(text: str) -> str:
 
 
 def _to_html(text: str) -> str:
-    return markdown.markdown(_loosen_lists(text or ""), extensions=["extra", "sane_lists"], output_format="html")
+    return markdown.markdown(_loosen_lists(sanitize_markdown(text)), extensions=["extra", "sane_lists"],
+                             output_format="html")
 
 
 def render_markdown(text: str) -> SafeString:
@@ -131,7 +222,7 @@ def newsletter_markdown(newsletter: Newsletter) -> str:
     if topic.url:
         header.append(f"source_url: {_quoted(topic.url)}")
     header += [f"batch: {newsletter.batch_id}", "---", ""]
-    return "\n".join(header) + "\n" + body_with_sources(newsletter) + "\n"
+    return "\n".join(header) + "\n" + sanitize_markdown(body_with_sources(newsletter)).strip() + "\n"
 
 
 def newsletter_email_html(newsletter: Newsletter) -> str:
@@ -141,6 +232,7 @@ def newsletter_email_html(newsletter: Newsletter) -> str:
         "preview_text": newsletter.preview_text,
         "body": render_email_body(body_with_sources(newsletter)),
         "styles": EMAIL_STYLES,
+        "unsubscribe_url": UNSUBSCRIBE_PLACEHOLDER,
     })
 
 

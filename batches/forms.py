@@ -5,7 +5,7 @@ from decimal import Decimal
 
 from django import forms
 
-MAX_POOL_IDS = 1000
+from topics.selection import MAX_POOL_IDS
 
 
 def parse_ids(value: str, *, limit: int = MAX_POOL_IDS) -> tuple[int, ...]:

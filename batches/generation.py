@@ -24,13 +24,16 @@ from django.db import DatabaseError, connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from topics.material import Material, gather_for_newsletter
+from topics import usage as topic_usage
+from topics.material import Material
 
 from . import grounding, ledger, spool
+from .grounding import gather_for_newsletter
 from .models import Batch, Newsletter
 from .planning import topic_message
 from .pricing import PriceMissing, Usage, cost_of, price_for, worst_case_cost
 from .prompts import PREVIEW_MAX, SUBJECT_MAX, TOOL_NAME, build_request
+from .versions import keep_version
 
 logger = logging.getLogger("newsroom.generation")
 
@@ -207,6 +210,7 @@ def _finish(*, newsletter: Newsletter, token: str, status: str, error: str = "")
         pk=newsletter.pk, status=Newsletter.Status.GENERATING, claim_token=token
     ).update(status=status, error=error, lease_expires_at=None, cost_usd=ledger.newsletter_spent(newsletter.pk))
     newsletter.status, newsletter.error = status, error
+    topic_usage.mark_free(topic_ids=[newsletter.topic_id] if changed else [])
     return bool(changed)
 
 
@@ -227,6 +231,7 @@ def write_answer(record: dict[str, Any]) -> str:
         ours = item.status == Newsletter.Status.GENERATING and item.claim_token == record["token"]
         draft = record["draft"]
         if draft is not None and (ours or item.status not in Newsletter.DRAFTED_STATUSES):
+            keep_version(newsletter=item)  # the text this draft replaces stays viewable and restorable
             item.status, item.error = Newsletter.Status.GENERATED, ""
             item.subject, item.preview_text = draft["subject"], draft["preview_text"]
             item.body_markdown, item.generated_at, item.model = draft["body_markdown"], timezone.now(), record["model"]
@@ -240,6 +245,8 @@ def write_answer(record: dict[str, Any]) -> str:
         item.cost_usd = ledger.newsletter_spent(item.pk)
         item.save(update_fields=["status", "error", "subject", "preview_text", "body_markdown", "generated_at",
                                  "model", "lease_expires_at", "cost_usd"])
+        if item.status not in Newsletter.OPEN_STATUSES:
+            topic_usage.record_outcome(topic_id=item.topic_id, drafted=item.status in Newsletter.DRAFTED_STATUSES)
     return item.status
 
 

@@ -1,4 +1,5 @@
-"""Does a draft stand on its sources? The checks run on every answer and leave flags for the editor.
+"""Does a draft stand on its sources? Its material is gathered first, and checks run on every answer and leave flags
+for the editor.
 
 - every link is one of the sources' URLs (compared canonically: scheme, `www.`, tracking parameters aside);
 - every `[n]` citation, and every number the answer lists in `sources_used`, is a source that exists;
@@ -11,6 +12,7 @@
 """
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
@@ -19,11 +21,13 @@ from decimal import Decimal, InvalidOperation
 from django.conf import settings
 
 from topics.dedupe import canonical_url
-from topics.material import Material
+from topics.material import Material, empty_material, gather_material, stored_material
 
+from .metering import BatchMeter
 from .models import DraftFlag, Newsletter
 from .prompts import PromptSource, number_sources
 
+logger = logging.getLogger("newsroom.grounding")
 Kind = DraftFlag.Kind
 SMALL_COUNT = 10
 
@@ -57,6 +61,27 @@ _MAGNITUDES = {"k": 1_000, "thousand": 1_000, "m": 1_000_000, "mn": 1_000_000, "
                "b": 1_000_000_000, "bn": 1_000_000_000, "billion": 1_000_000_000, "trillion": 10**12}
 _ITEM_MARKER = re.compile(r"^\s*(?:\d{1,3}[.)]|[-*+])\s+")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"“(\[*]?[A-Z0-9$€£])")
+
+
+def gather_for_newsletter(*, newsletter: Newsletter) -> Material:
+    """The first step of drafting one newsletter: its topic's material, fresh documents reused.
+
+    Research, when on, is charged to the newsletter's batch. Never raises: whatever goes wrong, the draft goes
+    ahead with the material that could be had.
+    """
+    topic = newsletter.topic
+    try:
+        return gather_material(
+            topic=topic, meter=BatchMeter(batch_id=newsletter.batch_id, newsletter_id=newsletter.pk),
+            research_key=f"research:newsletter:{newsletter.pk}:attempt:{newsletter.attempts}",
+        )
+    except Exception:
+        logger.exception("gathering material for topic %s failed; drafting with what is stored", topic.pk)
+        try:
+            return stored_material(topics=[topic])[topic.pk]
+        except Exception:
+            logger.exception("reading the stored material of topic %s failed too", topic.pk)
+            return empty_material(topic)
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,8 @@ from django.db.models import Q
 from django.db import transaction
 from django.utils import timezone
 
+from topics import usage as topic_usage
+
 from .ledger import batch_spent, monthly_remaining
 from .models import Batch, Newsletter
 from .planning import Plan, estimate_topics, plan_batch
@@ -203,6 +205,7 @@ def resume(*, batch: Batch, budget_usd: Decimal | None = None) -> Batch:
             # enqueue_batch has marked the batch failed; its items return to what they were, freeing their topics.
             for pk, status, error in snapshot:
                 Newsletter.objects.filter(pk=pk, status=Newsletter.Status.PENDING).update(status=status, error=error)
+            topic_usage.mark_free(topic_ids=locked.newsletters.filter(status__in=REDO_STATUSES).values("topic"))
 
         failures = _publish_after_commit(lambda: enqueue_batch(batch=locked), on_failure=put_items_back)
     locked.refresh_from_db()

@@ -257,6 +257,39 @@ class CostLedgerEntry(models.Model):
         return f"{self.provider} {self.amount_usd} USD ({self.get_status_display()})"
 
 
+class DraftVersion(models.Model):
+    """A draft's text as it stood before something replaced it: a new draft, an editor's edit or a restore.
+
+    Appended, never changed: with every replaced text kept, no draft and no edit is ever lost, and any of them
+    can be put back from the draft page.
+    """
+
+    class Reason(models.TextChoices):
+        NEW_DRAFT = "new_draft", "Replaced by a new draft"
+        EDITED = "edited", "Replaced by an edit"
+        RESTORED = "restored", "Replaced by a restored version"
+
+    newsletter = models.ForeignKey(Newsletter, on_delete=models.CASCADE, related_name="versions")
+    subject = models.CharField(max_length=300, blank=True)
+    preview_text = models.CharField(max_length=300, blank=True)
+    body_markdown = models.TextField(blank=True)
+    model = models.CharField(max_length=100, blank=True, help_text="The model that drafted this text.")
+    drafted_at = models.DateTimeField(null=True, blank=True, help_text="When the model drafted it.")
+    reason = models.CharField(max_length=20, choices=Reason.choices)
+    replaced_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+        help_text="Who replaced this text; empty when a new draft from the model did.",
+    )
+    created_at = models.DateTimeField(default=timezone.now, editable=False, help_text="When it was replaced.")
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["newsletter", "-created_at"], name="draftversion_newsletter_time")]
+
+    def __str__(self) -> str:
+        return f"{self.subject or 'Untitled draft'} ({self.get_reason_display().lower()}, {self.created_at:%Y-%m-%d %H:%M})"
+
+
 class DraftFlag(models.Model):
     """Something in a draft its sources do not back: a link, a figure or a citation to check, or thin material.
 

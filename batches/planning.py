@@ -2,14 +2,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 
 from django.conf import settings
 
 from topics.material import Material, research_enabled, research_source, stored_material
 from topics.models import SourceDocument, Topic
-from topics.selection import candidate_pool, covered_categories, select_diverse
+from topics.selection import LeftOut, covered_categories, select_topics
 
 from .pricing import price_for, to_money_up, worst_case_cost
 from .prompts import build_request, estimate_input_tokens, fence_sources, fence_topic, number_sources
@@ -27,6 +27,8 @@ class Plan:
     items: list[PlannedItem]
     model: str
     estimated_cost_usd: Decimal
+    # Candidates selection left out, by reason (a plan of given topics, as on resume, leaves nothing out).
+    left_out: LeftOut = field(default_factory=LeftOut)
 
     @property
     def material_pending(self) -> int:
@@ -90,13 +92,8 @@ def plan_batch(
     *, size: int, include_new: bool = False, topic_ids: Sequence[int] | None = None, model: str | None = None
 ) -> Plan:
     """Select up to `size` diverse topics and estimate the cost of drafting them."""
-    # Topics an editor picked by hand are taken as meant, even a story drafted before; only automatic
-    # selection from the whole pool steers clear of recently drafted stories.
-    topics = select_diverse(
-        pool=candidate_pool(include_new=include_new, topic_ids=topic_ids),
-        size=size,
-        avoid_titles=[] if topic_ids else None,
+    selection = select_topics(size=size, include_new=include_new, topic_ids=topic_ids)
+    plan = estimate_topics(
+        topics=selection.topics, model=model or settings.ANTHROPIC_MODEL, max_tokens=settings.ANTHROPIC_MAX_TOKENS
     )
-    return estimate_topics(
-        topics=topics, model=model or settings.ANTHROPIC_MODEL, max_tokens=settings.ANTHROPIC_MAX_TOKENS
-    )
+    return replace(plan, left_out=selection.left_out)

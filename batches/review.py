@@ -1,9 +1,12 @@
-"""An editor's decisions on drafts: approve, reject, or ask Claude for a new draft."""
+"""An editor's decisions on drafts: approve, reject, or ask Claude for a new draft; what to review next, and the
+length warnings that keep subjects and previews readable in an inbox."""
 from __future__ import annotations
 
 from django.db import transaction
 from django.db.models import QuerySet
 from django.utils import timezone
+
+from topics import usage as topic_usage
 
 from .models import Batch, DraftFlag, Newsletter
 from .running import BrokerUnavailable
@@ -14,8 +17,34 @@ REGENERABLE = (Newsletter.Status.GENERATED, Newsletter.Status.REJECTED, Newslett
                Newsletter.Status.SKIPPED_BUDGET)
 
 
+# Inboxes cut a subject after about 70 characters and a preview after about 140 (phones show less).
+SUBJECT_WARN_CHARS = 70
+PREVIEW_WARN_CHARS = 140
+
+
 class ReviewRefused(Exception):
     """The decision does not apply to the draft as it stands; the message says why, for an editor."""
+
+
+def length_warnings(*, subject: str, preview_text: str) -> list[str]:
+    """What an inbox would cut off: a subject past 70 characters, a preview past 140."""
+    warnings = []
+    if len(subject) > SUBJECT_WARN_CHARS:
+        warnings.append(f"The subject is {len(subject)} characters: inboxes cut it after about {SUBJECT_WARN_CHARS}.")
+    if len(preview_text) > PREVIEW_WARN_CHARS:
+        warnings.append(f"The preview text is {len(preview_text)} characters: inboxes cut it after about "
+                        f"{PREVIEW_WARN_CHARS}.")
+    return warnings
+
+
+def next_to_review(*, after: Newsletter) -> Newsletter | None:
+    """The next draft waiting for a decision: later in the same batch first, then the rest of that batch, then
+    the oldest other batch's."""
+    waiting = Newsletter.objects.filter(status=Newsletter.Status.GENERATED).exclude(pk=after.pk)
+    same_batch = waiting.filter(batch_id=after.batch_id)
+    return (same_batch.filter(position__gt=after.position).order_by("position", "pk").first()
+            or same_batch.order_by("position", "pk").first()
+            or waiting.order_by("batch_id", "position", "pk").first())
 
 
 def review_drafts(*, queryset: QuerySet[Newsletter], status: str, user) -> list[int]:
@@ -70,6 +99,7 @@ def request_regeneration(*, newsletter: Newsletter) -> Newsletter:
             status=Newsletter.Status.PENDING, error="", claim_token="", reviewed_by=None, reviewed_at=None,
             lease_expires_at=None, interruptions=0, queued_at=timezone.now(),
         )
+        topic_usage.mark_taken(topic_ids=[current.topic_id])
 
         def publish() -> None:
             try:
@@ -79,6 +109,8 @@ def request_regeneration(*, newsletter: Newsletter) -> Newsletter:
                     status=previous["status"], error=previous["error"], reviewed_by_id=previous["reviewed_by"],
                     reviewed_at=previous["reviewed_at"],
                 )
+                if previous["status"] not in Newsletter.USED_STATUSES:  # a failed item had freed its topic
+                    topic_usage.mark_free(topic_ids=[current.topic_id])
                 failures.append(BrokerUnavailable(
                     f"Could not queue the new draft: the task broker is unreachable ({exc.__class__.__name__})."
                 ))

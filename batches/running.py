@@ -11,7 +11,8 @@ from django.db import DatabaseError, transaction
 from django.db.models import Count, Q
 from django.utils import timezone
 
-from topics.selection import candidate_pool, select_diverse
+from topics import usage as topic_usage
+from topics.selection import select_topics
 
 from . import ledger
 from .generation import generate_newsletter
@@ -75,11 +76,9 @@ def start_batch(*, batch_id: int) -> Batch | None:
         ledger.lock("selection")
         batch = Batch.objects.select_for_update().get(pk=batch_id)
         if not batch.newsletters.exists():
-            topics = select_diverse(
-                pool=candidate_pool(include_new=batch.include_new, topic_ids=batch.candidate_ids or None),
-                size=batch.size,
-                avoid_titles=[] if batch.candidate_ids else None,  # as in planning.plan_batch
-            )
+            topics = select_topics(
+                size=batch.size, include_new=batch.include_new, topic_ids=batch.candidate_ids or None
+            ).topics
             if not topics:
                 batch.mark_failed("Nothing to select: no approved topic is left that no draft has used yet.")
                 return batch
@@ -91,6 +90,7 @@ def start_batch(*, batch_id: int) -> Batch | None:
             Newsletter.objects.bulk_create(
                 Newsletter(batch=batch, topic=topic, position=i, model=batch.model) for i, topic in enumerate(topics)
             )
+            topic_usage.mark_taken(topic_ids=[topic.pk for topic in topics])
             batch.estimated_cost_usd = plan.estimated_cost_usd
             batch.save(update_fields=["estimated_cost_usd"])
     return batch
@@ -129,6 +129,7 @@ def resume_batch(*, batch: Batch) -> Batch:
         Newsletter.objects.filter(batch=locked, status=Newsletter.Status.GENERATING, lease_expires_at__lt=now).update(
             status=Newsletter.Status.PENDING, claim_token="", lease_expires_at=None, queued_at=None
         )
+        topic_usage.mark_taken(topic_ids=locked.newsletters.values_list("topic_id", flat=True))
         Batch.objects.filter(pk=locked.pk).exclude(status=Batch.Status.PENDING).update(
             status=Batch.Status.PENDING, budget_stopped=False, status_reason="", finished_at=None
         )

@@ -13,6 +13,8 @@ from django.conf import settings
 from django.db.models import F, Q
 from django.utils import timezone
 
+from topics import usage as topic_usage
+
 from . import running
 from .generation import replay_spool
 from .models import Batch, Newsletter
@@ -70,6 +72,7 @@ def take_back_expired(*, now: datetime.datetime, report: SweepReport) -> None:
                       "mid-draft) and was not tried again. Resume the batch to try once more.",
             ):
                 report.failed_items += 1
+                topic_usage.mark_free(topic_ids=Newsletter.objects.filter(pk=pk).values("topic"))
             continue
         if still_expired.update(status=Newsletter.Status.PENDING, claim_token="", lease_expires_at=None,
                                 interruptions=F("interruptions") + 1, queued_at=now):

@@ -16,6 +16,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, HttpR
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import reverse
+from django.utils import timezone
 from django.utils.html import format_html
 from django.views.decorators.http import require_GET, require_POST
 
@@ -31,16 +32,21 @@ from .launching import (
     preview_run, resume,
 )
 from .ledger import monthly_cap, monthly_remaining
-from .models import Batch, DraftFlag, Newsletter
+from .models import Batch, DraftFlag, DraftVersion, Newsletter
+from .money import format_usd
 from .planning import Plan
-from .preflight import ERROR, is_ready, run_checks
+from .preflight import ERROR, OK, check_anthropic_key, check_broker, check_worker, is_ready, run_checks
 from .pricing import PriceMissing
 from .progress import batch_progress, explain_error
 from .review import (
-    REGENERABLE, REVIEWABLE, ReviewRefused, dismiss_flag, open_flags, request_regeneration, review_draft,
+    PREVIEW_WARN_CHARS, REGENERABLE, REVIEWABLE, SUBJECT_WARN_CHARS, ReviewRefused, length_warnings, next_to_review,
+    dismiss_flag, open_flags, request_regeneration, review_draft,
 )
 from .running import BrokerUnavailable
+from .versions import RestoreRefused, restore_version
 
+NOT_DELETED = ("Batches are never deleted: their spend history in the cost ledger is append-only, and each batch "
+               "is the record of what was drafted and paid for.")
 RUN_PERMISSION = "batches.run_batch"
 APPROVE_PERMISSION = "batches.approve_newsletter"
 
@@ -70,7 +76,9 @@ def _budget_view(plan: Plan | None, budget: Decimal) -> dict:
     return {
         "estimate": estimate,
         "budget": budget,
-        "estimate_percent": min(100, round(100 * estimate / budget)) if budget else 0,
+        # The true share (672% when the estimate is almost seven budgets); only the bar stops at full.
+        "estimate_percent": round(float(100 * estimate / budget), 1) if budget else 0,
+        "estimate_bar": min(100, round(100 * estimate / budget)) if budget else 0,
         "over_budget": estimate > budget,
         "monthly_cap": cap,
         "monthly_remaining": remaining,
@@ -89,6 +97,19 @@ def _coverage(plan: Plan | None) -> dict:
     }
 
 
+def run_readiness() -> dict:
+    """What the Run page must say before Confirm: can drafting authenticate, and will a worker pick the batch up?"""
+    drafting = check_anthropic_key()
+    broker = check_broker()
+    worker = check_worker() if broker.status == OK else broker
+    return {
+        "drafting_check": drafting,
+        "drafting_blocked": drafting.status == ERROR,
+        "worker_check": worker,
+        "worker_missing": worker.status != OK,
+    }
+
+
 # --- New batch ---------------------------------------------------------------------------------------------------
 
 def new_batch(request: HttpRequest, model_admin) -> HttpResponse:
@@ -99,11 +120,15 @@ def new_batch(request: HttpRequest, model_admin) -> HttpResponse:
     source = request.POST if request.method == "POST" else request.GET
     form = RunBatchForm({**defaults, **source.dict()})
     plan, options = None, None
+    readiness = run_readiness()
     if form.is_valid():
         data = form.cleaned_data
         options = RunOptions(size=data["size"], budget_usd=data["budget_usd"], include_new=data["include_new"],
                              topic_ids=data["topics"])
-        if request.method == "POST" and not data["dry_run"]:
+        if request.method == "POST" and not data["dry_run"] and readiness["drafting_blocked"]:
+            model_admin.message_user(request, f"Nothing was started: drafting cannot authenticate "
+                                     f"({readiness['drafting_check'].detail}).", messages.ERROR)
+        elif request.method == "POST" and not data["dry_run"]:
             try:
                 batch = launch_batch(options=options, confirmed_topic_ids=data["selection"], user=request.user)
             except BatchNotQueued as exc:
@@ -119,7 +144,8 @@ def new_batch(request: HttpRequest, model_admin) -> HttpResponse:
                 model_admin.log_addition(request, batch, [{"added": {}}])
                 model_admin.message_user(
                     request, f"Batch #{batch.pk} is queued: {batch.size} newsletter(s), estimated at most "
-                    f"${batch.estimated_cost_usd:.2f} of a ${batch.budget_usd:.2f} budget.", messages.SUCCESS)
+                    f"{format_usd(batch.estimated_cost_usd)} of a {format_usd(batch.budget_usd)} budget.",
+                    messages.SUCCESS)
                 return HttpResponseRedirect(reverse("admin:batches_batch_change", args=[batch.pk]))
         try:
             plan = preview_run(options=options)
@@ -144,6 +170,7 @@ def new_batch(request: HttpRequest, model_admin) -> HttpResponse:
         left_out=len(topic_ids) - pool_size if from_topics else 0,
         cancel_url=cancel_url,
         can_confirm=bool(plan and plan.items),
+        **readiness,
         **_budget_view(plan, options.budget_usd if options else Decimal(settings.BATCH_BUDGET_USD)),
         **_coverage(plan),
     ))
@@ -204,6 +231,7 @@ def batch_page_context(request: HttpRequest, batch: Batch) -> dict:
         "progress_data": progress.as_dict(),
         "progress_url": reverse("admin:batches_batch_progress", args=[batch.pk]),
         "draft_url_template": reverse("admin:batches_newsletter_change", args=[0]),
+        "topic_url_template": reverse("admin:topics_topic_change", args=[0]),
         "resume_url": reverse("admin:batches_batch_resume", args=[batch.pk]),
         "export_url": reverse("admin:batches_batch_export", args=[batch.pk]),
         "can_run": can_run(request),
@@ -211,6 +239,7 @@ def batch_page_context(request: HttpRequest, batch: Batch) -> dict:
         "is_resumable": is_resumable(batch),
         "is_stuck": is_stuck(batch),
         "approved_count": sum(1 for item in progress.items if item.status == Newsletter.Status.APPROVED),
+        "not_deleted": NOT_DELETED,
     }
 
 
@@ -257,41 +286,61 @@ def review_trail(newsletter: Newsletter) -> list[dict]:
     return sorted(trail, key=lambda row: row["when"])
 
 
-def draft_page_context(request: HttpRequest, newsletter: Newsletter) -> dict:
-    """What the draft page adds to the admin's change view: the rendered preview, decisions, exports and trail."""
+def draft_page_context(request: HttpRequest, newsletter: Newsletter, *, can_edit: bool) -> dict:
+    """What the draft page adds to the admin's change view: the rendered preview, decisions, exports, the trail
+    and the earlier versions.
+
+    With `can_edit`, the decision buttons submit the change form itself, so the text on screen is saved (or
+    refused with the form's errors) before the decision: an edit is never lost to an Approve.
+    """
+    versions = list(newsletter.versions.select_related("replaced_by").defer("body_markdown")[:50])
     return {
         **grounding_context(request, newsletter),
         "preview_html": export.render_markdown(export.body_with_sources(newsletter)),
         "problem": explain_error(status=newsletter.status, error=newsletter.error),
         "trail": review_trail(newsletter),
         "review_url": reverse("admin:batches_newsletter_review", args=[newsletter.pk]),
+        "decide_in_form": can_edit,
         "export_md_url": reverse("admin:batches_newsletter_export", args=[newsletter.pk, "md"]),
         "export_html_url": reverse("admin:batches_newsletter_export", args=[newsletter.pk, "html"]),
         "batch_url": reverse("admin:batches_batch_change", args=[newsletter.batch_id]),
+        "topic_url": reverse("admin:topics_topic_change", args=[newsletter.topic_id]),
         "can_approve": can_approve(request) and newsletter.status in REVIEWABLE,
         "can_regenerate": can_run(request) and newsletter.status in REGENERABLE,
         "is_approved": newsletter.status == Newsletter.Status.APPROVED,
         "is_rejected": newsletter.status == Newsletter.Status.REJECTED,
+        "length_warnings": length_warnings(subject=newsletter.subject, preview_text=newsletter.preview_text),
+        "subject_warn_chars": SUBJECT_WARN_CHARS,
+        "preview_warn_chars": PREVIEW_WARN_CHARS,
+        "versions": versions,
     }
 
 
-DECISIONS = {"approve": Newsletter.Status.APPROVED, "reject": Newsletter.Status.REJECTED}
+DECISIONS = {"approve": Newsletter.Status.APPROVED, "approve_next": Newsletter.Status.APPROVED,
+             "reject": Newsletter.Status.REJECTED}
+DECISION_NAMES = (*DECISIONS, "regenerate")
 
 
-@require_POST
-def review_newsletter(request: HttpRequest, model_admin, object_id: str) -> HttpResponse:
-    """Approve or reject (needs approve_newsletter), or ask for a new draft (needs run_batch: it spends money)."""
-    newsletter = get_object_or_404(Newsletter, pk=object_id)
-    decision = request.POST.get("decision", "")
-    if decision not in (*DECISIONS, "regenerate"):
-        return HttpResponseBadRequest("Unknown decision.")
+class UnknownDecision(Exception):
+    pass
+
+
+def check_decision(request: HttpRequest, decision: str) -> None:
+    """Approving and rejecting need approve_newsletter; a new draft needs run_batch (it spends money)."""
+    if decision not in DECISION_NAMES:
+        raise UnknownDecision(decision)
     if not (can_run(request) if decision == "regenerate" else can_approve(request)):
         raise PermissionDenied
+
+
+def apply_decision(request: HttpRequest, model_admin, newsletter: Newsletter, decision: str) -> HttpResponse:
+    """Carry out a checked decision on the draft as saved, and say where to go next."""
     page = reverse("admin:batches_newsletter_change", args=[newsletter.pk])
-    if decision == "approve" and not request.POST.get("confirm_flags"):
+    if decision in ("approve", "approve_next") and not request.POST.get("confirm_flags"):
         flags = list(open_flags(queryset=Newsletter.objects.filter(pk=newsletter.pk)))
         if flags:  # approving past open flags is a decision of its own: ask first
-            return confirm_flagged_approval(request, model_admin, newsletters=[newsletter], flags=flags)
+            return confirm_flagged_approval(request, model_admin, newsletters=[newsletter], flags=flags,
+                                            decision=decision)
     try:
         if decision == "regenerate":
             request_regeneration(newsletter=newsletter)
@@ -306,10 +355,78 @@ def review_newsletter(request: HttpRequest, model_admin, object_id: str) -> Http
     if decision == "regenerate":
         model_admin.log_change(request, newsletter, "Asked Claude for a new draft.")
         model_admin.message_user(request, "A new draft is on its way; this page shows it once it is ready. The new "
-                                 "attempt is charged to the batch's budget.", messages.SUCCESS)
+                                 "attempt is charged to the batch's budget; the current text is kept as a version.",
+                                 messages.SUCCESS)
         return HttpResponseRedirect(reverse("admin:batches_batch_change", args=[newsletter.batch_id]))
-    model_admin.log_change(request, newsletter, "Approved." if decision == "approve" else "Rejected.")
-    model_admin.message_user(request, f"Draft {newsletter.get_status_display().lower()}.", messages.SUCCESS)
+    model_admin.log_change(request, newsletter, "Rejected." if decision == "reject" else "Approved.")
+    done = f"Draft {newsletter.get_status_display().lower()}."
+    if decision != "approve_next":
+        model_admin.message_user(request, done, messages.SUCCESS)
+        return HttpResponseRedirect(page)
+    following = next_to_review(after=newsletter)
+    if following is None:
+        model_admin.message_user(request, f"{done} No other draft is waiting for review.", messages.SUCCESS)
+        return HttpResponseRedirect(reverse("admin:batches_batch_change", args=[newsletter.batch_id]))
+    model_admin.message_user(request, f"{done} Next draft to review: “{following}”.", messages.SUCCESS)
+    return HttpResponseRedirect(reverse("admin:batches_newsletter_change", args=[following.pk]))
+
+
+@require_POST
+def review_newsletter(request: HttpRequest, model_admin, object_id: str) -> HttpResponse:
+    """A decision from someone who may decide but not edit (the page has no form to save for them)."""
+    newsletter = get_object_or_404(Newsletter, pk=object_id)
+    decision = request.POST.get("decision", "")
+    try:
+        check_decision(request, decision)
+    except UnknownDecision:
+        return HttpResponseBadRequest("Unknown decision.")
+    return apply_decision(request, model_admin, newsletter, decision)
+
+
+# --- Earlier versions of a draft ---------------------------------------------------------------------------------
+
+def _version(newsletter_id: str, version_id: str, *, allowed) -> DraftVersion:
+    """The version, if it belongs to that draft (404 otherwise) and `allowed(draft)` (403 otherwise)."""
+    version = get_object_or_404(DraftVersion.objects.select_related("newsletter", "replaced_by"), pk=version_id,
+                                newsletter_id=newsletter_id)
+    if not allowed(version.newsletter):
+        raise PermissionDenied
+    return version
+
+
+@require_GET
+def draft_version_view(request: HttpRequest, model_admin, object_id: str, version_id: str) -> HttpResponse:
+    """One earlier text of a draft, as readers would have seen it, with a button to put it back."""
+    version = _version(object_id, version_id, allowed=lambda draft: model_admin.has_view_permission(request, draft))
+    newsletter = version.newsletter
+    return TemplateResponse(request, "admin/batches/newsletter/version.html", _context(
+        request, model_admin, title=f"Earlier version of draft #{newsletter.pk}",
+        original=newsletter,
+        version=version,
+        preview_html=export.render_markdown(version.body_markdown),
+        draft_url=reverse("admin:batches_newsletter_change", args=[newsletter.pk]),
+        restore_url=reverse("admin:batches_newsletter_restore", args=[newsletter.pk, version.pk]),
+        can_restore=model_admin.has_change_permission(request, newsletter)
+        and newsletter.status not in Newsletter.OPEN_STATUSES,
+    ))
+
+
+@require_POST
+def restore_draft_version(request: HttpRequest, model_admin, object_id: str, version_id: str) -> HttpResponse:
+    """Put an earlier text back (an edit: it needs change permission); the current text is kept as a version."""
+    version = _version(object_id, version_id, allowed=lambda draft: model_admin.has_change_permission(request, draft))
+    newsletter = version.newsletter
+    page = reverse("admin:batches_newsletter_change", args=[newsletter.pk])
+    try:
+        restored = restore_version(version=version, user=request.user, keep_approval=can_approve(request))
+    except RestoreRefused as exc:
+        model_admin.message_user(request, str(exc), messages.ERROR)
+        return HttpResponseRedirect(page)
+    when = timezone.localtime(version.created_at).strftime("%Y-%m-%d %H:%M")
+    model_admin.log_change(request, restored, f"Restored the version replaced on {when}.")
+    note = "" if restored.status == newsletter.status else " It needs approving again."
+    model_admin.message_user(request, f"The version replaced on {when} is back; the text it replaced is kept as a "
+                             f"version.{note}", messages.SUCCESS)
     return HttpResponseRedirect(page)
 
 
@@ -350,7 +467,7 @@ def system_status_view(request: HttpRequest, model_admin) -> HttpResponse:
     """The checks of `manage.py preflight`, which never include a secret (at most its last four characters)."""
     if not model_admin.has_view_permission(request):
         raise PermissionDenied
-    checks = run_checks()
+    checks = run_checks(worker=True)
     return TemplateResponse(request, "admin/batches/batch/system_status.html", _context(
         request, model_admin, title="System status", checks=checks, ready=is_ready(checks), ERROR=ERROR,
     ))
@@ -412,7 +529,8 @@ def dismiss_flag_view(request: HttpRequest, model_admin, object_id: str, flag_id
 
 
 def confirm_flagged_approval(request: HttpRequest, model_admin, *, newsletters: list[Newsletter],
-                             flags: list[DraftFlag], action_ids: list[str] | None = None) -> HttpResponse:
+                             flags: list[DraftFlag], action_ids: list[str] | None = None,
+                             decision: str = "approve") -> HttpResponse:
     """Approving drafts that still have open flags: list the flags and ask to confirm (Approve anyway / back)."""
     for flag in flags:
         flag.highlighted = highlight(flag.sentence, flag.text)
@@ -423,6 +541,7 @@ def confirm_flagged_approval(request: HttpRequest, model_admin, *, newsletters: 
         flags=flags,
         single=single,
         action_ids=action_ids or [],
+        decision=decision,
         review_url=reverse("admin:batches_newsletter_review", args=[single.pk]) if single else "",
         back_url=(reverse("admin:batches_newsletter_change", args=[single.pk]) if single
                   else reverse("admin:batches_newsletter_changelist")),

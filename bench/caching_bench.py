@@ -54,7 +54,7 @@ def describe(label: str, figures: dict) -> str:
 
 def main() -> None:
     sys.path.insert(0, str(ROOT))
-    from tests.fakes.anthropic_api import FakeAnthropicServer
+    from batches.claude_standin import FakeAnthropicServer
 
     os.environ.setdefault("DJANGO_DEBUG", "1")
     setup_django(database_url=bench_database_url())

@@ -1,8 +1,8 @@
-"""`make demo`, second half: a live batch end to end with no API key and no broker server.
+"""`make demo`, second half: preflight and a live batch end to end with no API key and no broker server.
 
-Claude is played by the loopback fake of the Messages API (tests/fakes/anthropic_api.py), so the real SDK,
-the ledger, the budget and a real Celery worker on kombu's filesystem broker all run for real; the drafts'
-text is the fake's placeholder prose, labelled as such.
+Claude is played by the local stand-in (batches/claude_standin.py, as `make serve` uses it with no key), so the
+real SDK, the ledger, the budget and a real Celery worker on kombu's filesystem broker all run for real; the
+drafts' text is the stand-in's placeholder prose, labelled as such.
 
 The sample topics link to sites that do not exist, so the demo serves a local copy of each page on 127.0.0.1
 (bench/demo_pages.py) and points the topics at them by importing them again with those links
@@ -70,19 +70,19 @@ def show_grounded_draft() -> None:
 
 def main() -> int:
     sys.path.insert(0, str(ROOT))
-    from tests.fakes.anthropic_api import FakeAnthropicServer, Plant
+    from batches.claude_standin import FakeAnthropicServer, Plant
 
     env = dict(os.environ)
     env.pop("CELERY_BROKER_URL", None)  # the embedded default: the filesystem broker under var/
     env.pop("DATABASE_URL", None)
     with FakeAnthropicServer(latency=0.5) as fake, PageServer() as pages:
-        env.update(
-            ANTHROPIC_BASE_URL=fake.base_url,
-            ANTHROPIC_API_KEY="demo-key-not-a-secret",
-            PYTHONPATH=str(ROOT),
-            SOURCE_FETCH_ALLOW_PRIVATE="1",
-        )
+        # Any free port: a `make serve` running meanwhile keeps STANDIN_PORT for its own stand-in.
+        env.update(CLAUDE_STANDIN="1", STANDIN_PORT=str(fake.port), PYTHONPATH=str(ROOT),
+                   SOURCE_FETCH_ALLOW_PRIVATE="1")
         print(f"\nDemo: a live batch, with Claude played by a local stand-in at {fake.base_url} (no API key needed).")
+        preflight = subprocess.run([sys.executable, "manage.py", "preflight"], cwd=ROOT, env=env, timeout=60)
+        if preflight.returncode != 0:
+            return preflight.returncode
         served = point_topics_at_local_pages(pages, env)
         print(f"The sample topics' pages are served from {pages.base_url} ({served} pages); each draft is written "
               "from its page, cites it, and is checked against it.")
@@ -101,8 +101,9 @@ def main() -> int:
             print(f"Demo batch finished in {time.monotonic() - started:.1f} s with exit code {result.returncode}; "
                   f"{fake.message_calls} calls reached the stand-in API.")
             show_grounded_draft()
-            print("See it in the admin: `make serve`, then http://127.0.0.1:8000/admin/ "
-                  "(create a login with `.venv/bin/python manage.py createsuperuser`).")
+            print("See it in the admin: create a login with `.venv/bin/python manage.py createsuperuser`, then "
+                  "`make serve` and open http://127.0.0.1:8000/admin/ (without ANTHROPIC_API_KEY, `make serve` "
+                  "starts this stand-in too, and every desk page says so).")
             return 0 if result.returncode in (0, 3, 4) else result.returncode
         finally:
             worker.send_signal(signal.SIGTERM)

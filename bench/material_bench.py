@@ -154,7 +154,7 @@ def main() -> int:
     import redis
 
     sys.path.insert(0, str(ROOT))
-    from tests.fakes.anthropic_api import FakeAnthropicServer
+    from batches.claude_standin import FakeAnthropicServer
 
     try:
         redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).flushdb()

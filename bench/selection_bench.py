@@ -1,90 +1,218 @@
-"""Issue 2 figures: selection time over a 100,000-topic pool, and query counts of selection and the topic
-changelist, which must not grow with the number of topics."""
+"""Selection time against the size of the pool (issue 12 item 4): at most 50 ms at 1,000,000 topics on PostgreSQL,
+with fresh planner statistics and with none.
+
+Every figure is measured in a database made for it and thrown away afterwards: a temporary SQLite file, and a
+PostgreSQL database created on the server of BENCH_POSTGRES_URL (else DATABASE_URL, when it names PostgreSQL) and
+dropped at the end. PostgreSQL's autovacuum is turned off for the topic table, so "no statistics" means none,
+whatever the server's own setting. Each size runs in its own process, so nothing is cached from a bigger run.
+
+Each pool holds approved (90%) and unreviewed topics in the eight categories, and 500 stories drafted in the last
+90 days that selection must steer clear of (the most it reads). Each figure is the median of REPEATS selections
+after one warm-up, with the fastest and slowest beside it.
+
+    python -m bench.selection_bench                 # the curve: 1,000 / 100,000 / 1,000,000 topics
+    python -m bench.selection_bench --sizes 1000    # one point
+"""
 from __future__ import annotations
 
+import argparse
+import json
+import os
 import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
 import time
+import uuid
 
-from bench.common import median, setup_django
+from bench.common import ROOT
 
-POOL = 100_000
-CHANGELIST_ROWS = 50_000
+SIZES = (1_000, 100_000, 1_000_000)
+REPEATS = 15
+TARGET_MS = 50.0
+RECENTLY_DRAFTED = 500
+CHUNK = 10_000
+
+
+def postgres_server_url() -> str | None:
+    for name in ("BENCH_POSTGRES_URL", "DATABASE_URL"):
+        url = os.environ.get(name, "")
+        if url.startswith(("postgres://", "postgresql://")):
+            return url
+    return None
+
+
+# --- one point, in a process of its own -------------------------------------------------------------------------
+
+def vocabulary(rng: random.Random, size: int = 4000) -> list[str]:
+    """Made-up words: headlines built from them share almost nothing, as unrelated stories do."""
+    consonants, vowels = "bdfgklmnprstvz", "aeiou"
+    words: set[str] = set()
+    while len(words) < size:
+        words.add("".join(rng.choice(consonants) + rng.choice(vowels) for _ in range(rng.randint(2, 4))))
+    return sorted(words)
 
 
 def fill(count: int) -> None:
+    from datetime import timedelta
+
     from django.utils import timezone
 
     from topics.models import Category, Topic
 
     categories = list(Category.objects.all())
-    existing = Topic.objects.filter(source="bench").count()
     rng = random.Random(7)
-    words = ("shipping tariff checkout inventory loyalty supplier shopify margin ads carrier reorder churn "
-             "landing pricing factory warehouse").split()
+    words = vocabulary(rng)
     now = timezone.now()
-    batch = []
-    for n in range(existing, count):
-        title = " ".join(rng.choice(words) for _ in range(8)) + f" {n}"
-        batch.append(Topic(
-            title=title, summary="", source="bench", external_id=f"bench-{n}", score=round(rng.uniform(0, 100), 1),
-            status="approved" if n % 10 else "new", category=categories[n % len(categories)],
-            published_at=now - timezone.timedelta(minutes=n),
-        ))
-        if len(batch) == 5000:
-            Topic.objects.bulk_create(batch)
-            batch = []
-    Topic.objects.bulk_create(batch)
+    for start in range(0, count, CHUNK):
+        rows = []
+        for n in range(start, min(start + CHUNK, count)):
+            drafted = n < RECENTLY_DRAFTED
+            rows.append(Topic(
+                title=" ".join(rng.sample(words, 7)), source="bench", external_id=f"bench-{n}",
+                score=round(rng.uniform(0, 100), 1), status="approved" if n % 10 else "new",
+                category=categories[n % len(categories)], published_at=now - timedelta(minutes=n),
+                usage="drafted" if drafted else "unused", used_at=now - timedelta(hours=n) if drafted else None,
+                drafted_at=now - timedelta(hours=n) if drafted else None,
+            ))
+        Topic.objects.bulk_create(rows, batch_size=2_000)
 
 
-def time_selection() -> tuple[float, int, int]:
+def time_selection(*, include_new: bool) -> dict:
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
-    from topics.selection import candidate_pool, select_diverse
+    from topics.selection import select_topics
 
-    timings = []
-    for _ in range(7):
+    select_topics(size=8, include_new=include_new)  # warm-up
+    timings, cpu = [], []
+    for _ in range(REPEATS):
         with CaptureQueriesContext(connection) as queries:
-            started = time.perf_counter()
-            chosen = select_diverse(pool=candidate_pool(), size=8)
+            started, started_cpu = time.perf_counter(), time.process_time()
+            selection = select_topics(size=8, include_new=include_new)
             timings.append((time.perf_counter() - started) * 1000)
-    return median(timings), len(queries), len({t.category_id for t in chosen})
+            cpu.append((time.process_time() - started_cpu) * 1000)
+    timings.sort()
+    return {
+        "median_ms": timings[len(timings) // 2], "min_ms": timings[0], "max_ms": timings[-1],
+        "cpu_ms": sorted(cpu)[len(cpu) // 2],
+        "queries": len(queries), "categories": len({t.category_id for t in selection.topics}),
+        "chosen": len(selection.topics), "left_out": selection.left_out.total,
+    }
 
 
-def changelist_queries() -> int:
-    from django.contrib.auth import get_user_model
+def analyze() -> None:
     from django.db import connection
-    from django.test import Client
-    from django.test.utils import CaptureQueriesContext
 
-    user, _ = get_user_model().objects.get_or_create(username="bench-admin", defaults={"is_staff": True,
-                                                                                       "is_superuser": True})
-    client = Client(SERVER_NAME="localhost")
-    client.force_login(user)
-    with CaptureQueriesContext(connection) as queries:
-        response = client.get("/admin/topics/topic/", secure=True)
-    assert response.status_code == 200, response.status_code
-    return len(queries)
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE")
 
 
-def main() -> None:
-    from django.conf import settings
+def measure_point(*, vendor: str, size: int) -> dict:
+    """Make a database, fill it with `size` topics, time selection without and with statistics, drop it."""
+    # A stopped run still drops its database: SIGTERM unwinds through the `finally` below.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    temporary = tempfile.mkdtemp(prefix="selection-bench-")
+    if vendor == "sqlite":
+        url, drop = f"sqlite:///{temporary}/bench.sqlite3", lambda: None
+    else:
+        url, drop = create_postgres_database()
+    try:
+        os.environ["DATABASE_URL"] = url
+        os.environ.setdefault("DJANGO_SETTINGS_MODULE", "newsroom.settings")
+        sys.path.insert(0, str(ROOT))
+        import django
+        from django.core.management import call_command
+        from django.db import connection
 
-    setup_django()
-    settings.ALLOWED_HOSTS = [*settings.ALLOWED_HOSTS, "localhost"]
-    print(f"selection bench on {settings.DATABASES['default']['ENGINE'].rsplit('.', 1)[-1]}")
-    fill(1_000)
-    small_ms, small_queries, _ = time_selection()
-    small_changelist = changelist_queries()
-    fill(CHANGELIST_ROWS)
-    changelist = changelist_queries()
-    fill(POOL)
-    ms, queries, categories = time_selection()
-    print(f"  selection over 1,000 topics: {small_ms:.1f} ms, {small_queries} queries")
-    print(f"  selection over {POOL:,} topics: {ms:.1f} ms median of 7 (target < 250 ms), {queries} queries, "
-          f"{categories} distinct categories")
-    print(f"  topic changelist queries: {small_changelist} with 1,000 topics, {changelist} with {CHANGELIST_ROWS:,}")
+        django.setup()
+        call_command("migrate", verbosity=0, interactive=False)
+        if vendor == "postgres":
+            with connection.cursor() as cursor:
+                cursor.execute("ALTER TABLE topics_topic SET (autovacuum_enabled = false)")
+        started = time.perf_counter()
+        fill(size)
+        fill_seconds = time.perf_counter() - started
+        result = {"vendor": vendor, "size": size, "fill_s": fill_seconds}
+        result["none"] = time_selection(include_new=False)
+        result["none_new"] = time_selection(include_new=True)
+        analyze()
+        result["fresh"] = time_selection(include_new=False)
+        result["fresh_new"] = time_selection(include_new=True)
+        connection.close()
+        return result
+    finally:
+        drop()
+        shutil.rmtree(temporary, ignore_errors=True)
+
+
+def create_postgres_database() -> tuple[str, callable]:
+    import psycopg
+
+    server = postgres_server_url()
+    name = f"selection_bench_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(_with_database(server, "postgres"), autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+
+    def drop() -> None:
+        with psycopg.connect(_with_database(server, "postgres"), autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    return _with_database(server, name), drop
+
+
+def _with_database(url: str, name: str) -> str:
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme.replace("postgresql", "postgres"), parts.netloc, f"/{name}", parts.query, ""))
+
+
+# --- the curve ---------------------------------------------------------------------------------------------------
+
+def figure(row: dict) -> str:
+    verdict = "ok" if row["median_ms"] <= TARGET_MS else "OVER"
+    return (f"{row['median_ms']:7.1f} ms median (spread {row['min_ms']:.1f}-{row['max_ms']:.1f}), "
+            f"target <= {TARGET_MS:.0f} ms: {verdict}; this process's CPU {row['cpu_ms']:.1f} ms; "
+            f"{row['queries']} queries, {row['chosen']} chosen "
+            f"from {row['categories']} categories, {row['left_out']} left out")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
+    parser.add_argument("--vendors", nargs="+", choices=["sqlite", "postgres"], default=["sqlite", "postgres"])
+    parser.add_argument("--point", nargs=2, metavar=("VENDOR", "SIZE"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.point:
+        print(json.dumps(measure_point(vendor=args.point[0], size=int(args.point[1]))))
+        return 0
+
+    vendors = list(args.vendors)
+    if "postgres" in vendors and postgres_server_url() is None:
+        print("PostgreSQL skipped: set BENCH_POSTGRES_URL (or a postgres:// DATABASE_URL) to a server to measure on")
+        vendors.remove("postgres")
+    print(f"selection of 8 topics, median of {REPEATS} after a warm-up; {RECENTLY_DRAFTED} recently drafted stories "
+          f"to avoid; each point in a fresh database; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    failed = 0
+    for vendor in vendors:
+        for size in args.sizes:
+            run = subprocess.run([sys.executable, "-m", "bench.selection_bench", "--point", vendor, str(size)],
+                                 cwd=ROOT, capture_output=True, text=True)
+            if run.returncode:
+                print(f"{vendor} {size:>9,} topics: failed\n{run.stderr[-2000:]}")
+                failed += 1
+                continue
+            row = json.loads(run.stdout.strip().splitlines()[-1])
+            print(f"{vendor:<8} {size:>9,} topics (filled in {row['fill_s']:.0f} s)")
+            for key, label in (("none", "no statistics"), ("fresh", "fresh ANALYZE"),
+                               ("none_new", "no statistics, --include-new"),
+                               ("fresh_new", "fresh ANALYZE, --include-new")):
+                print(f"    {label:<30} {figure(row[key])}")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -1,5 +1,6 @@
 """The Celery application, wired the standard way for Django (settings under the CELERY_ namespace)."""
 import os
+import sys
 
 from celery import Celery
 from celery.signals import beat_init, worker_init
@@ -21,3 +22,19 @@ def refuse_to_start_misconfigured(**kwargs) -> None:
     serious = [error for error in run_checks() if error.is_serious()]
     if serious:
         raise SystemExit("Refusing to start: " + " ".join(f"{e.id}: {e.msg}" for e in serious))
+
+
+def _settings_or_exit() -> None:
+    """Under the `celery` command, a bad setting is one line on stderr and exit 1, as with manage.py, instead of a
+    traceback through Celery's command-line parsing (which loads the settings)."""
+    from django.conf import settings
+    from django.core.exceptions import ImproperlyConfigured
+
+    try:
+        settings.INSTALLED_APPS  # noqa: B018 -- the first setting read loads them all, here where an error is one line
+    except ImproperlyConfigured as exc:
+        sys.exit(f"Configuration error: {' '.join(str(exc).split())}")
+
+
+if os.path.basename(sys.argv[0]) == "celery" or sys.argv[0].endswith(os.path.join("celery", "__main__.py")):
+    _settings_or_exit()

@@ -1,7 +1,9 @@
 """Newsroom settings: one module, every deployment difference comes from the environment (or `.env`)."""
 from __future__ import annotations
 
-from decimal import Decimal
+import math
+import zoneinfo
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 import environ
@@ -13,6 +15,33 @@ VAR_DIR = BASE_DIR / "var"
 env = environ.Env()
 # Real environment variables win over the file: read_env only fills in what is unset.
 environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+
+
+def env_number(name: str, *, default, minimum, maximum, kind: type = int, unit: str = ""):
+    """The numeric setting `name` from the environment: a `kind` (int, float or Decimal), finite, from `minimum` to
+    `maximum`; `default` when unset or empty (None: not set). Anything else stops start-up with one line naming the
+    variable, its value and the allowed range, instead of a traceback or a value that breaks something later."""
+    raw = env.str(name, default="").strip()
+    if not raw:
+        return default
+    what = {int: "a whole number", float: "a number", Decimal: "a number"}[kind]
+    allowed = f"it must be {what}{unit} from {minimum:,} to {maximum:,}"
+    shown = raw if len(raw) <= 40 else f"{raw[:39]}…"
+    try:
+        value = kind(raw)
+    except (ValueError, InvalidOperation):
+        raise ImproperlyConfigured(f"{name}={shown!r} is not {what}: {allowed}.") from None
+    if not (value.is_finite() if isinstance(value, Decimal) else math.isfinite(value)):
+        raise ImproperlyConfigured(f"{name}={shown!r} is not a finite number: {allowed}.")
+    if not minimum <= value <= maximum:
+        raise ImproperlyConfigured(f"{name}={shown!r} is out of range: {allowed}.")
+    return value
+
+
+# The largest budget any setting or `runbatch --budget` accepts; budgets are stored with 6 decimal places in
+# 14 digits, so this leaves room for every sum of them.
+MAX_BUDGET_USD = Decimal(1_000_000)
+MIN_BUDGET_USD = Decimal("0.000001")
 
 DEBUG = env.bool("DJANGO_DEBUG", default=False)
 
@@ -70,6 +99,8 @@ TEMPLATES = [
 ]
 
 VAR_DIR.mkdir(exist_ok=True)
+# Checked whatever the database, so a bad value is caught before it is ever used.
+DATABASE_CONN_MAX_AGE = env_number("DATABASE_CONN_MAX_AGE", default=60, minimum=0, maximum=86400, unit=" of seconds")
 DATABASES = {
     "default": env.db("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'newsroom.sqlite3'}"),
 }
@@ -85,7 +116,7 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     )
     DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test.sqlite3")}
 else:
-    DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("DATABASE_CONN_MAX_AGE", default=60))
+    DATABASES["default"].setdefault("CONN_MAX_AGE", DATABASE_CONN_MAX_AGE)
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
@@ -98,7 +129,15 @@ AUTH_PASSWORD_VALIDATORS = [
 ]
 
 LANGUAGE_CODE = "en-us"
+# The desk's time zone: times are stored in UTC and shown in this zone, with its name (newsroom/formats).
 TIME_ZONE = env.str("TIME_ZONE", default="UTC")
+FORMAT_MODULE_PATH = ["newsroom.formats"]
+try:
+    zoneinfo.ZoneInfo(TIME_ZONE)
+except (ValueError, zoneinfo.ZoneInfoNotFoundError) as exc:
+    raise ImproperlyConfigured(
+        f"TIME_ZONE={TIME_ZONE!r} is not a time zone name (for example UTC, Europe/Berlin, America/New_York)."
+    ) from exc
 USE_I18N = True
 USE_TZ = True
 
@@ -118,7 +157,9 @@ SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SECURE_SSL_REDIRECT = env.bool("DJANGO_SECURE_SSL_REDIRECT", default=not DEBUG)
 SESSION_COOKIE_SECURE = env.bool("DJANGO_SESSION_COOKIE_SECURE", default=not DEBUG)
 CSRF_COOKIE_SECURE = env.bool("DJANGO_CSRF_COOKIE_SECURE", default=not DEBUG)
-SECURE_HSTS_SECONDS = env.int("DJANGO_SECURE_HSTS_SECONDS", default=0 if DEBUG else 31536000)
+SECURE_HSTS_SECONDS = env_number(
+    "DJANGO_SECURE_HSTS_SECONDS", default=0 if DEBUG else 31536000, minimum=0, maximum=63072000, unit=" of seconds"
+)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = not DEBUG
 SECURE_HSTS_PRELOAD = not DEBUG
 SECURE_CONTENT_TYPE_NOSNIFF = True
@@ -145,6 +186,10 @@ LOGGING = {
 BROKER_DIR = VAR_DIR / "broker"
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="filesystem://localhost/")
 CELERY_BROKER_TRANSPORT_OPTIONS: dict = {}
+# Checked whatever the broker; Redis uses it (below).
+CELERY_VISIBILITY_TIMEOUT = env_number(
+    "CELERY_VISIBILITY_TIMEOUT", default=3600, minimum=1, maximum=604800, unit=" of seconds"
+)
 if CELERY_BROKER_URL.startswith("filesystem://"):
     # kombu's filesystem transport: a queue in files under var/, so a real worker runs with no broker server.
     # The transport does not create its folders itself.
@@ -160,7 +205,7 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
 elif CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         # A message a killed worker held comes back after this long (acks_late + visibility timeout).
-        "visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT", default=3600),
+        "visibility_timeout": CELERY_VISIBILITY_TIMEOUT,
         "socket_timeout": 5,
         "socket_connect_timeout": 3,
         "max_retries": 2,
@@ -170,7 +215,9 @@ elif CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
     }
 CELERY_BROKER_CONNECTION_TIMEOUT = 3
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
-CELERY_BROKER_CONNECTION_MAX_RETRIES = env.int("CELERY_BROKER_CONNECTION_MAX_RETRIES", default=10)
+CELERY_BROKER_CONNECTION_MAX_RETRIES = env_number(
+    "CELERY_BROKER_CONNECTION_MAX_RETRIES", default=10, minimum=0, maximum=1000
+)
 # Publishing gives up after about two seconds when the broker is down: the caller gets an error, not a hang.
 CELERY_TASK_PUBLISH_RETRY = True
 CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.5, "interval_max": 1}
@@ -193,23 +240,28 @@ CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 ANTHROPIC_API_KEY = env.str("ANTHROPIC_API_KEY", default="")
 ANTHROPIC_BASE_URL = env.str("ANTHROPIC_BASE_URL", default="")
 ANTHROPIC_MODEL = env.str("ANTHROPIC_MODEL", default="claude-sonnet-4-6")
-ANTHROPIC_MAX_TOKENS = env.int("ANTHROPIC_MAX_TOKENS", default=2048)
-ANTHROPIC_TIMEOUT_SECONDS = env.float("ANTHROPIC_TIMEOUT_SECONDS", default=120.0)
-ANTHROPIC_MAX_RETRIES = env.int("ANTHROPIC_MAX_RETRIES", default=3)
-ANTHROPIC_RETRY_BASE_SECONDS = env.float("ANTHROPIC_RETRY_BASE_SECONDS", default=2.0)
-ANTHROPIC_RETRY_MAX_SECONDS = env.float("ANTHROPIC_RETRY_MAX_SECONDS", default=60.0)
+# 128,000: the most output tokens any current Claude model returns in one answer.
+ANTHROPIC_MAX_TOKENS = env_number("ANTHROPIC_MAX_TOKENS", default=2048, minimum=1, maximum=128000)
+ANTHROPIC_TIMEOUT_SECONDS = env_number(
+    "ANTHROPIC_TIMEOUT_SECONDS", default=120.0, minimum=0.1, maximum=3600, kind=float, unit=" of seconds"
+)
+ANTHROPIC_MAX_RETRIES = env_number("ANTHROPIC_MAX_RETRIES", default=3, minimum=0, maximum=20)
+ANTHROPIC_RETRY_BASE_SECONDS = env_number(
+    "ANTHROPIC_RETRY_BASE_SECONDS", default=2.0, minimum=0, maximum=600, kind=float, unit=" of seconds"
+)
+ANTHROPIC_RETRY_MAX_SECONDS = env_number(
+    "ANTHROPIC_RETRY_MAX_SECONDS", default=60.0, minimum=0, maximum=3600, kind=float, unit=" of seconds"
+)
 
-BATCH_BUDGET_USD = env.str("BATCH_BUDGET_USD", default="40")
-BATCH_SIZE = env.int("BATCH_SIZE", default=8)
-MONTHLY_BUDGET_USD = env.str("MONTHLY_BUDGET_USD", default="")
-
-for _name in ("BATCH_BUDGET_USD", "MONTHLY_BUDGET_USD"):
-    _value = globals()[_name]
-    if _value:
-        try:
-            Decimal(_value)
-        except ArithmeticError as exc:
-            raise ImproperlyConfigured(f"{_name}={_value!r} is not a number of dollars.") from exc
+BATCH_BUDGET_USD = env_number(
+    "BATCH_BUDGET_USD", default=Decimal(40), minimum=MIN_BUDGET_USD, maximum=MAX_BUDGET_USD, kind=Decimal,
+    unit=" in USD",
+)
+BATCH_SIZE = env_number("BATCH_SIZE", default=8, minimum=1, maximum=100)
+# Unset (empty) means no monthly cap.
+MONTHLY_BUDGET_USD = env_number(
+    "MONTHLY_BUDGET_USD", default="", minimum=MIN_BUDGET_USD, maximum=MAX_BUDGET_USD, kind=Decimal, unit=" in USD"
+)
 
 REDDIT_CLIENT_ID = env.str("REDDIT_CLIENT_ID", default="")
 REDDIT_CLIENT_SECRET = env.str("REDDIT_CLIENT_SECRET", default="")
@@ -221,44 +273,79 @@ TUBELAB_BASE_URL = env.str("TUBELAB_BASE_URL", default="https://public-api.tubel
 APIFY_TOKEN = env.str("APIFY_TOKEN", default="")
 APIFY_BASE_URL = env.str("APIFY_BASE_URL", default="https://api.apify.com")
 # Source tuning: set only when given, so each source's own default applies otherwise (see topics/sources/).
-for _name in ("REDDIT_SUBREDDITS", "REDDIT_TIME_FILTER", "REDDIT_MIN_SCORE", "PERPLEXITY_MODEL",
-              "PERPLEXITY_USD_PER_MILLION_INPUT", "PERPLEXITY_USD_PER_MILLION_OUTPUT", "PERPLEXITY_USD_PER_REQUEST",
-              "TUBELAB_QUERIES", "TUBELAB_USD_PER_CREDIT", "APIFY_ACTOR_ID", "APIFY_MAX_CHARGE_USD"):
+for _name in ("REDDIT_SUBREDDITS", "REDDIT_TIME_FILTER", "PERPLEXITY_MODEL", "TUBELAB_QUERIES", "APIFY_ACTOR_ID"):
     if _name in env:
         globals()[_name] = env.str(_name)
+# The numeric ones are checked like every other number; prices stay strings, as the sources read them.
+if env.str("REDDIT_MIN_SCORE", default=""):
+    REDDIT_MIN_SCORE = env_number("REDDIT_MIN_SCORE", default=None, minimum=0, maximum=10_000_000)
+for _name, _minimum, _maximum in (
+    ("PERPLEXITY_USD_PER_MILLION_INPUT", 0, 1000), ("PERPLEXITY_USD_PER_MILLION_OUTPUT", 0, 1000),
+    ("PERPLEXITY_USD_PER_REQUEST", 0, 100), ("TUBELAB_USD_PER_CREDIT", 0, 100),
+    ("APIFY_MAX_CHARGE_USD", MIN_BUDGET_USD, 1000),
+):
+    if env.str(_name, default=""):
+        globals()[_name] = str(env_number(_name, default=None, minimum=_minimum, maximum=_maximum, kind=Decimal,
+                                          unit=" in USD"))
 
 # --- Recovery: leases, the sweeper, the answer spool ---------------------------------------------
 # An item being drafted holds a lease. It must outlive the longest the drafting can take (a token count and every
 # attempt at the call, each up to the timeout, the backoff between them, and writing the answer across a database
 # blip), so a slow call is never taken back and drafted twice; the task's time limits sit just above it.
-ANSWER_WRITE_RETRY_SECONDS = env.float("ANSWER_WRITE_RETRY_SECONDS", default=30.0)
+ANSWER_WRITE_RETRY_SECONDS = env_number(
+    "ANSWER_WRITE_RETRY_SECONDS", default=30.0, minimum=0, maximum=3600, kind=float, unit=" of seconds"
+)
 _attempts = ANTHROPIC_MAX_RETRIES + 1
 _backoff = sum(min(ANTHROPIC_RETRY_BASE_SECONDS * 2**i, ANTHROPIC_RETRY_MAX_SECONDS) for i in range(_attempts - 1))
-ITEM_LEASE_SECONDS = env.int(
+ITEM_LEASE_SECONDS = env_number(
     "ITEM_LEASE_SECONDS",
     default=int(ANTHROPIC_TIMEOUT_SECONDS * (_attempts + 1) + _backoff + ANSWER_WRITE_RETRY_SECONDS + 30),
+    minimum=1, maximum=604800, unit=" of seconds",
 )
-CELERY_TASK_SOFT_TIME_LIMIT = env.int("CELERY_TASK_SOFT_TIME_LIMIT", default=ITEM_LEASE_SECONDS + 30)
-CELERY_TASK_TIME_LIMIT = env.int("CELERY_TASK_TIME_LIMIT", default=ITEM_LEASE_SECONDS + 60)
+CELERY_TASK_SOFT_TIME_LIMIT = env_number(
+    "CELERY_TASK_SOFT_TIME_LIMIT", default=ITEM_LEASE_SECONDS + 30, minimum=1, maximum=604800, unit=" of seconds"
+)
+CELERY_TASK_TIME_LIMIT = env_number(
+    "CELERY_TASK_TIME_LIMIT", default=ITEM_LEASE_SECONDS + 60, minimum=1, maximum=604800, unit=" of seconds"
+)
 # How many times an item may be claimed (first try plus take-backs after lost leases) before it fails for good.
-ITEM_MAX_CLAIMS = env.int("ITEM_MAX_CLAIMS", default=3)
+ITEM_MAX_CLAIMS = env_number("ITEM_MAX_CLAIMS", default=3, minimum=1, maximum=100)
 # A queued batch or item that nothing has picked up for this long is published again by the sweeper.
-SWEEP_STALE_SECONDS = env.int("SWEEP_STALE_SECONDS", default=180)
+SWEEP_STALE_SECONDS = env_number("SWEEP_STALE_SECONDS", default=180, minimum=1, maximum=86400, unit=" of seconds")
 # Answers that could not be written during a database outage wait here (one JSON file each) for the sweeper.
 ANSWER_SPOOL_DIR = Path(env.str("ANSWER_SPOOL_DIR", default=str(VAR_DIR / "spool" / "answers")))
 # Input tokens can come back higher than count_tokens said (Anthropic documents it as an estimate): each
 # reservation adds this fraction of the counted input, plus RESERVATION_INPUT_EXTRA_TOKENS, as a safety margin.
-RESERVATION_INPUT_MARGIN = Decimal(env.str("RESERVATION_INPUT_MARGIN", default="0.10"))
-RESERVATION_INPUT_EXTRA_TOKENS = env.int("RESERVATION_INPUT_EXTRA_TOKENS", default=100)
+RESERVATION_INPUT_MARGIN = env_number(
+    "RESERVATION_INPUT_MARGIN", default=Decimal("0.10"), minimum=0, maximum=10, kind=Decimal
+)
+RESERVATION_INPUT_EXTRA_TOKENS = env_number(
+    "RESERVATION_INPUT_EXTRA_TOKENS", default=100, minimum=0, maximum=1_000_000
+)
+
+# --- Import ---------------------------------------------------------------------------------------
+# The largest file `import_topics` reads (checked before reading a byte). The import streams, so memory does not
+# grow with the file; the cap keeps a mistaken path (a disk image, a log) from tying up the database for hours.
+IMPORT_MAX_BYTES = env_number("IMPORT_MAX_BYTES", default=512 * 1024 * 1024, minimum=1, maximum=2**40,
+                              unit=" of bytes")
+
+# --- The local stand-in for Claude ----------------------------------------------------------------
+# `make serve` without ANTHROPIC_API_KEY starts batches/claude_standin.py on this port and sets CLAUDE_STANDIN=1:
+# drafts are then placeholder prose from loopback, never Claude, and every desk page says so.
+STANDIN_PORT = env_number("STANDIN_PORT", default=8765, minimum=1, maximum=65535)
+CLAUDE_STANDIN = env.bool("CLAUDE_STANDIN", default=False)
+if CLAUDE_STANDIN:
+    ANTHROPIC_BASE_URL = f"http://127.0.0.1:{STANDIN_PORT}"
+    ANTHROPIC_API_KEY = "standin-key-not-a-secret"  # the SDK insists on a key; a real one never goes to the stand-in
 
 # --- Source material (issue 9): what each draft is written from --------------------------------------------
 # Tokens of source material per topic in the drafting prompt (best sources first; the rest is cut).
-MATERIAL_MAX_TOKENS = env.int("MATERIAL_MAX_TOKENS", default=6000)
+MATERIAL_MAX_TOKENS = env_number("MATERIAL_MAX_TOKENS", default=6000, minimum=0, maximum=200_000, unit=" of tokens")
 # A topic's gathered material is reused for this many days before its pages are fetched again.
-MATERIAL_REUSE_DAYS = env.int("MATERIAL_REUSE_DAYS", default=7)
+MATERIAL_REUSE_DAYS = env_number("MATERIAL_REUSE_DAYS", default=7, minimum=0, maximum=365, unit=" of days")
 # One paid Perplexity research request per topic (needs PERPLEXITY_API_KEY), charged to the batch's budget.
 RESEARCH_WITH_PERPLEXITY = env.bool("RESEARCH_WITH_PERPLEXITY", default=False)
 # Fetch source pages from private, loopback and link-local addresses: only tests and the demo set it.
 SOURCE_FETCH_ALLOW_PRIVATE = env.bool("SOURCE_FETCH_ALLOW_PRIVATE", default=False)
 # How many of a Reddit thread's best top-level comments join its post as material.
-REDDIT_COMMENTS_PER_POST = env.int("REDDIT_COMMENTS_PER_POST", default=10)
+REDDIT_COMMENTS_PER_POST = env_number("REDDIT_COMMENTS_PER_POST", default=10, minimum=0, maximum=100)

@@ -9,7 +9,12 @@ from urllib.parse import urlsplit
 import pytest
 
 REQUIRE_SERVICES = os.environ.get("REQUIRE_SERVICES") == "1"
-REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+DEFAULT_TEST_REDIS_URL = "redis://127.0.0.1:6379/15"
+
+
+def test_redis_url() -> str:
+    """TEST_REDIS_URL, read when a test needs it (the settings have loaded .env by then), else db 15."""
+    return os.environ.get("TEST_REDIS_URL", DEFAULT_TEST_REDIS_URL)
 
 
 def service_missing(message: str) -> None:
@@ -28,23 +33,32 @@ def port_open(url: str, timeout: float = 1.0) -> bool:
         return False
 
 
+@pytest.fixture(autouse=True)
+def fresh_cache() -> None:
+    """Each test starts with an empty cache: the desk caches a worker ping for a few seconds."""
+    from django.core.cache import cache
+
+    cache.clear()
+
+
 @pytest.fixture
 def redis_url() -> str:
-    """A Redis database for tests (db 15), flushed before use."""
-    if not port_open(REDIS_URL):
-        service_missing(f"Redis at {REDIS_URL}")
+    """The Redis database for tests (TEST_REDIS_URL), emptied before and after use."""
+    url = test_redis_url()
+    if not port_open(url):
+        service_missing(f"Redis at {url}")
     import redis
 
-    client = redis.Redis.from_url(REDIS_URL)
+    client = redis.Redis.from_url(url)
     client.flushdb()
-    yield REDIS_URL
+    yield url
     client.flushdb()
 
 
 @pytest.fixture
 def fake_anthropic(settings):
     """The loopback Anthropic API, wired in as ANTHROPIC_BASE_URL with a test key."""
-    from tests.fakes.anthropic_api import FakeAnthropicServer
+    from batches.claude_standin import FakeAnthropicServer
 
     server = FakeAnthropicServer().start()
     settings.ANTHROPIC_BASE_URL = server.base_url
@@ -74,6 +88,7 @@ def migration_data(db) -> None:
             importlib.import_module(seeding).seed(apps, None)
     if not Group.objects.filter(name="Editor").exists():
         importlib.import_module("batches.migrations.0003_editor_group").add_editor_group(apps)
+        importlib.import_module("batches.migrations.0008_editor_group_topics").add_topic_permissions(apps)
 
 
 @pytest.fixture

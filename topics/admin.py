@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import datetime
+from dataclasses import dataclass
+
 from django import forms
 from django.contrib import admin, messages
 from django.db import models
@@ -10,12 +13,56 @@ from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.text import Truncator
 
-from batches.forms import MAX_POOL_IDS
-
 from .categorize import recategorize
+from rapidfuzz import fuzz, process
+
+from .dedupe import NEAR_DUPLICATE_THRESHOLD, is_near_duplicate, normalize_title
+from .manual import known_topic, prepare_manual_topic
 from .models import Category, DiscoveryRun, SourceDocument, Topic
+from .selection import MAX_POOL_IDS
 
 MAX_FETCH_TOPICS = 50
+REPEAT_DAYS = 90  # as selection: a story drafted in the last 90 days is not drafted again from another source
+REPEAT_TITLES = 500
+
+
+def _newsletter_model():
+    # Reached through the reverse relation rather than imported: topics/ imports nothing from batches/.
+    return Topic._meta.get_field("newsletters").related_model
+
+
+@dataclass(frozen=True)
+class TopicUse:
+    """How a topic has been used, for the topic list: drafted (with its draft), in a batch now, or a repeat."""
+
+    label: str
+    url: str = ""
+    note: str = ""
+
+
+class ManualTopicForm(forms.ModelForm):
+    """Add a topic by hand: a URL and a title (a summary and a category if the editor wants)."""
+
+    url = forms.URLField(label="URL", assume_scheme="https", max_length=1000,
+                         help_text="The article, post or video the newsletter should be about.")
+    category = forms.ModelChoiceField(queryset=Category.objects.all(), required=False,
+                                      help_text="Leave empty to categorise by keywords, as for discovered topics.")
+    status = forms.ChoiceField(choices=[(Topic.Status.APPROVED, "Approved (ready to draft)"),
+                                        (Topic.Status.NEW, "New (review later)")], initial=Topic.Status.APPROVED)
+
+    class Meta:
+        model = Topic
+        fields = ("url", "title", "summary", "category", "status")
+
+    def clean(self):
+        data = super().clean()
+        if data.get("url") and data.get("title"):
+            existing = known_topic(url=data["url"], title=data["title"])
+            if existing is not None:
+                link = reverse("admin:topics_topic_change", args=[existing.pk])
+                raise forms.ValidationError(format_html(
+                    'This story is already a topic: <a href="{}">{}</a>.', link, existing.title))
+        return data
 
 
 @admin.register(Category)
@@ -73,7 +120,7 @@ class SourceDocumentInline(admin.TabularInline):
 
 @admin.register(Topic)
 class TopicAdmin(admin.ModelAdmin):
-    list_display = ("title", "category", "category_locked", "status", "score", "source", "published_at")
+    list_display = ("title", "category", "status", "score", "use", "source", "published")
     list_display_links = ("title",)
     list_editable = ("category",)
     list_filter = ("status", "category", "source", "category_locked")
@@ -97,6 +144,52 @@ class TopicAdmin(admin.ModelAdmin):
         ("Review", {"fields": ("reviewed_by", "reviewed_at", "created_at", "updated_at")}),
     )
 
+    add_fieldsets = ((None, {"fields": ("url", "title", "summary", "category", "status")}),)
+
+    def get_fieldsets(self, request, obj=None):
+        return self.add_fieldsets if obj is None else super().get_fieldsets(request, obj)
+
+    def get_form(self, request, obj=None, **kwargs):
+        if obj is None:
+            kwargs["form"] = ManualTopicForm  # a topic by hand: a URL and a title, the rest is filled in
+        return super().get_form(request, obj, **kwargs)
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        drafts = (_newsletter_model().objects.filter(topic_id=object_id).select_related("batch")
+                  .only("pk", "subject", "status", "batch__id", "batch__created_at").order_by("-pk")[:20])
+        extra_context = {**(extra_context or {}), "topic_drafts": drafts}
+        return super().change_view(request, object_id, form_url, extra_context=extra_context)
+
+    def get_changelist_form(self, request, **kwargs):
+        form = super().get_changelist_form(request, **kwargs)
+
+        class CategoryOnlyForm(form):
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, **kwargs)
+                # Just the select in the list: the edit/view icons of each row's category cost a line a row.
+                widget = self.fields["category"].widget
+                widget.can_add_related = widget.can_change_related = widget.can_view_related = False
+
+        return CategoryOnlyForm
+
+    def get_changelist_instance(self, request):
+        changelist = super().get_changelist_instance(request)
+        annotate_use(changelist.result_list)
+        return changelist
+
+    @admin.display(description="used")
+    def use(self, obj: Topic):
+        use = getattr(obj, "desk_use", None)
+        if use is None:
+            return "—"
+        if use.url:
+            return format_html('<a href="{}" title="{}">{}</a>', use.url, use.note, use.label)
+        return format_html('<span title="{}">{}</span>', use.note, use.label)
+
+    @admin.display(description="published", ordering="published_at")
+    def published(self, obj: Topic) -> str:
+        return timezone.localtime(obj.published_at).strftime("%Y-%m-%d") if obj.published_at else "—"
+
     def formfield_for_foreignkey(self, db_field, request, **kwargs):
         field = super().formfield_for_foreignkey(db_field, request, **kwargs)
         if db_field.name == "category":
@@ -108,6 +201,10 @@ class TopicAdmin(admin.ModelAdmin):
         return field
 
     def save_model(self, request, obj: Topic, form, change):
+        if not change:
+            prepare_manual_topic(topic=obj, user=request.user, category_chosen=obj.category_id is not None)
+            super().save_model(request, obj, form, change)
+            return
         # A category chosen by an editor (form or list column) is an override: lock it against re-categorisation.
         if "category" in form.changed_data:
             obj.category_locked = True
@@ -150,6 +247,10 @@ class TopicAdmin(admin.ModelAdmin):
         return HttpResponseRedirect(reverse("admin:batches_batch_run") + "?topics=" + ",".join(map(str, ids)))
 
 
+    def get_inline_instances(self, request, obj=None):
+        # A topic has material only once it exists: the page that adds one by hand shows none.
+        return super().get_inline_instances(request, obj) if obj is not None else []
+
     @admin.action(description="Fetch source material for the selected topics", permissions=["change"])
     def fetch_material(self, request, queryset):
         from .tasks import gather_material_task
@@ -170,6 +271,53 @@ class TopicAdmin(admin.ModelAdmin):
             queued += 1
         self.message_user(request, f"Fetching source material for {queued} topic(s) on the workers; each topic's "
                           "page lists what was read, and what could not be and why.", messages.SUCCESS)
+
+
+def repeated_story(*, topic: Topic, drafted: list[tuple[int, str]], normalized: list[str]) -> str | None:
+    """The recently drafted title this topic repeats, if any.
+
+    Both scores is_near_duplicate may use are computed over all the drafted titles at once in C; only the few
+    titles that pass either go through the full check, so a page costs milliseconds, not a second.
+    """
+    query = normalize_title(topic.title)
+    if not query or not normalized:
+        return None
+    candidates = {
+        index
+        for scorer in (fuzz.token_set_ratio, fuzz.token_sort_ratio)
+        for _, _, index in process.extract(query, normalized, scorer=scorer, processor=None,
+                                           score_cutoff=NEAR_DUPLICATE_THRESHOLD, limit=None)
+    }
+    return next((drafted[i][1] for i in sorted(candidates)
+                 if drafted[i][0] != topic.pk and is_near_duplicate(topic.title, drafted[i][1])), None)
+
+
+def annotate_use(topics) -> None:
+    """Set `desk_use` on each topic of a list page: two queries for the page, whatever its length."""
+    topics = list(topics)
+    if not topics:
+        return
+    Newsletter = _newsletter_model()
+    items = (Newsletter.objects.filter(topic__in=topics, status__in=Newsletter.USED_STATUSES)
+             .only("pk", "topic_id", "batch_id", "status", "created_at").order_by("created_at", "pk"))
+    latest = {item.topic_id: item for item in items}  # the newest use of each topic wins
+    since = timezone.now() - datetime.timedelta(days=REPEAT_DAYS)
+    drafted = list(Topic.objects.filter(newsletters__status__in=Newsletter.USED_STATUSES,
+                                        newsletters__created_at__gte=since)
+                   .values_list("pk", "title").distinct()[:REPEAT_TITLES])
+    normalized = [normalize_title(title) for _, title in drafted]
+    for topic in topics:
+        item = latest.get(topic.pk)
+        if item is not None and item.status in Newsletter.DRAFTED_STATUSES:
+            topic.desk_use = TopicUse("drafted", reverse("admin:batches_newsletter_change", args=[item.pk]),
+                                      f"{item.get_status_display()}: open the draft (batch #{item.batch_id})")
+        elif item is not None:
+            topic.desk_use = TopicUse(f"in batch #{item.batch_id}",
+                                      reverse("admin:batches_batch_change", args=[item.batch_id]),
+                                      "Being drafted now")
+        else:
+            story = repeated_story(topic=topic, drafted=drafted, normalized=normalized)
+            topic.desk_use = TopicUse("repeat", note=f"Repeats a story drafted recently: {story}") if story else None
 
 
 @admin.register(DiscoveryRun)

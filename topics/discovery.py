@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import datetime
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from decimal import Decimal
 
@@ -12,14 +12,12 @@ from django.db import transaction
 from django.utils import timezone
 from rapidfuzz import fuzz, process
 
-from batches import ledger
-
 from . import scoring
 from .categorize import categorize_text, topic_text
 from .dedupe import NEAR_DUPLICATE_THRESHOLD, canonical_url, is_near_duplicate, normalize_title
 from .models import Category, DiscoveryRun, Topic
 from .sources import BudgetRefused, Candidate, SourceError, build_sources
-from .sources.base import redact
+from .sources.base import SpendHold, SpendMeter, redact
 
 logger = logging.getLogger("newsroom.discovery")
 RECENT_DAYS = 30
@@ -40,29 +38,22 @@ class SourceReport:
     detail: str = ""
 
 
-class LedgerHold:
-    def __init__(self, entry_id: int):
-        self.entry_id = entry_id
+class NoLedger:
+    """The meter used until an app that keeps the money plugs its own in: every paid call is refused."""
 
-    def settle(self, actual_usd: Decimal) -> None:
-        ledger.settle(entry_id=self.entry_id, actual_usd=actual_usd)
-
-    def release(self) -> None:
-        ledger.release(entry_id=self.entry_id)
+    def reserve(self, *, provider: str, description: str, worst_case_usd: Decimal, idempotency_key: str) -> SpendHold:
+        raise BudgetRefused("no cost ledger is installed, so no paid call can be recorded")
 
 
-class LedgerMeter:
-    """Paid discovery calls go through the ledger like drafts do, under the monthly cap when one is set."""
+# Paid discovery calls go through the cost ledger like drafts do, under the monthly cap when one is set. The ledger
+# belongs to the batches app, which plugs it in when it starts (batches.apps), so topics never imports batches.
+_meter_factory: Callable[[], SpendMeter] = NoLedger
 
-    def reserve(self, *, provider: str, description: str, worst_case_usd: Decimal, idempotency_key: str) -> LedgerHold:
-        try:
-            reservation = ledger.reserve(
-                idempotency_key=idempotency_key, worst_case_usd=worst_case_usd, provider=provider,
-                description=description,
-            )
-        except ledger.BudgetExhausted as exc:
-            raise BudgetRefused(str(exc)) from exc
-        return LedgerHold(reservation.entry_id)
+
+def use_meter(factory: Callable[[], SpendMeter]) -> None:
+    """Meter every later discovery run's paid calls with `factory()`."""
+    global _meter_factory
+    _meter_factory = factory
 
 
 @dataclass
@@ -82,7 +73,7 @@ def fetch_all(*, names: Sequence[str] | None, limit: int) -> tuple[list[Candidat
     """Ask every source; a failing source is recorded and the others still run."""
     candidates: list[Candidate] = []
     reports: dict[str, SourceReport] = {}
-    meter = LedgerMeter()
+    meter = _meter_factory()
     for source in build_sources(settings, list(names) if names else None):
         report = reports[source.name] = SourceReport(name=source.name, detail=source.describe())
         if not source.is_configured():
@@ -300,3 +291,14 @@ def summary_lines(run: DiscoveryRun) -> list[str]:
                 + (f" — {report['error']}" if report["error"] else "")
             )
     return lines
+
+
+def run_problem(run: DiscoveryRun) -> str | None:
+    """Why a run must count as a failure for whoever scheduled it (exit 1), or None when it did its job."""
+    if not any(report["status"] != "skipped" for report in run.sources.values()):
+        return ("no discovery source is configured, so nothing was fetched: set REDDIT_CLIENT_ID and "
+                "REDDIT_CLIENT_SECRET, PERPLEXITY_API_KEY, TUBELAB_API_KEY or APIFY_TOKEN "
+                "(`manage.py preflight` shows what each adds)")
+    if run.status == DiscoveryRun.Status.FAILED:
+        return "every configured source failed"
+    return None

@@ -26,11 +26,10 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from .dedupe import canonical_url
-from .discovery import LedgerHold
 from .models import SourceDocument, Topic
 from .pages import AddressPolicy, PageUnreadable, fetch_page
 from .sources.apify import ApifySource
-from .sources.base import BudgetRefused, SourceError, SpendHold, clip
+from .sources.base import BudgetRefused, SourceError, SpendMeter, clip
 from .sources.perplexity import PerplexitySource
 from .sources.reddit import RedditSource
 
@@ -226,30 +225,9 @@ def fetch_policy() -> AddressPolicy:
 
 # --- research ---------------------------------------------------------------------------------------------------
 
-class _AlreadyAttempted(Exception):
-    """This attempt's research reservation exists already: a redelivered task must not buy it twice."""
-
-
-class BatchMeter:
-    """Research is charged to the batch of the draft it is for, under that batch's budget, like the draft."""
-
-    def __init__(self, *, batch_id: int, newsletter_id: int | None = None):
-        self.batch_id = batch_id
-        self.newsletter_id = newsletter_id
-
-    def reserve(self, *, provider: str, description: str, worst_case_usd: Decimal, idempotency_key: str) -> SpendHold:
-        from batches import ledger
-
-        try:
-            reservation = ledger.reserve(
-                idempotency_key=idempotency_key, worst_case_usd=worst_case_usd, batch_id=self.batch_id,
-                newsletter_id=self.newsletter_id, provider=provider, description=description,
-            )
-        except ledger.BudgetExhausted as exc:
-            raise BudgetRefused(str(exc)) from exc
-        if not reservation.created:
-            raise _AlreadyAttempted(idempotency_key)
-        return LedgerHold(reservation.entry_id)
+class AlreadyReserved(Exception):
+    """Raised by a meter whose ledger already holds a reservation under the key: the research of this attempt
+    was asked for before (a redelivered task), and must not be bought twice."""
 
 
 def research_enabled() -> bool:
@@ -262,7 +240,7 @@ def research_source() -> PerplexitySource:
     return source
 
 
-def _research(topic: Topic, *, meter: BatchMeter, key: str) -> list[tuple[Wanted, Outcome]]:
+def _research(topic: Topic, *, meter: SpendMeter, key: str) -> list[tuple[Wanted, Outcome]]:
     """The research answer and its search results as (source, outcome) pairs; a failure is a failed answer."""
     answer = Wanted(kind=Kind.RESEARCH, url="", rank=RANK_RESEARCH, title=f"Research: {clip(topic.title, 200)}")
     try:
@@ -270,7 +248,7 @@ def _research(topic: Topic, *, meter: BatchMeter, key: str) -> list[tuple[Wanted
                                               idempotency_key=key)
     except BudgetRefused as exc:
         return [(answer, Outcome(reason=f"not researched: the budget refused the request ({exc})", transient=True))]
-    except _AlreadyAttempted:
+    except AlreadyReserved:
         return [(answer, Outcome(reason="not researched again: this attempt already asked for research",
                                  transient=True))]
     except SourceError as exc:
@@ -298,12 +276,12 @@ def _reusable(document: SourceDocument | None, *, fresh_after: datetime.datetime
 
 
 def gather_material(
-    *, topic: Topic, refresh: bool = False, meter: BatchMeter | None = None, research_key: str = ""
+    *, topic: Topic, refresh: bool = False, meter: SpendMeter | None = None, research_key: str = ""
 ) -> Material:
     """Read the topic's sources that have no fresh document yet (all of them with `refresh`) and store them.
 
-    Research is bought only with a `meter` (a batch to charge it to) and `research_key` (its idempotency key),
-    when RESEARCH_WITH_PERPLEXITY is on.
+    Research is bought only with a `meter` (the cost ledger, which the batches app hands in with the batch to
+    charge) and `research_key` (its idempotency key), when RESEARCH_WITH_PERPLEXITY is on.
     """
     wanted = wanted_sources(topic)
     existing = {(d.kind, d.url): d for d in topic.documents.all()}
@@ -370,6 +348,11 @@ def stored_material(*, topics: Sequence[Topic]) -> dict[int, Material]:
     topic is drafted.
     """
     fresh_after = _fresh_after()
+    deferred = [t for t in topics if "raw" in t.get_deferred_fields()]
+    if deferred:  # selection reads topics without their raw payload: fetch it for all of them in one query
+        raws = dict(Topic.objects.filter(pk__in=[t.pk for t in deferred]).values_list("pk", "raw"))
+        for topic in deferred:
+            topic.raw = raws.get(topic.pk) or {}
     by_topic: dict[int, list[SourceDocument]] = {t.pk: [] for t in topics}
     for document in SourceDocument.objects.filter(topic__in=list(by_topic), fetched_at__gte=fresh_after):
         by_topic[document.topic_id].append(document)
@@ -381,24 +364,3 @@ def stored_material(*, topics: Sequence[Topic]) -> dict[int, Material]:
         pending = any((w.kind, w.url[:1000]) not in have for w in wanted)
         result[topic.pk] = Material(topic=topic, documents=material.documents, pending=pending)
     return result
-
-
-def gather_for_newsletter(*, newsletter) -> Material:
-    """The first step of drafting one newsletter: its topic's material, fresh documents reused.
-
-    Research, when on, is charged to the newsletter's batch. Never raises: whatever goes wrong, the draft goes
-    ahead with the material that could be had.
-    """
-    topic = newsletter.topic
-    try:
-        return gather_material(
-            topic=topic, meter=BatchMeter(batch_id=newsletter.batch_id, newsletter_id=newsletter.pk),
-            research_key=f"research:newsletter:{newsletter.pk}:attempt:{newsletter.attempts}",
-        )
-    except Exception:
-        logger.exception("gathering material for topic %s failed; drafting with what is stored", topic.pk)
-        try:
-            return stored_material(topics=[topic])[topic.pk]
-        except Exception:
-            logger.exception("reading the stored material of topic %s failed too", topic.pk)
-            return empty_material(topic)

@@ -4,8 +4,10 @@ import datetime
 
 from django.conf import settings
 from django.db import models
-from django.db.models import Exists, OuterRef, Q
+from django.db.models import F, OrderBy, Q
 from django.utils import timezone
+
+from newsroom.formatting import desk_time
 
 FALLBACK_CATEGORY_SLUG = "platform_tools"
 
@@ -36,6 +38,26 @@ class Category(models.Model):
         return [p.strip().lower() for p in parts if p.strip()]
 
 
+class PortableIndex(models.Index):
+    """An index that may order a column DESC NULLS LAST on every database.
+
+    PostgreSQL needs the NULLS LAST written out to serve `ORDER BY ... DESC NULLS LAST`; SQLite refuses it in
+    an index ("unsupported use of NULLS LAST") but already keeps NULLs last in a DESC column, so there the
+    clause is dropped and the same index serves the same ORDER BY.
+    """
+
+    def create_sql(self, model, schema_editor, using="", **kwargs):
+        if schema_editor.connection.vendor == "sqlite" and self.expressions:
+            index = self.clone()
+            index.expressions = tuple(
+                OrderBy(e.expression, descending=True)
+                if isinstance(e, OrderBy) and e.descending and e.nulls_last else e
+                for e in self.expressions
+            )
+            return super(PortableIndex, index).create_sql(model, schema_editor, using=using, **kwargs)
+        return super().create_sql(model, schema_editor, using=using, **kwargs)
+
+
 class TopicQuerySet(models.QuerySet):
     def approved(self) -> TopicQuerySet:
         return self.filter(status=Topic.Status.APPROVED)
@@ -45,15 +67,12 @@ class TopicQuerySet(models.QuerySet):
         return self.filter(status__in=statuses)
 
     def unused(self) -> TopicQuerySet:
-        """Topics that no generated (or later) newsletter has used yet."""
-        from batches.models import Newsletter
-
-        used = Newsletter.objects.filter(topic=OuterRef("pk"), status__in=Newsletter.USED_STATUSES)
-        return self.filter(~Exists(used))
+        """Topics no draft has used yet: none is queued, being drafted or drafted from them."""
+        return self.filter(usage=Topic.Usage.UNUSED)
 
     def best_first(self) -> TopicQuerySet:
         # The one deterministic order every selection uses: score, then newest, then id.
-        return self.order_by("-score", models.F("published_at").desc(nulls_last=True), "-id")
+        return self.order_by("-score", F("published_at").desc(nulls_last=True), "-id")
 
 
 class Topic(models.Model):
@@ -61,6 +80,13 @@ class Topic(models.Model):
         NEW = "new", "New"
         APPROVED = "approved", "Approved"
         REJECTED = "rejected", "Rejected"
+
+    class Usage(models.TextChoices):
+        UNUSED = "unused", "Not used"
+        TAKEN = "taken", "Being drafted"
+        DRAFTED = "drafted", "Drafted"
+
+    USED_USAGES = (Usage.TAKEN, Usage.DRAFTED)
 
     title = models.CharField(max_length=500)
     summary = models.TextField(blank=True)
@@ -84,6 +110,17 @@ class Topic(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     reviewed_at = models.DateTimeField(null=True, blank=True)
+    # What drafting did with the topic, kept here by the batches app (topics.usage) so that selection reads
+    # only topics: a topic is taken while a draft of it is queued or being written, drafted once one was saved.
+    usage = models.CharField(max_length=10, choices=Usage.choices, default=Usage.UNUSED, editable=False)
+    used_at = models.DateTimeField(
+        null=True, blank=True, editable=False, help_text="When a batch took it for drafting (empty while unused)."
+    )
+    drafted_at = models.DateTimeField(null=True, blank=True, editable=False, help_text="When its last draft was saved.")
+    import_hash = models.CharField(
+        max_length=32, blank=True, default="", editable=False,
+        help_text="Hash of the fields last imported from a file; an unchanged row is skipped on re-import.",
+    )
 
     objects = TopicQuerySet.as_manager()
 
@@ -95,12 +132,30 @@ class Topic(models.Model):
             models.CheckConstraint(
                 condition=Q(status__in=["new", "approved", "rejected"]), name="topic_status_valid"
             ),
+            models.CheckConstraint(
+                condition=Q(usage="unused", used_at__isnull=True)
+                | Q(usage__in=["taken", "drafted"], used_at__isnull=False),
+                name="topic_usage_valid",
+            ),
         ]
         indexes = [
             # Selection reads "best topics of one category with a given status": this index answers it
             # without scanning the pool, so selection time does not grow with the pool.
             models.Index(fields=["category", "status", "-score"], name="topic_cat_status_score"),
             models.Index(fields=["status", "-score"], name="topic_status_score"),
+            # Selection's per-category head, in exactly its order and only over unused topics, so that the
+            # planner has nothing to estimate: equality on (category, status), then the rows already in
+            # order, stopping at the LIMIT -- fast with fresh statistics, stale ones or none at all.
+            PortableIndex(
+                "category", "status", F("score").desc(), F("published_at").desc(nulls_last=True), F("id").desc(),
+                name="topic_selection_head", condition=Q(usage="unused"),
+            ),
+            # Recently used stories and the count of drafted candidates, one index per used state: each holds only
+            # the few used topics, and a query for one state (usage = %s) matches its condition on both databases
+            # with or without statistics (SQLite does not match "usage IN (%s, %s)" to a partial index, and
+            # PostgreSQL without statistics guesses "used_at IS NOT NULL" true for nearly every row).
+            models.Index(fields=["-used_at"], name="topic_taken_at", condition=Q(usage="taken")),
+            models.Index(fields=["-used_at"], name="topic_drafted_at", condition=Q(usage="drafted")),
         ]
 
     def __str__(self) -> str:
@@ -141,7 +196,8 @@ class DiscoveryRun(models.Model):
         ordering = ["-started_at", "-id"]
 
     def __str__(self) -> str:
-        return f"Discovery {self.started_at:%Y-%m-%d %H:%M} ({self.get_status_display()})"
+        return f"Discovery {desk_time(self.started_at)} ({self.get_status_display()})"
+
 
 
 class SourceDocumentQuerySet(models.QuerySet):

@@ -266,6 +266,7 @@ def make_batch(categories, make_topic) -> Callable[..., object]:
     from decimal import Decimal
 
     from batches.models import Batch, CostLedgerEntry, Newsletter
+    from topics import usage as topic_usage
 
     slugs = list(categories)
     counter = {"n": 0}
@@ -289,6 +290,11 @@ def make_batch(categories, make_topic) -> Callable[..., object]:
                 error=error if item_status in (Newsletter.Status.FAILED, Newsletter.Status.SKIPPED_BUDGET) else "",
                 cost_usd=Decimal(cost) if drafted else Decimal("0"),
             )
+            # What batches records on the topic at each step (topics.usage).
+            if item_status in Newsletter.USED_STATUSES:
+                topic_usage.mark_taken(topic_ids=[topic.pk])
+            if drafted:
+                topic_usage.mark_drafted(topic_id=topic.pk)
             if drafted or item_status == Newsletter.Status.GENERATING:
                 record_ledger_entry(
                     idempotency_key=f"test:{newsletter.pk}", batch=batch, newsletter=newsletter,

@@ -70,6 +70,7 @@ def test_an_editor_runs_a_batch_from_the_admin_then_reviews_approves_and_exports
     assert page.evaluate("window.__deskLoadedOnce") is True, "the page reloaded instead of updating itself"
     expect(page.locator("#desk-status")).to_have_text("Done")
     expect(page.locator("#desk-done")).to_have_text("8")
+    expect(page.locator("#desk-counts")).to_have_text("8 drafted · 0 failed · 0 skipped")
     expect(page.locator("#desk-items tbody tr")).to_have_count(8)
     expect(page.locator("#desk-items .status-generated")).to_have_count(8)
     expect(page.locator("#desk-live")).to_have_text("Finished")
@@ -78,7 +79,7 @@ def test_an_editor_runs_a_batch_from_the_admin_then_reviews_approves_and_exports
     assert batch.status == Batch.Status.DONE and fake_anthropic.message_calls == 8
 
     # Open a draft, edit it, approve it.
-    page.locator("#desk-items tbody tr").first.locator("a").click()
+    page.locator("#desk-items tbody tr").first.locator("td[data-label=Draft] a").click()
     page.wait_for_url("**/admin/batches/newsletter/*/change/")
     expect(page.locator("#desk-preview .desk-mail-body h2")).to_be_visible()
     page.fill("#id_subject", "Ground Advantage rates: what changes for you in December")

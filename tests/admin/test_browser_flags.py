@@ -11,7 +11,7 @@ from django.core.management import call_command
 
 from batches.models import DraftFlag, Newsletter
 from tests.admin.test_browser_desk import screenshot
-from tests.fakes.anthropic_api import Plant
+from batches.claude_standin import Plant
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 

@@ -70,7 +70,7 @@ def test_the_chart_is_an_inline_svg_with_a_bar_for_each_of_the_last_30_days(edit
     svg = page[page.index('<svg class="desk-chart"'):page.index("</svg>", page.index('<svg class="desk-chart"'))]
     assert svg.count('<rect class="bar"') == 30
     day = timezone.localdate() - datetime.timedelta(days=3)
-    assert f"{day:%a} {day.day} {day:%b}: $2.000000</title>" in svg
+    assert f"{day:%a} {day.day} {day:%b}: $2.00</title>" in svg
     assert "<script" not in page.split("<!-- END SVGs -->")[0].split('<div id="content-main">')[1]
 
 

@@ -206,6 +206,19 @@ def test_asking_for_a_new_draft_with_the_broker_down_leaves_the_draft_as_it_was(
     assert any("broker is unreachable" in m and "The draft is unchanged" in m for m in messages)
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_new_draft_of_a_failed_item_that_could_not_be_queued_offers_its_topic_again(
+    editor, post_form, make_batch, broker_down
+):
+    newsletter = make_batch(["failed"], status=Batch.Status.PARTIAL).newsletters.get()
+
+    decide(csrf_client(editor), post_form, newsletter, "regenerate")
+
+    newsletter.refresh_from_db()
+    assert newsletter.status == Newsletter.Status.FAILED
+    assert (newsletter.topic.usage, newsletter.topic.used_at) == ("unused", None)
+
+
 def test_the_approve_action_on_the_list_logs_each_draft(editor_client, run_action, make_batch):
     batch = make_batch(["generated", "generated", "failed"], status=Batch.Status.PARTIAL)
     ids = list(batch.newsletters.values_list("pk", flat=True))

@@ -8,6 +8,7 @@ EDITORIAL = {
     "topics.view_topic", "topics.change_topic", "topics.view_category", "topics.change_category",
     "batches.view_batch", "batches.run_batch", "batches.view_newsletter", "batches.change_newsletter",
     "batches.approve_newsletter", "batches.view_costledgerentry", "batches.view_modelprice",
+    "topics.add_topic", "topics.view_discoveryrun",  # migration 0008: topics by hand, discovery runs
 }
 
 
@@ -38,3 +39,27 @@ def test_the_admin_home_page_offers_no_new_batch_without_the_permission(viewer_c
     page = viewer_client.get(reverse("admin:index")).content.decode()
     assert 'id="desk-module"' in page
     assert reverse("admin:batches_batch_run") not in page
+
+
+def test_the_desk_index_shows_what_waits_for_the_editor(editor_client, make_topic, make_batch):
+    from batches.models import Batch
+
+    make_topic("A new story", status="new")
+    make_topic("Another new story", status="new")
+    make_batch(["generated", "generated", "approved"], status=Batch.Status.DONE)
+    make_batch(["generating"], status=Batch.Status.RUNNING)
+    page = editor_client.get(reverse("admin:index")).content.decode()
+
+    def row(name: str) -> str:
+        start = page.index(f'id="desk-waiting-{name}"')
+        return page[start:page.index("</tr>", start)]
+
+    assert "<strong>2</strong> new" in row("topics")
+    assert "<strong>2</strong> ready" in row("drafts")
+    assert "<strong>1</strong> running" in row("batches")
+
+
+def test_an_editor_sees_discovery_runs_and_can_add_a_topic_from_the_index(editor_client):
+    page = editor_client.get(reverse("admin:index")).content.decode()
+    assert reverse("admin:topics_topic_add") in page and reverse("admin:topics_discoveryrun_changelist") in page
+    assert editor_client.get(reverse("admin:topics_discoveryrun_changelist")).status_code == 200

@@ -131,3 +131,53 @@ def test_the_draft_page_offers_both_downloads_once_approved(editor_client, make_
     newsletter = approved(make_batch)
     page = editor_client.get(reverse("admin:batches_newsletter_change", args=[newsletter.pk])).content.decode()
     assert f'href="{export_url(newsletter, "md")}"' in page and f'href="{export_url(newsletter, "html")}"' in page
+
+
+# --- Exports are sanitised exactly as the preview is ------------------------------------------------------------
+
+SNEAKY_BODY = HOSTILE_BODY + """
+[encoded](java&#115;cript:alert('entity')) and <JAVASCRIPT:alert('autolink')> and <https://example.com/ok>
+<a href='jav	ascript:alert(1)'>tabbed</a> <STYLE>body { display: none }</STYLE> <!-- a hidden note -->
+![tracking pixel](https://tracker.example/pixel.png)
+
+[ref link][bad]
+
+[bad]: javascript:alert('reference')
+
+Code keeps its text: `<script>` stays visible, as in the preview.
+"""
+LEAKS = ("<script>alert", "onerror", "onclick", "javascript:", "&#115;cript", "jav\tascript", "<style",
+         "display: none", "hidden note", "tracker.example")
+
+
+def test_the_markdown_export_carries_nothing_the_preview_hid(make_batch):
+    newsletter = approved(make_batch, body=SNEAKY_BODY)
+    body = newsletter_markdown(newsletter).split("---\n", 2)[2]
+    for leak in LEAKS:
+        assert leak.lower() not in body.lower(), leak
+    assert '<a href="https://example.com">a link</a>' in body and "<https://example.com/ok>" in body
+    assert "`<script>` stays visible" in body
+
+
+def test_the_markdown_export_renders_to_exactly_the_preview(editor_client, make_batch):
+    from batches.export import render_markdown
+
+    newsletter = approved(make_batch, body=SNEAKY_BODY)
+    preview = editor_client.get(reverse("admin:batches_newsletter_change", args=[newsletter.pk])).context[
+        "preview_html"]
+    exported = newsletter_markdown(newsletter).split("---\n", 2)[2]
+    assert render_markdown(exported) == preview
+
+
+def test_the_html_export_carries_nothing_the_preview_hid(make_batch):
+    html = newsletter_email_html(approved(make_batch, body=SNEAKY_BODY))
+    for leak in LEAKS:
+        assert leak.lower() not in html.lower(), leak
+
+
+def test_the_email_ends_with_a_footer_and_an_unsubscribe_placeholder(make_batch):
+    from batches.export import UNSUBSCRIBE_PLACEHOLDER
+
+    html = newsletter_email_html(approved(make_batch))
+    footer = html[html.rindex("<tr>"):]
+    assert "you subscribed" in footer and f'<a href="{UNSUBSCRIBE_PLACEHOLDER}"' in footer and "Unsubscribe" in footer

@@ -122,6 +122,8 @@ def test_resuming_with_the_broker_down_puts_the_items_back_as_they_were(editor, 
     assert batch.status == Batch.Status.FAILED and "broker is unreachable" in batch.status_reason
     assert sorted(batch.newsletters.values_list("status", flat=True)) == ["failed", "generated", "skipped_budget"]
     assert batch.newsletters.get(status="failed").error == "Anthropic API answered 529 overloaded_error"
+    # and their topics with them: the drafted one stays drafted, the others are offered again
+    assert sorted(batch.newsletters.values_list("topic__usage", flat=True)) == ["drafted", "unused", "unused"]
     messages = [str(m) for m in client.get(response["Location"]).context["messages"]]
     assert any("broker is unreachable" in m for m in messages)
 

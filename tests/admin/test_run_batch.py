@@ -12,6 +12,12 @@ from tests.admin.conftest import csrf_client, queued_tasks
 RUN_URL = reverse("admin:batches_batch_run")
 
 
+@pytest.fixture(autouse=True)
+def drafting_key(settings) -> None:
+    """Drafting can authenticate, as on a configured desk (tests of a missing key set it back to empty)."""
+    settings.ANTHROPIC_API_KEY = "sk-ant-test-0000000000000000wxyz"
+
+
 def preview(client, query: str = ""):
     response = client.get(RUN_URL + query)
     assert response.status_code == 200
@@ -35,6 +41,21 @@ def test_the_new_batch_page_shows_the_topics_diversity_selection_picked(editor_c
     assert picked == [t.pk for t in topics_in_every_category]
     for topic in topics_in_every_category:
         assert topic.title in response.content.decode()
+
+
+def test_the_new_batch_page_says_how_many_candidates_were_left_out_and_why(editor_client, make_topic):
+    from topics import usage
+
+    make_topic("Carrier rates climb", category="shipping_logistics", score=9)
+    drafted = make_topic("Loyalty emails that work", category="customer_retention", score=8)
+    usage.mark_taken(topic_ids=[drafted.pk])
+    usage.mark_drafted(topic_id=drafted.pk)
+    make_topic("Loyalty emails that really work - any tips?", category="platform_tools", score=50)
+
+    page = preview(editor_client).content.decode()
+
+    assert ('2 candidates left out: <span data-reason="already_drafted">1 already drafted</span>, '
+            '<span data-reason="recent_repeat">1 repeat of a recent story</span>.') in page
 
 
 def test_the_new_batch_page_shows_the_categories_covered(editor_client, categories, make_topic):
@@ -226,3 +247,52 @@ def test_the_run_batch_action_is_refused_to_a_user_without_the_permission(viewer
                           [topics_in_every_category[0].pk])
     assert RUN_URL not in response.get("Location", "")
     assert not Batch.objects.exists()
+
+
+# --- Readiness before Confirm: drafting must authenticate, and a worker must be there to pick the batch up --------
+
+def test_without_a_key_the_run_page_warns_and_offers_no_confirm_button(editor_client, settings,
+                                                                       topics_in_every_category):
+    settings.ANTHROPIC_API_KEY, settings.CLAUDE_STANDIN = "", False
+    page = preview(editor_client).content.decode()
+    assert 'id="desk-drafting-blocked"' in page and "every item would fail" in page
+    assert 'id="desk-confirm-button"' not in page
+
+
+def test_without_a_key_a_confirmation_posted_anyway_starts_nothing(editor_client, post_form, settings,
+                                                                   topics_in_every_category):
+    settings.ANTHROPIC_API_KEY, settings.CLAUDE_STANDIN = "", False
+    data = confirm_data(preview(editor_client))
+    response = post_form(editor_client, RUN_URL, data, page=RUN_URL)
+    assert response.status_code == 200 and not Batch.objects.exists()
+    assert "drafting cannot authenticate" in " ".join(str(m) for m in response.context["messages"])
+
+
+@pytest.mark.redis
+def test_with_no_worker_running_the_run_page_warns_before_confirm(editor_client, redis_broker,
+                                                                  topics_in_every_category):
+    page = preview(editor_client).content.decode()
+    warning = page[page.index('id="desk-no-worker"'):]
+    assert "No worker is running" in warning and "make serve" in warning
+    assert page.index('id="desk-no-worker"') < page.index('id="desk-confirm-button"')
+
+
+@pytest.mark.redis
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_with_a_worker_running_the_run_page_raises_no_worker_warning(editor_client, desk_worker,
+                                                                     topics_in_every_category):
+    response = preview(editor_client)
+    assert response.context["worker_missing"] is False
+    assert 'id="desk-no-worker"' not in response.content.decode()
+
+
+def test_an_estimate_above_the_budget_shows_its_true_percentage_with_a_full_bar(editor_client,
+                                                                                topics_in_every_category):
+    response = preview(editor_client, "?budget_usd=0.05")
+    estimate = response.context["plan"].estimated_cost_usd
+    true_percent = round(float(100 * estimate / Decimal("0.05")), 1)
+    assert true_percent > 100 and response.context["estimate_percent"] == true_percent
+    page = response.content.decode()
+    assert f"{true_percent:,.0f}% of the $0.05 budget" in page
+    assert 'aria-valuenow="100"><span style="width: 100%">' in page

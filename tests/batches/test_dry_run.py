@@ -183,7 +183,8 @@ def test_it_prints_exactly_one_json_object(pool):
 def test_it_reports_the_contracts_keys_in_json(pool):
     report = dry_run_json()
 
-    assert set(report) == {"batch", "dry_run", "status", "budget_usd", "spent_usd", "estimated_cost_usd", "items"}
+    assert set(report) == {"batch", "dry_run", "status", "budget_usd", "spent_usd", "estimated_cost_usd", "items",
+                           "left_out"}
     assert all(
         set(item) == {"topic", "title", "category", "score", "status", "cost_usd", "subject", "sources", "flags"}
         for item in report["items"]
@@ -230,6 +231,30 @@ def test_it_sums_the_item_estimates_into_the_total(pool):
     report = dry_run_json()
 
     assert Decimal(report["estimated_cost_usd"]) == sum(Decimal(i["cost_usd"]) for i in report["items"])
+
+
+def left_out_pool(make_topic) -> None:
+    """One fresh topic, one a draft has used, and one retelling that drafted story from another source."""
+    from topics import usage
+
+    make_topic("Checkout trust badges split test", category="conversion_optimization", score=20)
+    drafted = make_topic("USPS raises parcel rates for 2027", category="shipping_logistics", score=30)
+    usage.mark_taken(topic_ids=[drafted.pk])
+    usage.mark_drafted(topic_id=drafted.pk)
+    make_topic("USPS parcel rates rise in 2027 - how are you adjusting?", category="pricing_margins", score=90)
+
+
+def test_it_says_how_many_candidates_it_left_out_and_why(make_topic):
+    left_out_pool(make_topic)
+
+    assert "Candidates: 2 left out: 1 already drafted, 1 repeat of a recent story" in dry_run().splitlines()
+
+
+def test_it_counts_the_candidates_it_left_out_in_json(make_topic):
+    left_out_pool(make_topic)
+
+    assert dry_run_json()["left_out"] == {"already_drafted": 1, "recent_repeat": 1, "near_duplicate": 0,
+                                          "not_approved": 0}
 
 
 # --- the bundled sample ----------------------------------------------------------------------------

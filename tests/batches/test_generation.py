@@ -19,7 +19,7 @@ from batches.planning import topic_message
 from batches.pricing import price_for, worst_case_cost
 from batches.prompts import build_request
 from batches.tasks import generate_newsletter_task, run_batch
-from tests.fakes.anthropic_api import Fault, request_input_tokens
+from batches.claude_standin import Fault, request_input_tokens
 from tests.support import record_ledger_entry
 
 pytestmark = pytest.mark.django_db

@@ -10,7 +10,7 @@ import pytest
 from batches.generation import Draft
 from batches.grounding import check_draft, cited_sources, figures_in
 from batches.models import CostLedgerEntry, DraftFlag, Newsletter
-from tests.fakes.anthropic_api import Plant
+from batches.claude_standin import Plant
 from topics.material import Material
 from topics.models import SourceDocument, Topic
 

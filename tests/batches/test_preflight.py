@@ -327,3 +327,77 @@ def test_it_fails_on_a_database_without_migrations_naming_them(tmp_path):
     assert database["status"] == "error"
     assert "migration" in database["detail"] and "manage.py migrate" in database["detail"]
     assert_not_leaked(ANTHROPIC_KEY, result.stdout + result.stderr)
+
+
+# --- Can drafting authenticate? A key, or the local stand-in ---------------------------------------------------
+
+def test_drafting_without_a_key_or_the_stand_in_is_an_error_that_says_how_to_fix_it(settings):
+    from batches.preflight import ERROR, check_anthropic_key
+
+    settings.ANTHROPIC_API_KEY, settings.CLAUDE_STANDIN = "", False
+    check = check_anthropic_key()
+    assert check.status == ERROR
+    assert "every item would fail" in check.detail and "make serve" in check.detail
+
+
+def test_the_stand_in_in_use_and_answering_is_ready_but_says_it_is_not_claude(settings):
+    from batches.claude_standin import FakeAnthropicServer
+    from batches.preflight import WARNING, check_anthropic_key, is_ready
+
+    with FakeAnthropicServer() as standin:
+        settings.CLAUDE_STANDIN, settings.STANDIN_PORT = True, standin.port
+        check = check_anthropic_key()
+    assert check.status == WARNING and is_ready([check])
+    assert "stand-in" in check.detail and "not Claude" in check.detail and "ANTHROPIC_API_KEY" in check.detail
+
+
+def test_the_stand_in_configured_but_not_running_is_an_error(settings):
+    import socket
+
+    from batches.preflight import ERROR, check_anthropic_key
+
+    with socket.socket() as probe:  # a port nobody listens on once this closes
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    settings.CLAUDE_STANDIN, settings.STANDIN_PORT = True, port
+    check = check_anthropic_key()
+    assert check.status == ERROR and f"127.0.0.1:{port}" in check.detail
+
+
+# --- Is a worker alive? ------------------------------------------------------------------------------------------
+
+def test_no_worker_answering_the_ping_is_reported_with_the_command_that_starts_one(settings, redis_url):
+    from tests.admin.conftest import celery_broker
+
+    from batches.preflight import WARNING, check_worker
+
+    with celery_broker(settings, redis_url):
+        check = check_worker()
+    assert check.status == WARNING
+    assert "no worker answered" in check.detail and "make serve" in check.detail
+
+
+def test_a_broker_that_is_down_means_no_worker_can_be_reached(settings):
+    from tests.admin.conftest import celery_broker
+    from tests.support import DOWN_BROKER_URL
+
+    from batches.preflight import worker_status
+
+    with celery_broker(settings, DOWN_BROKER_URL):
+        status = worker_status()
+    assert not status.alive and "broker is unreachable" in status.detail
+
+
+def test_the_worker_ping_is_cached_for_a_few_seconds(settings, redis_url, monkeypatch):
+    from newsroom.celery import app
+    from tests.admin.conftest import celery_broker
+
+    from batches.preflight import worker_status
+
+    pings = []
+    real_ping = app.control.ping
+    monkeypatch.setattr(app.control, "ping", lambda **kwargs: pings.append(kwargs) or real_ping(**kwargs))
+    with celery_broker(settings, redis_url):
+        first, second = worker_status(), worker_status()
+        fresh = worker_status(fresh=True)
+    assert first == second == fresh and len(pings) == 2

@@ -21,7 +21,7 @@ from batches.generation import claim, generate_newsletter
 from batches.models import Batch, CostLedgerEntry, Newsletter
 from batches.sweeper import sweep
 from batches.tasks import generate_newsletter_task, run_batch
-from tests.fakes.anthropic_api import UNREADABLE_BODIES, Fault
+from batches.claude_standin import UNREADABLE_BODIES, Fault
 
 pytestmark = pytest.mark.django_db
 
@@ -151,6 +151,7 @@ def test_an_item_interrupted_too_often_fails_with_a_plain_reason(topics_in_every
     assert item.status == Newsletter.Status.FAILED and "interrupted 2 times" in item.error
     assert published["items"] == [item.pk]  # once after the first interruption, not after the second
     assert Batch.objects.get(pk=item.batch_id).is_finished
+    assert item.topic.usage == "unused"  # its topic is offered again, as after any failed item
 
 
 def test_a_waiting_item_whose_message_was_lost_is_published_again_once(topics_in_every_category, published, settings):

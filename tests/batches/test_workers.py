@@ -16,8 +16,8 @@ import pytest
 from django.utils import timezone
 
 from batches.models import Batch, CostLedgerEntry, Newsletter
+from batches.claude_standin import FakeAnthropicServer
 from batches.sweeper import sweep
-from tests.fakes.anthropic_api import FakeAnthropicServer
 from tests.support import DOWN_BROKER_URL, manage, manage_in_background, service_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("migration_data")]

@@ -13,7 +13,7 @@ from typing import Any
 import anthropic
 import pytest
 
-from tests.fakes.anthropic_api import (
+from batches.claude_standin import (
     FakeAnthropicServer,
     Fault,
     RemoteFakeAnthropic,

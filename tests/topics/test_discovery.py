@@ -624,6 +624,27 @@ def test_discover_exits_1_when_every_configured_source_fails(discovery_fakes: Di
     assert "every configured source failed" in out
 
 
+def test_discover_exits_1_with_a_clear_line_when_no_source_is_configured(no_discovery_sources) -> None:
+    code, out = command("discover")
+
+    assert code == 1
+    assert "no discovery source is configured" in out and "PERPLEXITY_API_KEY" in out
+
+
+def test_discover_json_prints_one_object_and_exits_1_when_no_source_is_configured(no_discovery_sources) -> None:
+    code, out = command("discover", "--json")
+
+    assert code == 1
+    assert {report["status"] for report in json.loads(out.splitlines()[0])["sources"].values()} == {"skipped"}
+
+
+def test_runbatch_discover_only_exits_1_when_no_source_is_configured(no_discovery_sources) -> None:
+    code, out = command("runbatch", "--discover-only")
+
+    assert code == 1
+    assert "no discovery source is configured" in out
+
+
 def test_runbatch_discover_only_runs_discovery_and_starts_no_batch(discovery_fakes: DiscoveryFakes) -> None:
     code, out = command("runbatch", "--discover-only", "--json")
 
@@ -641,7 +662,7 @@ def test_runbatch_discover_only_exits_1_when_every_configured_source_fails(no_di
     code, out = command("runbatch", "--discover-only")
 
     assert code == 1
-    assert "discovery failed for every source" in out
+    assert "discovery failed: every configured source failed" in out
 
 
 def test_the_discover_topics_task_runs_discovery_and_returns_the_run_id(discovery_fakes: DiscoveryFakes) -> None:

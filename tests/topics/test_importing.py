@@ -5,12 +5,16 @@ import json
 import os
 import subprocess
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime, timezone
 from pathlib import Path
 
 import pytest
 from django.core.management import CommandError, call_command
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
+from topics import importing
+from topics.importing import ImportFailed, import_topics
 from topics.models import Topic
 
 pytestmark = pytest.mark.django_db
@@ -135,13 +139,13 @@ def test_it_reads_an_iso_8601_publication_date(tmp_path, categories):
 
     run_import(path)
 
-    assert only_topic().published_at == datetime(2026, 11, 18, 12, 5, tzinfo=timezone.utc)
+    assert only_topic().published_at == datetime(2026, 11, 18, 12, 5, tzinfo=UTC)
 
 
 def test_it_reads_a_publication_date_without_a_zone_as_utc(tmp_path, categories):
     run_import(write_json(tmp_path / "t.json", [{"title": "A", "published_at": "2026-11-18T14:05:00"}]))
 
-    assert only_topic().published_at == datetime(2026, 11, 18, 14, 5, tzinfo=timezone.utc)
+    assert only_topic().published_at == datetime(2026, 11, 18, 14, 5, tzinfo=UTC)
 
 
 def test_it_stores_the_canonical_url(tmp_path, categories):
@@ -249,7 +253,22 @@ BAD_JSON_ROWS = {
     "rejected status": ({"title": "B", "status": "rejected"}, "status must be 'new' or 'approved'"),
     "bad date": ({"title": "B", "published_at": "next tuesday"}, "published_at is not an ISO 8601"),
     "bad url": ({"title": "B", "url": "not a url"}, "url is not a valid http(s) URL"),
-    "same key twice": ({"title": "B", "external_id": "valid-1"}, "same source and external_id as row 1"),
+    "same key twice": ({"title": "B", "external_id": "valid-1"}, "same source and external_id as item 1"),
+    "date in year 10000 once in UTC": (
+        {"title": "B", "published_at": "9999-12-31T23:59:59-12:00"}, "published_at must be between 1970 and 2100"
+    ),
+    "date before year 1 once in UTC": (
+        {"title": "B", "published_at": "0001-01-01T00:00:00+14:00"}, "published_at must be between 1970 and 2100"
+    ),
+    "date in 2101 once in UTC": (
+        {"title": "B", "published_at": "2100-12-31T20:00:00-05:00"}, "published_at must be between 1970 and 2100"
+    ),
+    "date before 1970": ({"title": "B", "published_at": "1969-12-31T23:59:59Z"}, "published_at must be between"),
+    "infinite score": ({"title": "B", "score": float("inf")}, "score must be a finite number"),
+    "url with port 99999": ({"title": "B", "url": "https://example.com:99999/post"}, "url is not a valid http(s)"),
+    "url that cannot be parsed": ({"title": "B", "url": "http://[::1/post"}, "url is not a valid http(s) URL"),
+    "summary too long": ({"title": "B", "summary": "b" * 10_001}, "summary is longer than 10,000 characters"),
+    "title with a lone surrogate": ({"title": "B \ud800"}, "title contains an invalid character"),
 }
 
 
@@ -261,7 +280,7 @@ def test_it_rejects_a_bad_json_row_naming_its_number_and_problem(tmp_path, categ
     error, stderr = failed_import(path)
 
     assert error.returncode == 1
-    assert f"row 2: {problem}" in stderr
+    assert f"item 2: {problem}" in stderr
 
 
 @pytest.mark.parametrize("case", list(BAD_JSON_ROWS))
@@ -275,12 +294,12 @@ def test_it_writes_nothing_when_a_json_row_is_bad(tmp_path, make_topic, case):
 
 
 BAD_CSV = {
-    "more values than columns": ("title,score\nA valid row,1\nB,2,surplus\n", "row 2: more values than header"),
-    "unterminated quote": ('title,score\nA valid row,1\n"B,2\n', "row 2: malformed CSV"),
-    "stray quote": ('title,score\nA valid row,1\n"B"x,2\n', "row 2: malformed CSV"),
-    "negative score": ("title,score\nA valid row,1\nB,-3\n", "row 2: score must be 0 or more"),
-    "unknown category": ("title,category\nA valid row,\nB,gardening\n", "row 2: unknown category 'gardening'"),
-    "blank title": ("title,score\nA valid row,1\n,2\n", "row 2: title is required"),
+    "more values than columns": ("title,score\nA valid row,1\nB,2,surplus\n", "row 3: more values than header"),
+    "unterminated quote": ('title,score\nA valid row,1\n"B,2\n', "row 3: malformed CSV"),
+    "stray quote": ('title,score\nA valid row,1\n"B"x,2\n', "row 3: malformed CSV"),
+    "negative score": ("title,score\nA valid row,1\nB,-3\n", "row 3: score must be 0 or more"),
+    "unknown category": ("title,category\nA valid row,\nB,gardening\n", "row 3: unknown category 'gardening'"),
+    "blank title": ("title,score\nA valid row,1\n,2\n", "row 3: title is required"),
 }
 
 
@@ -303,6 +322,14 @@ BAD_FILES = {
     "CSV without a title column": ("topics.csv", "name,score\nA,1\n", "must name a 'title' column"),
     "unknown file type": ("topics.txt", "title\nA\n", "unknown file type .txt"),
     "not UTF-8": ("topics.csv", "title\ncaf\xe9\n", "not UTF-8"),
+    "JSON nested 200,000 deep": ("topics.json", "[" * 200_000 + "]" * 200_000, "item 1: nested too deeply"),
+    "a JSON field nested 200,000 deep": (
+        "topics.json", '[{"title": "A"}, {"title": ' + "[" * 200_000 + "]" * 200_000 + "}]", "item 2: nested too deeply"
+    ),
+    "JSON object nested 200,000 deep": ("topics.json", '{"a":' * 200_000, "expected a JSON list of objects"),
+    "text after the JSON list": ("topics.json", '[{"title": "A"}]\n[', "invalid JSON at line 2, column 1: Extra data"),
+    "JSON list never closed": ("topics.json", '[{"title": "A"}', "the list is not closed"),
+    "empty JSON file": ("topics.json", "", "the file is empty"),
 }
 
 
@@ -341,7 +368,7 @@ def test_it_reports_every_bad_row_not_just_the_first(tmp_path, categories):
 
     error, stderr = failed_import(path)
 
-    assert "row 1: score" in stderr and "row 3: unknown category" in stderr
+    assert "item 1: score" in stderr and "item 3: unknown category" in stderr
     assert "2 error(s)" in str(error)
 
 
@@ -359,7 +386,7 @@ def test_it_reports_the_skipped_rows_with_their_numbers(tmp_path, categories):
 
     _, err = run_import(path, "--skip-invalid")
 
-    assert "skipped row 2: score must be 0 or more" in err
+    assert "skipped item 2: score must be 0 or more" in err
 
 
 def test_it_refuses_a_broken_csv_even_with_skip_invalid(tmp_path, categories):
@@ -369,7 +396,7 @@ def test_it_refuses_a_broken_csv_even_with_skip_invalid(tmp_path, categories):
     error, stderr = failed_import(path, "--skip-invalid")
 
     assert error.returncode == 1
-    assert "row 2: malformed CSV" in stderr
+    assert "row 3: malformed CSV" in stderr
     assert Topic.objects.count() == 0
 
 
@@ -385,3 +412,299 @@ def test_it_exits_with_status_1_naming_the_problem(tmp_path):
 
     assert result.returncode == 1
     assert "invalid JSON at line 1" in result.stderr
+
+
+# --- row numbers -----------------------------------------------------------------------------------
+
+
+def test_it_numbers_csv_rows_as_a_spreadsheet_does_with_the_header_as_row_1(tmp_path, categories):
+    path = tmp_path / "topics.csv"
+    path.write_text("title,score\nB,-1\n", encoding="utf-8")
+
+    _, stderr = failed_import(path)
+
+    assert f"{path}: row 2: score must be 0 or more" in stderr
+
+
+def test_it_counts_a_quoted_field_with_line_breaks_as_one_row(tmp_path, categories):
+    path = tmp_path / "topics.csv"
+    path.write_text('title,summary,score\nA,"line one\nline two\nline three",1\nB,,-1\n', encoding="utf-8")
+
+    _, stderr = failed_import(path)
+
+    assert "row 3: score must be 0 or more" in stderr
+
+
+def test_it_counts_a_blank_line_as_a_row(tmp_path, categories):
+    path = tmp_path / "topics.csv"
+    path.write_text("title,score\nA,1\n\nB,-1\n", encoding="utf-8")
+
+    _, stderr = failed_import(path)
+
+    assert "row 4: score must be 0 or more" in stderr
+
+
+def test_it_numbers_json_items_from_1(tmp_path, categories):
+    _, stderr = failed_import(write_json(tmp_path / "t.json", [{"title": "B", "score": -1}]))
+
+    assert "item 1: score must be 0 or more" in stderr
+
+
+def test_it_lists_the_first_50_errors_and_counts_the_rest(tmp_path, categories):
+    path = write_json(tmp_path / "t.json", [{"title": f"B{n}", "score": -1} for n in range(60)])
+
+    error, stderr = failed_import(path)
+
+    assert "60 error(s)" in str(error)
+    assert stderr.count("score must be 0 or more") == 50
+    assert "item 50: score" in stderr and "item 51: score" not in stderr
+    assert "… and 10 more errors not listed." in stderr
+
+
+# --- dates, numbers and sizes that must not reach the database ----------------------------------------
+
+
+@pytest.mark.parametrize("value", ["1970-01-01T00:00:00Z", "1970-01-01T05:00:00+05:00", "2100-12-31T23:59:59Z"])
+def test_it_accepts_publication_dates_at_the_edges_of_the_range(tmp_path, categories, value):
+    run_import(write_json(tmp_path / "t.json", [{"title": "A", "published_at": value}]))
+
+    assert only_topic().published_at == datetime.fromisoformat(value).astimezone(UTC)
+
+
+def test_it_rejects_a_5000_digit_json_score_in_one_short_line(tmp_path, categories):
+    path = tmp_path / "t.json"
+    path.write_text('[{"title": "A", "score": ' + "9" * 5000 + "}]", encoding="utf-8")
+
+    _, stderr = failed_import(path)
+
+    (line,) = [line for line in stderr.splitlines() if "score" in line]
+    assert "item 1: score must be a finite number" in line
+    assert len(line) < len(str(path)) + 150
+
+
+def test_it_rejects_a_5000_digit_csv_score(tmp_path, categories):
+    path = tmp_path / "t.csv"
+    path.write_text("title,score\nA," + "9" * 5000 + "\n", encoding="utf-8")
+
+    _, stderr = failed_import(path)
+
+    assert "row 2: score must be a finite number" in stderr
+
+
+def test_it_stores_a_title_of_exactly_500_characters_and_a_summary_of_10000(tmp_path, categories):
+    run_import(write_json(tmp_path / "t.json", [{"title": "t" * 500, "summary": "s" * 10_000}]))
+
+    topic = only_topic()
+    assert (len(topic.title), len(topic.summary)) == (500, 10_000)
+
+
+# --- what is read, and how -------------------------------------------------------------------------
+
+
+def test_it_refuses_a_device_without_reading_it(tmp_path, categories):
+    path = tmp_path / "zero.json"
+    path.symlink_to("/dev/zero")
+
+    error, stderr = failed_import(path)
+
+    assert error.returncode == 1
+    assert "it is a character device, not a regular file" in stderr
+
+
+def test_it_refuses_a_fifo_without_waiting_for_a_writer(tmp_path, categories):
+    path = tmp_path / "topics.csv"
+    os.mkfifo(path)
+
+    _, stderr = failed_import(path)
+
+    assert "it is a FIFO (named pipe), not a regular file" in stderr
+
+
+def test_it_refuses_a_file_over_the_size_limit_before_reading_it(tmp_path, categories, settings):
+    settings.IMPORT_MAX_BYTES = 100
+    path = write_json(tmp_path / "t.json", [{"title": "A long enough title to pass the limit", "n": "x" * 100}])
+
+    error, stderr = failed_import(path)
+
+    assert error.returncode == 1
+    assert f"the file is {path.stat().st_size:,} bytes, over the import limit of 100 bytes (IMPORT_MAX_BYTES)" in stderr
+    assert Topic.objects.count() == 0
+
+
+def test_it_reads_json_in_small_pieces_exactly_as_in_one(tmp_path, categories, monkeypatch):
+    monkeypatch.setattr("topics.importing._JsonList.READ_CHARS", 7)
+    records = [
+        {"title": f"Story number {n}", "score": 123456789 + n, "summary": "é ü \\" + '"quoted"', "external_id": n}
+        for n in range(20)
+    ]
+
+    run_import(write_json(tmp_path / "t.json", records))
+
+    stored = {t.external_id: (t.title, t.score, t.summary) for t in Topic.objects.all()}
+    assert stored == {str(r["external_id"]): (r["title"], r["score"], r["summary"]) for r in records}
+
+
+def test_it_names_the_line_of_a_json_error_read_in_small_pieces(tmp_path, categories, monkeypatch):
+    monkeypatch.setattr("topics.importing._JsonList.READ_CHARS", 5)
+    path = tmp_path / "t.json"
+    path.write_text('[\n{"title": "A"},\n{"title": "B"},\n{"title": tru}\n]', encoding="utf-8")
+
+    _, stderr = failed_import(path)
+
+    assert "invalid JSON at line 4, column 11" in stderr
+
+
+def test_it_refuses_a_json_item_larger_than_the_item_limit(tmp_path, categories, monkeypatch):
+    monkeypatch.setattr("topics.importing.MAX_ITEM_CHARS", 1000)
+    monkeypatch.setattr("topics.importing._JsonList.READ_CHARS", 100)
+
+    _, stderr = failed_import(write_json(tmp_path / "t.json", [{"title": "A"}, {"title": "B", "x": "y" * 5000}]))
+
+    assert "item 2: larger than 1,000 characters" in stderr
+
+
+# --- streaming in chunks ---------------------------------------------------------------------------
+
+
+def test_it_writes_every_row_when_the_file_spans_many_chunks(tmp_path, categories):
+    path = write_json(tmp_path / "t.json", [{"title": f"Story {n}", "external_id": f"s-{n}"} for n in range(7)])
+
+    result = import_topics(path=path, chunk_rows=2)
+
+    assert (result.created, Topic.objects.count()) == (7, 7)
+
+
+def test_it_finds_a_repeated_key_in_another_chunk(tmp_path, categories):
+    records = [{"title": f"Story {n}", "external_id": f"s-{n}"} for n in range(5)] + [
+        {"title": "Story again", "external_id": "s-0"}
+    ]
+
+    with pytest.raises(ImportFailed) as excinfo:
+        import_topics(path=write_json(tmp_path / "t.json", records), chunk_rows=2)
+
+    assert [str(e) for e in excinfo.value.errors] == ["item 6: same source and external_id as item 1"]
+    assert Topic.objects.count() == 0
+
+
+def test_it_imports_the_first_of_two_rows_with_the_same_key_with_skip_invalid(tmp_path, categories):
+    path = write_json(tmp_path / "t.json", [{"title": "First", "external_id": "k"}, {"title": "Second", "external_id": "k"}])
+
+    _, err = run_import(path, "--skip-invalid")
+
+    assert only_topic().title == "First"
+    assert "skipped item 2: same source and external_id as item 1" in err
+
+
+def test_it_writes_nothing_when_the_file_changes_between_checking_and_writing(tmp_path, categories, monkeypatch):
+    path = write_json(tmp_path / "t.json", [{"title": f"Story {n}", "external_id": f"s-{n}"} for n in range(6)])
+    check = importing._check
+
+    def check_then_change_the_file(**kwargs):
+        checked = check(**kwargs)
+        write_json(path, [{"title": f"Story {n}", "external_id": f"s-{n}"} for n in range(5)] + [{"title": ""}])
+        return checked
+
+    monkeypatch.setattr(importing, "_check", check_then_change_the_file)
+
+    with pytest.raises(ImportFailed) as excinfo:
+        import_topics(path=path, chunk_rows=1)
+
+    assert "the file changed while it was being imported" in str(excinfo.value)
+    assert Topic.objects.count() == 0
+
+
+# --- unchanged rows are recognised by their hash ------------------------------------------------------
+
+
+def test_it_writes_nothing_when_an_unchanged_file_is_imported_again(tmp_path, categories):
+    path = write_json(tmp_path / "t.json", [{"title": f"Story {n}", "url": f"https://example.com/{n}"} for n in range(5)])
+    run_import(path)
+
+    with CaptureQueriesContext(connection) as queries:
+        out, _ = run_import(path)
+
+    assert "0 created, 0 updated, 5 unchanged" in out
+    assert not [q["sql"] for q in queries if q["sql"].lstrip().upper().startswith(("INSERT", "UPDATE", "DELETE"))]
+
+
+def test_it_keeps_an_editors_edit_when_an_unchanged_file_is_imported_again(tmp_path, categories):
+    path = write_json(tmp_path / "t.json", [{"title": "USPS raises parcel rates", "external_id": "x1"}])
+    run_import(path)
+    Topic.objects.update(title="USPS raises parcel rates by 7.8%")
+
+    run_import(path)
+
+    assert only_topic().title == "USPS raises parcel rates by 7.8%"
+
+
+def test_it_refreshes_a_row_whose_content_changed_since_the_last_import(tmp_path, categories):
+    run_import(write_json(tmp_path / "a.json", [{"title": "A", "external_id": "x1", "published_at": "2026-01-02"}]))
+
+    run_import(write_json(tmp_path / "b.json", [{"title": "A", "external_id": "x1", "published_at": "2026-01-03"}]))
+
+    assert only_topic().published_at == datetime(2026, 1, 3, tzinfo=UTC)
+
+
+def test_it_records_a_hash_on_a_topic_imported_before_hashes_without_changing_it(tmp_path, categories):
+    path = write_json(tmp_path / "t.json", [{"title": "A", "external_id": "x1", "score": 5}])
+    run_import(path)
+    Topic.objects.update(import_hash="", updated_at=datetime(2026, 1, 1, tzinfo=UTC))
+
+    out, _ = run_import(path)
+
+    topic = only_topic()
+    assert "0 updated, 1 unchanged" in out
+    assert topic.import_hash and topic.updated_at == datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def test_it_counts_the_same_content_written_differently_as_unchanged(tmp_path, categories):
+    run_import(write_json(tmp_path / "a.json", [{"title": "A", "external_id": "x1", "score": 7}]))
+    path = tmp_path / "b.csv"
+    path.write_text("title,external_id,score\nA,x1,7.0\n", encoding="utf-8")
+
+    out, _ = run_import(path)
+
+    assert "0 created, 0 updated, 1 unchanged" in out
+
+
+def test_it_keeps_an_editors_locked_category_when_a_changed_row_is_imported(tmp_path, categories):
+    run_import(write_json(tmp_path / "a.json", [{"title": "A", "external_id": "x1", "category": "ads_marketing"}]))
+    only_topic().override_category(categories["pricing_margins"])
+
+    run_import(write_json(tmp_path / "b.json", [{"title": "B", "external_id": "x1", "category": "ads_marketing"}]))
+
+    topic = only_topic()
+    assert (topic.title, topic.category.slug) == ("B", "pricing_margins")
+
+
+def test_it_reads_an_unchanged_file_only_once(tmp_path, categories, monkeypatch):
+    path = write_json(tmp_path / "t.json", [{"title": f"Story {n}", "external_id": f"s-{n}"} for n in range(3)])
+    run_import(path)
+    reads = []
+    read = importing._read
+    monkeypatch.setattr(importing, "_read", lambda *args, **kwargs: reads.append(args) or read(*args, **kwargs))
+
+    out, _ = run_import(path)
+
+    assert "0 created, 0 updated, 3 unchanged" in out
+    assert len(reads) == 1
+
+
+def test_it_writes_the_changed_row_of_a_file_that_is_otherwise_unchanged(tmp_path, categories):
+    records = [{"title": f"Story {n}", "external_id": f"s-{n}"} for n in range(3)]
+    run_import(write_json(tmp_path / "a.json", records))
+    records[1]["title"] = "Story one, corrected"
+
+    out, _ = run_import(write_json(tmp_path / "b.json", records))
+
+    assert "0 created, 1 updated, 2 unchanged" in out
+    assert Topic.objects.get(external_id="s-1").title == "Story one, corrected"
+
+
+def test_it_hashes_records_that_import_alike_alike_and_others_apart():
+    row = {"title": "A", "summary": "b", "score": 7}
+
+    assert importing.record_hash(row) == importing.record_hash({"title": "A", "summary": "b", "score": "7", "url": ""})
+    assert importing.record_hash(row) != importing.record_hash({"title": "A", "summary": "b", "score": 8})
+    assert importing.record_hash({"title": "A", "summary": "b"}) != importing.record_hash({"title": "A\x00b"})
+    assert importing.record_hash({"title": ["A"]}) == ""

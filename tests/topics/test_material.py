@@ -12,9 +12,8 @@ from batches.models import Batch, CostLedgerEntry, Newsletter
 from tests.fakes.perplexity_api import FakePerplexityAPI, make_search_result
 from tests.fakes.reddit_api import FakeRedditAPI, make_comment, make_post
 from topics.discovery import run_discovery
-from topics.material import (
-    Kind, gather_for_newsletter, gather_material, reddit_post_id, stored_material, wanted_sources,
-)
+from batches.grounding import gather_for_newsletter
+from topics.material import Kind, gather_material, reddit_post_id, stored_material, wanted_sources
 from topics.models import SourceDocument, Topic
 
 pytestmark = pytest.mark.django_db
@@ -358,7 +357,7 @@ def test_gathering_for_a_draft_never_raises_whatever_goes_wrong(web_pages, make_
     def broken(**kwargs):
         raise RuntimeError("a bug in gathering")
 
-    monkeypatch.setattr("topics.material.gather_material", broken)
+    monkeypatch.setattr("batches.grounding.gather_material", broken)
     material = gather_for_newsletter(newsletter=item_for(topic))
 
     assert [d.url for d in material.readable] == [web_pages.url(USPS)]  # what was stored before

@@ -3,16 +3,15 @@ from __future__ import annotations
 import hashlib
 import itertools
 from datetime import datetime, timezone
-from decimal import Decimal
 
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from batches.models import Batch, Newsletter
+from topics import usage
 from topics.dedupe import is_near_duplicate
 from topics.models import Category, Topic
-from topics.selection import candidate_pool, select_diverse
+from topics.selection import LeftOut, RecentStories, select_topics
 
 pytestmark = pytest.mark.django_db
 
@@ -45,12 +44,24 @@ def topic(make_topic):
 
 
 def choose(size: int, *, include_new: bool = False) -> list[Topic]:
-    return select_diverse(pool=candidate_pool(include_new=include_new), size=size)
+    return select_topics(size=size, include_new=include_new).topics
 
 
-def use_in_newsletter(topic: Topic, status: str) -> Newsletter:
-    batch = Batch.objects.create(budget_usd=Decimal("40"), model="claude-sonnet-4-6")
-    return Newsletter.objects.create(batch=batch, topic=topic, status=status)
+def taken(topic: Topic) -> None:
+    """A batch queued a draft of the topic (what batches records when it creates an item)."""
+    usage.mark_taken(topic_ids=[topic.pk])
+
+
+def drafted(topic: Topic) -> None:
+    """A draft of the topic was saved."""
+    taken(topic)
+    usage.mark_drafted(topic_id=topic.pk)
+
+
+def failed(topic: Topic) -> None:
+    """The topic's only draft failed."""
+    taken(topic)
+    usage.record_outcome(topic_id=topic.pk, drafted=False)
 
 
 def test_it_covers_eight_categories_when_eight_are_populated(topic):
@@ -192,26 +203,25 @@ def test_it_copes_with_a_category_an_editor_added(topic, categories):
     assert len({t.category_id for t in chosen}) == 9
 
 
-def test_it_leaves_out_topics_used_in_a_generated_newsletter(topic):
+def test_it_leaves_out_topics_a_draft_was_saved_from(topic):
     used = topic("shipping_logistics", 90)
     fresh = topic("shipping_logistics", 10)
-    use_in_newsletter(used, Newsletter.Status.GENERATED)
+    drafted(used)
 
     assert [t.pk for t in choose(8)] == [fresh.pk]
 
 
 def test_it_leaves_out_topics_a_batch_is_drafting_now(topic):
-    taken = topic("shipping_logistics", 90)
-    use_in_newsletter(taken, Newsletter.Status.GENERATING)
+    taken(topic("shipping_logistics", 90))
 
     assert choose(8) == []
 
 
 def test_it_offers_again_a_topic_whose_draft_failed(topic):
-    failed = topic("shipping_logistics", 90)
-    use_in_newsletter(failed, Newsletter.Status.FAILED)
+    story = topic("shipping_logistics", 90)
+    failed(story)
 
-    assert [t.pk for t in choose(8)] == [failed.pk]
+    assert [t.pk for t in choose(8)] == [story.pk]
 
 
 def test_it_leaves_out_rejected_topics(topic):
@@ -239,9 +249,7 @@ def test_it_draws_only_from_the_given_topics(topic):
     topic("shipping_logistics", 90)
     wanted = topic("pricing_margins", 10)
 
-    pool = candidate_pool(topic_ids=[wanted.pk])
-
-    assert [t.pk for t in select_diverse(pool=pool, size=8)] == [wanted.pk]
+    assert [t.pk for t in select_topics(size=8, topic_ids=[wanted.pk]).topics] == [wanted.pk]
 
 
 def test_it_never_chooses_two_near_duplicates_in_the_second_pass(topic):
@@ -297,8 +305,7 @@ def test_it_chooses_no_near_duplicate_pair_from_a_pool_full_of_them(topic):
 
 
 def test_it_passes_over_a_story_a_recent_batch_already_drafted_from_another_source(topic):
-    drafted = topic("pricing_margins", 93, title="US raises tariffs on Chinese consumer goods to 35%, effective December 1")
-    use_in_newsletter(drafted, Newsletter.Status.GENERATED)
+    drafted(topic("pricing_margins", 93, title="US raises tariffs on Chinese consumer goods to 35%, effective December 1"))
     topic("pricing_margins", 80, title="35% tariff on Chinese goods starts Dec 1 - how are you protecting your margins?")
     fresh = topic("pricing_margins", 40, title="Card processing fees compared: what 2.9% + 30 cents really costs")
 
@@ -306,22 +313,19 @@ def test_it_passes_over_a_story_a_recent_batch_already_drafted_from_another_sour
 
 
 def test_it_takes_a_hand_picked_repost_of_a_drafted_story_as_meant(topic):
-    from batches.planning import plan_batch
-
-    drafted = topic("pricing_margins", 93, title="US raises tariffs on Chinese consumer goods to 35%, effective December 1")
-    use_in_newsletter(drafted, Newsletter.Status.GENERATED)
+    drafted(topic("pricing_margins", 93, title="US raises tariffs on Chinese consumer goods to 35%, effective December 1"))
     repost = topic("pricing_margins", 80, title="35% tariff on Chinese goods starts Dec 1 - how are you protecting margins?")
 
-    assert plan_batch(size=1).topics == []
-    assert [t.pk for t in plan_batch(size=1, topic_ids=[repost.pk]).topics] == [repost.pk]
+    assert select_topics(size=1).topics == []
+    assert [t.pk for t in select_topics(size=1, topic_ids=[repost.pk]).topics] == [repost.pk]
 
 
 def test_it_offers_a_story_again_once_its_only_draft_failed(topic):
-    failed = topic("pricing_margins", 93, title="US raises tariffs on Chinese consumer goods to 35%, effective December 1")
-    use_in_newsletter(failed, Newsletter.Status.FAILED)
+    story = topic("pricing_margins", 93, title="US raises tariffs on Chinese consumer goods to 35%, effective December 1")
+    failed(story)
     topic("pricing_margins", 80, title="35% tariff on Chinese goods starts Dec 1 - how are you protecting margins?")
 
-    assert [t.pk for t in choose(1)] == [failed.pk]
+    assert [t.pk for t in choose(1)] == [story.pk]
 
 
 def count_selection_queries(pool_size: int, categories: dict[str, Category]) -> int:
@@ -342,3 +346,185 @@ def count_selection_queries(pool_size: int, categories: dict[str, Category]) -> 
 
 def test_it_makes_as_many_queries_for_a_large_pool_as_for_a_small_one(categories):
     assert count_selection_queries(500, categories) == count_selection_queries(50, categories)
+
+
+# --- Categories ranked by what may still be chosen (issue 10: the figures of a desk with earlier batches) -------
+
+REPEATS = [
+    # (category, score, title of the new topic, title of the story a recent batch drafted)
+    ("shipping_logistics", 70, "USPS Ground Advantage rates going up 7.8% in January - what it means for you",
+     "USPS announces 2027 Ground Advantage rate increase of 7.8%"),
+    ("pricing_margins", 65, "35% tariff on Chinese goods starts Dec 1 - how are you protecting your margins?",
+     "US raises tariffs on Chinese consumer goods to 35%, effective December 1"),
+    ("ads_marketing", 60, "Meta ads CPMs spike 40% ahead of Black Friday, advertisers report",
+     "Meta ads CPM spiked 40% this week before Black Friday"),
+]
+
+
+@pytest.fixture
+def desk_after_earlier_batches(topic):
+    """Three categories led by repeats of recently drafted stories; three others led by fresh, eligible topics."""
+    for n, (slug, score, title, story) in enumerate(REPEATS):
+        drafted(topic("platform_tools", 10 + n, title=story))
+        topic(slug, score, title=title)
+    seconds = {slug: topic(slug, score) for slug, score in
+               [("shipping_logistics", 36.2), ("pricing_margins", 35.4), ("ads_marketing", 47.9)]}
+    leaders = {slug: topic(slug, score) for slug, score in
+               [("inventory_management", 54.8), ("customer_retention", 50.9), ("product_sourcing", 49.5)]}
+    return seconds, leaders
+
+
+def test_a_batch_of_one_takes_the_best_topic_that_may_still_be_drafted(desk_after_earlier_batches):
+    _, leaders = desk_after_earlier_batches
+
+    assert [t.score for t in choose(1)] == [54.8]
+    assert [t.pk for t in choose(1)] == [leaders["inventory_management"].pk]
+
+
+def test_a_batch_of_three_takes_the_three_categories_with_the_best_eligible_topics(desk_after_earlier_batches):
+    assert [t.score for t in choose(3)] == [54.8, 50.9, 49.5]
+
+
+def test_a_category_led_by_a_repeat_still_offers_its_next_topic_in_its_turn(desk_after_earlier_batches):
+    assert [t.score for t in choose(6)] == [54.8, 50.9, 49.5, 47.9, 36.2, 35.4]
+
+
+def test_it_says_how_many_repeats_of_recent_stories_it_passed_over(desk_after_earlier_batches):
+    assert select_topics(size=1).left_out == LeftOut(recent_repeat=3, already_drafted=3)
+
+
+def test_it_counts_only_repeats_that_ranked_above_the_last_topic_chosen(topic):
+    drafted(topic("platform_tools", 5, title=REPEATS[0][3]))
+    topic("shipping_logistics", 20, title=REPEATS[0][2])  # a repeat, but below everything chosen
+    for slug in ("pricing_margins", "ads_marketing"):
+        topic(slug, 50)
+
+    assert select_topics(size=2).left_out.recent_repeat == 0
+
+
+def test_it_says_how_many_approved_topics_a_draft_has_already_used(topic):
+    for n in range(3):
+        drafted(topic(SLUGS[n], 90 + n))
+    taken(topic("platform_tools", 80))
+    drafted(topic("platform_tools", 85, status=Topic.Status.NEW))  # not a candidate: not approved
+    topic("shipping_logistics", 10)
+
+    assert select_topics(size=8).left_out == LeftOut(already_drafted=4)
+
+
+def test_it_says_how_many_near_duplicates_of_a_chosen_topic_it_passed_over(topic):
+    topic("shipping_logistics", 90, title="USPS announces 2027 Ground Advantage rate increase of 7.8%")
+    topic("shipping_logistics", 85,
+          title="USPS Ground Advantage rates going up 7.8% in January 2027 - what this means for small shippers")
+    topic("shipping_logistics", 20)
+
+    selection = select_topics(size=2)
+
+    assert [t.score for t in selection.topics] == [90, 20]
+    assert selection.left_out == LeftOut(near_duplicate=1)
+
+
+def test_it_says_which_hand_picked_topics_are_not_approved_or_already_drafted(topic):
+    fine = topic("shipping_logistics", 50)
+    unreviewed = topic("pricing_margins", 40, status=Topic.Status.NEW)
+    rejected = topic("ads_marketing", 30, status=Topic.Status.REJECTED)
+    used = topic("platform_tools", 20)
+    drafted(used)
+
+    selection = select_topics(size=8, topic_ids=[fine.pk, unreviewed.pk, rejected.pk, used.pk])
+
+    assert [t.pk for t in selection.topics] == [fine.pk]
+    assert selection.left_out == LeftOut(not_approved=2, already_drafted=1)
+    assert selection.left_out.describe() == "3 left out: 1 already drafted, 2 not approved"
+
+
+def test_it_leaves_nothing_out_of_a_fresh_pool(topic):
+    for slug in SLUGS:
+        topic(slug, 10)
+
+    left_out = select_topics(size=8).left_out
+
+    assert left_out.total == 0
+    assert left_out.describe() == "No candidate was left out."
+
+
+def test_it_reads_only_topics(topic):
+    for slug in SLUGS:
+        topic(slug, 10)
+
+    with CaptureQueriesContext(connection) as queries:
+        select_topics(size=8)
+
+    assert queries.captured_queries
+    assert not [q["sql"] for q in queries.captured_queries if "batches_" in q["sql"]]
+
+
+def corpus_of_titles() -> list[str]:
+    """The sample topics, each also retold the ways sources retell a story, and the test suite's repeats."""
+    import json
+    from pathlib import Path
+
+    import topics
+
+    sample = Path(topics.__file__).parent / "sample_data" / "sample_topics.json"
+    titles = [row["title"] for row in json.loads(sample.read_text())]
+    retold = [variant for title in titles for variant in (
+        f"{title} - how are you handling it?", " ".join(reversed(title.split())), f"Report: {title.lower()}",
+        " ".join(title.split()[:3]),
+    )]
+    return titles + retold + [title for row in REPEATS for title in row[2:]]
+
+
+def test_the_fast_check_for_recent_stories_agrees_with_comparing_each_title():
+    corpus = corpus_of_titles()
+    recent, candidates = corpus[::3], corpus[1::3] + corpus[2::3]
+
+    fast = [RecentStories(recent).repeated_by(title) for title in candidates]
+    slow = [any(is_near_duplicate(title, other) for other in recent) for title in candidates]
+
+    assert fast == slow
+    assert 0 < sum(fast) < len(fast)  # the corpus has repeats and stories that are not
+
+
+def explain(sql: str) -> str:
+    """The plan the database would use for `sql`. On PostgreSQL, scanning the whole table and sorting are
+    discouraged, as they are on a big one: what remains shows whether an index gives the rows in order."""
+    from django.db import transaction
+
+    with transaction.atomic(), connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute("SET LOCAL enable_seqscan = off")
+            cursor.execute("SET LOCAL enable_sort = off")
+            cursor.execute("EXPLAIN " + sql)
+            return "\n".join(row[0] for row in cursor.fetchall())
+        cursor.execute("EXPLAIN QUERY PLAN " + sql)
+        return "\n".join(str(row[-1]) for row in cursor.fetchall())
+
+
+@pytest.mark.parametrize("include_new", [False, True])
+def test_each_category_head_is_read_in_order_from_the_selection_index(topic, include_new):
+    for n, slug in enumerate(SLUGS):
+        topic(slug, n, published_at=datetime(2026, 11, 1, tzinfo=timezone.utc) if n % 2 else None)
+
+    with CaptureQueriesContext(connection) as queries:
+        select_topics(size=8, include_new=include_new)
+
+    heads = [q["sql"] for q in queries.captured_queries if '"usage" = \'unused\'' in q["sql"]]
+    assert len(heads) == len(SLUGS) * (2 if include_new else 1)
+    for sql in heads:
+        plan = explain(sql)
+        assert "topic_selection_head" in plan, plan
+        assert "Sort" not in plan and "TEMP B-TREE" not in plan, plan  # read in order, no sorting
+
+
+def test_used_topics_are_read_through_their_own_small_indexes(topic):
+    drafted(topic("shipping_logistics", 5))
+
+    with CaptureQueriesContext(connection) as queries:
+        select_topics(size=8)
+
+    used = [q["sql"] for q in queries.captured_queries if "'taken'" in q["sql"] or "'drafted'" in q["sql"]]
+    assert len(used) == 4  # recent titles and the drafted count, per used state
+    for sql in used:
+        plan = explain(sql)
+        assert "topic_taken_at" in plan or "topic_drafted_at" in plan, plan

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import json
 import math
 import sys
 import time
@@ -9,6 +8,7 @@ from decimal import Decimal, InvalidOperation
 from django.conf import settings
 from django.core.management.base import CommandError
 from django.db import InterfaceError, OperationalError, connection
+from django.utils.text import Truncator
 
 from newsroom.commands import ContractCommand
 
@@ -16,15 +16,23 @@ from batches import launching, running
 from batches.grounding import cited_sources
 from batches.ledger import monthly_remaining
 from batches.models import Batch, Newsletter
+from batches.money import format_usd
 from batches.planning import plan_batch
 from batches.preflight import ERROR, run_checks
 from batches.pricing import PriceMissing, to_money
 
 EXIT_ERROR, EXIT_BUDGET, EXIT_FAILED_ITEMS = 1, 3, 4
-# What the batch's budget column holds: six decimal places, fourteen digits.
-MIN_BUDGET, MAX_BUDGET = Decimal("0.000001"), Decimal("99999999")
+MIN_SIZE, MAX_SIZE = 1, 100
 POLL_SECONDS = 0.5
-DEFAULT_TIMEOUT = 1800.0
+DEFAULT_TIMEOUT, MAX_TIMEOUT = 1800.0, 7 * 86400
+EXIT_CODES = """exit codes:
+  0  done: every item drafted (or a dry run)
+  1  error: bad arguments, failed preflight, nothing to select, broker down with --queue
+  3  stopped by the budget
+  4  finished with some items failed for other reasons
+
+With --json every outcome, errors included, prints exactly one JSON object on stdout;
+an error's object has "status": "error" and "error": the message."""
 
 
 def first_line(error: Exception) -> str:
@@ -45,33 +53,58 @@ def money(value: Decimal) -> str:
     return str(to_money(Decimal(value)))
 
 
-def parse_budget(value: str) -> Decimal:
+def _shown(value: object) -> str:
+    text = str(value).strip()
+    return repr(text if len(text) <= 40 else f"{text[:39]}…")
+
+
+def _number(value: object, *, convert, accept, allowed: str):
+    """`value` converted, when it converts and `accept` takes it; otherwise one line: what is allowed, what was given."""
     try:
-        budget = Decimal(value)
-    except InvalidOperation:
-        raise CommandError(f"--budget must be a number of dollars, got {value!r}", returncode=EXIT_ERROR) from None
-    if not budget.is_finite() or budget <= 0:
-        raise CommandError(f"--budget must be above 0, got {value}", returncode=EXIT_ERROR)
-    budget = to_money(budget)
-    if not MIN_BUDGET <= budget <= MAX_BUDGET:
-        raise CommandError(
-            f"--budget must be between ${MIN_BUDGET} and ${MAX_BUDGET:,}, got {value}", returncode=EXIT_ERROR
-        )
-    return budget
+        number = convert(str(value).strip())
+    except (ValueError, InvalidOperation):
+        raise CommandError(f"{allowed}, got {_shown(value)}", returncode=EXIT_ERROR) from None
+    if not accept(number):
+        raise CommandError(f"{allowed}, got {_shown(value)}", returncode=EXIT_ERROR)
+    return number
+
+
+def parse_budget(value: object) -> Decimal:
+    """A budget in dollars: a finite number from MIN_BUDGET_USD to MAX_BUDGET_USD (the settings' bounds, which the
+    budget column holds with room to spare), rounded to the ledger's six decimal places."""
+    low, high = settings.MIN_BUDGET_USD, settings.MAX_BUDGET_USD
+    # Checked before rounding: rounding 1e28 to six places needs more digits than Decimal keeps, and NaN compares
+    # as nothing at all.
+    budget = _number(value, convert=Decimal, accept=lambda b: b.is_finite() and low <= b <= high,
+                     allowed=f"--budget must be a number of dollars from ${low} to ${high:,}")
+    return to_money(budget)
+
+
+def parse_size(value: object) -> int:
+    """Newsletters in a batch: a whole number from MIN_SIZE to MAX_SIZE."""
+    return _number(value, convert=int, accept=lambda n: MIN_SIZE <= n <= MAX_SIZE,
+                   allowed=f"--size must be a whole number from {MIN_SIZE} to {MAX_SIZE}")
+
+
+def parse_timeout(value: object) -> float:
+    """How long `--wait` follows a batch: a finite number of seconds above 0, at most MAX_TIMEOUT."""
+    return _number(value, convert=float, accept=lambda t: math.isfinite(t) and 0 < t <= MAX_TIMEOUT,
+                   allowed=f"--timeout must be a number of seconds above 0 and at most {MAX_TIMEOUT:,}")
 
 
 class Command(ContractCommand):
     help = "Run a batch: diversity selection, then one newsletter draft per topic (in-process or on the workers)."
+    epilog = EXIT_CODES
 
     def add_arguments(self, parser):
         parser.add_argument("--dry-run", action="store_true", help="Show the selection and the estimated cost only.")
-        parser.add_argument("--size", type=int, default=None, help="Newsletters in the batch (1-100).")
+        parser.add_argument("--size", default=None, help=f"Newsletters in the batch ({MIN_SIZE}-{MAX_SIZE}).")
         parser.add_argument("--budget", default=None, help="Budget in USD for this batch (default BATCH_BUDGET_USD).")
         parser.add_argument("--include-new", action="store_true", help="Also select topics not yet reviewed.")
         parser.add_argument("--discover-only", action="store_true", help="Run discovery and stop.")
         parser.add_argument("--queue", action="store_true", help="Hand the batch to the Celery workers.")
         parser.add_argument("--wait", action="store_true", help="With --queue: follow the batch to its end.")
-        parser.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+        parser.add_argument("--timeout", default=None, metavar="SECONDS",
                             help=f"With --wait: give up following after this long (default {DEFAULT_TIMEOUT:g}); "
                                  "the batch goes on.")
         parser.add_argument("--resume", type=int, default=None, metavar="BATCH",
@@ -80,18 +113,14 @@ class Command(ContractCommand):
 
     def handle(self, *args, **opts):
         self.as_json = opts["as_json"]
-        size = opts["size"] if opts["size"] is not None else settings.BATCH_SIZE
-        if not 1 <= size <= 100:
-            raise CommandError(f"--size must be between 1 and 100, got {size}", returncode=EXIT_ERROR)
-        budget = parse_budget(opts["budget"] if opts["budget"] is not None else str(settings.BATCH_BUDGET_USD))
+        self.dry = opts["dry_run"]
+        size = parse_size(opts["size"] if opts["size"] is not None else settings.BATCH_SIZE)
+        budget = self.budget = parse_budget(opts["budget"] if opts["budget"] is not None else settings.BATCH_BUDGET_USD)
+        timeout = DEFAULT_TIMEOUT if opts["timeout"] is None else parse_timeout(opts["timeout"])
         if opts["wait"] and not opts["queue"]:
             raise CommandError("--wait only goes with --queue", returncode=EXIT_ERROR)
         if opts["timeout"] is not None and not opts["wait"]:
             raise CommandError("--timeout only goes with --wait", returncode=EXIT_ERROR)
-        timeout = DEFAULT_TIMEOUT if opts["timeout"] is None else opts["timeout"]
-        if not math.isfinite(timeout) or not 0 < timeout <= 7 * 86400:
-            raise CommandError(f"--timeout must be between 0 and 604800 seconds, got {opts['timeout']}",
-                               returncode=EXIT_ERROR)
         try:
             return self.run(opts, size=size, budget=budget, timeout=timeout)
         except (OperationalError, InterfaceError) as exc:
@@ -109,7 +138,7 @@ class Command(ContractCommand):
         if opts["dry_run"]:
             return self.dry_run(size=size, budget=budget, include_new=opts["include_new"])
         self.require_preflight()
-        batch = running.create_batch(size=size, budget_usd=budget, include_new=opts["include_new"])
+        batch = self.batch = running.create_batch(size=size, budget_usd=budget, include_new=opts["include_new"])
         if opts["queue"]:
             try:
                 running.enqueue_batch(batch=batch)
@@ -118,7 +147,7 @@ class Command(ContractCommand):
             self.say(f"Batch #{batch.pk} queued for the workers.")
             if not opts["wait"]:
                 if self.as_json:
-                    self.stdout.write(json.dumps(self.report(batch)))
+                    self.write_json(self.report(batch))
                 return
             batch = self.follow(batch, timeout=timeout)
         else:
@@ -129,7 +158,7 @@ class Command(ContractCommand):
     # --- modes ------------------------------------------------------------------------------------
 
     def resume(self, batch_id: int, *, queue: bool, wait: bool, timeout: float):
-        batch = Batch.objects.filter(pk=batch_id).first()
+        batch = self.batch = Batch.objects.filter(pk=batch_id).first()
         if batch is None:
             raise CommandError(f"There is no batch #{batch_id}.", returncode=EXIT_ERROR)
         self.require_preflight()
@@ -143,7 +172,7 @@ class Command(ContractCommand):
             self.say(f"Batch #{batch.pk} resumed and queued for the workers.")
             if not wait:
                 if self.as_json:
-                    self.stdout.write(json.dumps(self.report(batch)))
+                    self.write_json(self.report(batch))
                 return
             return self.finish(self.follow(batch, timeout=timeout))
         refusal = launching.why_not_resumable(batch)
@@ -157,15 +186,15 @@ class Command(ContractCommand):
         return self.finish(running.run_inline(batch=batch, on_item=self.show_item))
 
     def discover(self):
-        from topics.discovery import run_as_dict, run_discovery, summary_lines
+        from topics.discovery import run_as_dict, run_discovery, run_problem, summary_lines
 
         run = run_discovery()
         if self.as_json:
-            self.stdout.write(json.dumps(run_as_dict(run)))
+            self.write_json(run_as_dict(run))
         else:
             self.stdout.write("\n".join(summary_lines(run)))
-        if run.status == "failed":
-            raise CommandError("discovery failed for every source", returncode=EXIT_ERROR)
+        if problem := run_problem(run):
+            raise CommandError(f"discovery failed: {problem}", returncode=EXIT_ERROR)
 
     def dry_run(self, *, size: int, budget: Decimal, include_new: bool):
         try:
@@ -175,35 +204,35 @@ class Command(ContractCommand):
         if not plan.items:
             raise CommandError(
                 "Nothing to select: no approved topic is left that no draft has used yet "
-                "(approve topics in the admin, import some, or use --include-new).",
+                "(approve topics in the admin, import some, or use --include-new). "
+                + plan.left_out.describe(),
                 returncode=EXIT_ERROR,
             )
         if self.as_json:
-            self.stdout.write(
-                json.dumps(
-                    {
-                        "batch": None,
-                        "dry_run": True,
-                        "status": "dry_run",
-                        "budget_usd": money(budget),
-                        "spent_usd": money(Decimal(0)),
-                        "estimated_cost_usd": money(plan.estimated_cost_usd),
-                        "items": [
-                            {
-                                "topic": item.topic.pk,
-                                "title": item.topic.title,
-                                "category": item.topic.category.slug,
-                                "score": item.topic.score,
-                                "status": "selected",
-                                "cost_usd": money(item.estimated_cost_usd),
-                                "subject": None,
-                                "sources": [],
-                                "flags": [],
-                            }
-                            for item in plan.items
-                        ],
-                    }
-                )
+            self.write_json(
+                {
+                    "batch": None,
+                    "dry_run": True,
+                    "status": "dry_run",
+                    "budget_usd": money(budget),
+                    "spent_usd": money(Decimal(0)),
+                    "estimated_cost_usd": money(plan.estimated_cost_usd),
+                    "items": [
+                        {
+                            "topic": item.topic.pk,
+                            "title": item.topic.title,
+                            "category": item.topic.category.slug,
+                            "score": item.topic.score,
+                            "status": "selected",
+                            "cost_usd": money(item.estimated_cost_usd),
+                            "subject": None,
+                            "sources": [],
+                            "flags": [],
+                        }
+                        for item in plan.items
+                    ],
+                    "left_out": plan.left_out.as_dict(),
+                }
             )
             return
         self.stdout.write(f"Dry run: {len(plan.items)} topics selected across {len(plan.categories)} categories "
@@ -212,14 +241,15 @@ class Command(ContractCommand):
             topic = item.topic
             self.stdout.write(
                 f"{number:>3}. [{topic.category.slug}] {topic.title} (score {topic.score:g}, "
-                f"up to ${money(item.estimated_cost_usd)})"
+                f"up to {format_usd(item.estimated_cost_usd)})"
             )
+        self.stdout.write(f"Candidates: {plan.left_out.describe()}")
         self.stdout.write(material_note(plan))
         remaining = monthly_remaining()
-        self.stdout.write(f"Estimated cost: ${money(plan.estimated_cost_usd)} (upper bound) of a ${money(budget)} budget; "
-                          f"${money(budget - plan.estimated_cost_usd)} would remain.")
+        self.stdout.write(f"Estimated cost: {format_usd(plan.estimated_cost_usd)} (upper bound) of a "
+                          f"{format_usd(budget)} budget; {format_usd(budget - plan.estimated_cost_usd)} would remain.")
         if remaining is not None:
-            self.stdout.write(f"Monthly cap: ${money(remaining)} left this month.")
+            self.stdout.write(f"Monthly cap: {format_usd(remaining)} left this month.")
 
     def require_preflight(self):
         errors = [c for c in run_checks() if c.status == ERROR]
@@ -270,8 +300,9 @@ class Command(ContractCommand):
             self.items_total = Newsletter.objects.filter(batch_id=newsletter.batch_id).count()
         total = self.items_total
         label = newsletter.subject or newsletter.error or newsletter.get_status_display()
-        line = (f"[{self.items_shown}/{total}] {newsletter.get_status_display()}: {newsletter.topic.title[:60]} "
-                f"(${money(newsletter.cost_usd)}) — {label[:100]}")
+        line = (f"[{self.items_shown}/{total}] {newsletter.get_status_display()}: "
+                f"{Truncator(newsletter.topic.title).chars(60)} ({format_usd(newsletter.cost_usd)}) — "
+                f"{Truncator(label).chars(100)}")
         if sys.stdout.isatty():
             bar = "#" * round(20 * self.items_shown / max(total, 1))
             self.stdout.write(f"\r\033[K{line}\n[{bar:<20}] {self.items_shown}/{total}", ending="")
@@ -307,17 +338,46 @@ class Command(ContractCommand):
             ],
         }
 
+    def json_error(self, message: str) -> dict:
+        """The contract's object for a failure: the batch's report when there is a batch, with the error."""
+        batch = getattr(self, "batch", None)
+        if batch is not None:
+            batch.refresh_from_db()
+            return {**self.report(batch), "status": "error", "error": message}
+        return self.json_error_fallback(message, None)
+
+    def json_error_fallback(self, message: str, exc: Exception | None) -> dict:
+        """The error object from what is known without the database (which may be what failed)."""
+        batch = getattr(self, "batch", None)
+        budget = getattr(self, "budget", None)
+        dry = getattr(self, "dry", None)
+        if dry is None:  # the arguments were refused before the command started
+            dry = any(len(a) >= 5 and "--dry-run".startswith(a) for a in getattr(self, "_argv", [])[2:])
+        nothing = money(Decimal(0)) if batch is None else None  # no batch: nothing spent or planned
+        return {
+            "batch": batch.pk if batch is not None else None,
+            "dry_run": bool(dry),
+            "status": "error",
+            "budget_usd": money(budget if budget is not None else Decimal(settings.BATCH_BUDGET_USD)),
+            "spent_usd": nothing,
+            "estimated_cost_usd": nothing,
+            "items": [],
+            "error": message,
+        }
+
     def finish(self, batch: Batch):
+        if batch.status == Batch.Status.FAILED and not batch.newsletters.exists():
+            # Nothing was drafted (nothing to select, no price): an error, reported as one (--json: the error object).
+            raise CommandError(f"Batch #{batch.pk} failed: {batch.status_reason or 'no reason given'}",
+                               returncode=EXIT_ERROR)
         if self.as_json:
-            self.stdout.write(json.dumps(self.report(batch)))
+            self.write_json(self.report(batch))
         else:
             self.stdout.write(f"Batch #{batch.pk}: {batch.status_reason or batch.get_status_display()} "
-                              f"Spent ${money(batch.spent_usd())} of ${money(batch.budget_usd)}.")
+                              f"Spent {format_usd(batch.spent_usd())} of {format_usd(batch.budget_usd)}.")
         if batch.status == Batch.Status.BUDGET_EXHAUSTED:
             raise CommandError("stopped by the budget", returncode=EXIT_BUDGET)
         if batch.status in (Batch.Status.PARTIAL,) or (
             batch.status == Batch.Status.FAILED and batch.newsletters.exists()
         ):
             raise CommandError("finished with failed items", returncode=EXIT_FAILED_ITEMS)
-        if batch.status == Batch.Status.FAILED:
-            raise CommandError(batch.status_reason or "batch failed", returncode=EXIT_ERROR)

@@ -6,7 +6,7 @@ from django.core.management.base import CommandError
 
 from newsroom.commands import ContractCommand
 
-from topics.discovery import run_as_dict, run_discovery, summary_lines
+from topics.discovery import run_as_dict, run_discovery, run_problem, summary_lines
 from topics.sources import SOURCES
 
 
@@ -27,5 +27,5 @@ class Command(ContractCommand):
             self.stdout.write(json.dumps(run_as_dict(run)))
         else:
             self.stdout.write("\n".join(summary_lines(run)))
-        if run.status == run.Status.FAILED:
-            raise CommandError("every configured source failed", returncode=1)
+        if problem := run_problem(run):
+            raise CommandError(problem, returncode=1)

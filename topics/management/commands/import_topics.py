@@ -6,11 +6,14 @@ from django.core.management.base import CommandError
 
 from newsroom.commands import ContractCommand
 
-from topics.importing import ImportFailed, import_topics
+from topics.importing import ImportFailed, RowError, import_topics
 
 
 class Command(ContractCommand):
-    help = "Import topics from a CSV (header row) or JSON (list of objects) file. Idempotent on (source, external_id)."
+    help = (
+        "Import topics from a CSV (header row) or JSON (list of objects) file. Idempotent on (source, external_id). "
+        "Errors name CSV rows as a spreadsheet numbers them (the header is row 1) and JSON items from 1."
+    )
 
     def add_arguments(self, parser):
         parser.add_argument("path", type=Path)
@@ -22,16 +25,20 @@ class Command(ContractCommand):
         try:
             result = import_topics(path=path, skip_invalid=skip_invalid)
         except ImportFailed as exc:
-            for error in exc.errors:
-                self.stderr.write(f"{path}: {error}" if error.row else str(error.message))
-            raise CommandError(
-                f"Nothing imported: {len(exc.errors)} error(s) in {path}." if exc.errors[0].row
-                else "Nothing imported.",
-                returncode=1,
-            ) from None
-        for error in result.skipped:
-            self.stderr.write(f"{path}: skipped {error}")
+            if exc.problem:
+                self.stderr.write(f"{path}: {exc.problem}")
+                raise CommandError(f"Nothing imported from {path}.", returncode=1) from None
+            self.report(path, exc.errors, exc.error_count, prefix="")
+            raise CommandError(f"Nothing imported: {exc.error_count:,} error(s) in {path}.", returncode=1) from None
+        self.report(path, result.skipped, result.skipped_count, prefix="skipped ")
         self.stdout.write(
-            f"Imported {path}: {result.created} created, {result.updated} updated, "
-            f"{result.unchanged} unchanged, {len(result.skipped)} skipped."
+            f"Imported {path}: {result.created:,} created, {result.updated:,} updated, "
+            f"{result.unchanged:,} unchanged, {result.skipped_count:,} skipped."
         )
+
+    def report(self, path: Path, errors: list[RowError], count: int, *, prefix: str) -> None:
+        for error in errors:
+            self.stderr.write(f"{path}: {prefix}{error}")
+        if count > len(errors):
+            what = f"{prefix}{errors[0].unit}s" if prefix else "errors"
+            self.stderr.write(f"{path}: … and {count - len(errors):,} more {what} not listed.")

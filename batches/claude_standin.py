@@ -16,7 +16,7 @@ Bodies, error envelopes and headers follow recorded traffic from the real API:
 * ``/_fake/...``: test-only control endpoints (stats, reset, faults, config), so a server run from
   the CLI in another process can still be steered and inspected (see :class:`RemoteFakeAnthropic`).
 
-Standard library only. Run ``python -m tests.fakes.anthropic_api --port 8765`` for a foreground server.
+Standard library only. Run ``python -m batches.claude_standin --port 8765`` for a foreground server.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("batches", "0006_ledger_running_totals"),
+        ("batches", "0008_editor_group_topics"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 

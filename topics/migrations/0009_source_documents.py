@@ -5,7 +5,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("topics", "0003_discovery_run"),
+        ("topics", "0008_backfill_usage"),
     ]
 
     operations = [
