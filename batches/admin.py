@@ -18,7 +18,7 @@ from .launching import why_not_resumable
 from .money import LEDGER_PLACES, format_usd
 from .progress import counts_label
 from .models import Batch, CostLedgerEntry, DraftVersion, ModelPrice, Newsletter
-from .review import ReviewRefused, request_regeneration, review_drafts
+from .review import REVIEWABLE, ReviewRefused, open_flags, request_regeneration, review_drafts
 from .running import BrokerUnavailable
 from .versions import TEXT_FIELDS, keep_version
 
@@ -269,6 +269,8 @@ class NewsletterAdmin(admin.ModelAdmin):
             path("<int:object_id>/versions/<int:version_id>/restore/", wrap(self.restore_view),
                  name="batches_newsletter_restore"),
             path("<int:object_id>/export/<str:fmt>/", wrap(self.export_view), name="batches_newsletter_export"),
+            path("<int:object_id>/flags/<int:flag_id>/dismiss/", wrap(self.dismiss_flag_view),
+                 name="batches_newsletter_dismiss_flag"),
             *super().get_urls(),
         ]
 
@@ -283,6 +285,9 @@ class NewsletterAdmin(admin.ModelAdmin):
 
     def export_view(self, request, object_id, fmt):
         return views.export_newsletter(request, self, object_id, fmt)
+
+    def dismiss_flag_view(self, request, object_id, flag_id):
+        return views.dismiss_flag_view(request, self, object_id, flag_id)
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
         decision = request.POST.get(DECISION_FIELD) if request.method == "POST" else None
@@ -314,7 +319,15 @@ class NewsletterAdmin(admin.ModelAdmin):
 
     @admin.action(description="Approve selected drafts", permissions=["approve"])
     def approve(self, request, queryset):
+        if not request.POST.get("confirm_flags"):
+            flags = list(open_flags(queryset=queryset.filter(status__in=REVIEWABLE)).select_related("newsletter"))
+            if flags:  # as on the draft page: approving past open flags is confirmed first
+                return views.confirm_flagged_approval(
+                    request, self, newsletters=list({f.newsletter_id: f.newsletter for f in flags}.values()),
+                    flags=flags, action_ids=[str(pk) for pk in queryset.values_list("pk", flat=True)],
+                )
         self._review(request, queryset, Newsletter.Status.APPROVED)
+        return None
 
     @admin.action(description="Reject selected drafts", permissions=["approve"])
     def reject(self, request, queryset):

@@ -9,6 +9,10 @@ Bodies, error envelopes and headers follow recorded traffic from the real API:
 * Errors: ``{"type": "error", "error": {"type": ..., "message": ...}, "request_id": ...}`` with
   ``request-id``, ``x-should-retry`` and (when set) ``retry-after`` headers, which drive the SDK's
   own retry logic exactly as the real API does.
+* Grounding: when the prompt carries numbered sources (a ``<source_material>`` fence), the draft quotes a
+  figure-bearing sentence of each of the first sources with its ``[n]`` marker and lists the numbers it cited in
+  the tool's ``sources_used``; :meth:`FakeAnthropicServer.plant` makes it add a figure, a link or a citation that
+  no source holds, for the checks to catch.
 * ``/_fake/...``: test-only control endpoints (stats, reset, faults, config), so a server run from
   the CLI in another process can still be steered and inspected (see :class:`RemoteFakeAnthropic`).
 
@@ -44,6 +48,7 @@ __all__ = [
     "FAULT_KINDS",
     "FakeAnthropicServer",
     "Fault",
+    "Plant",
     "RemoteFakeAnthropic",
     "estimate_tokens",
     "request_input_tokens",
@@ -172,6 +177,30 @@ class Fault:
         """Build a fault from its JSON form (used by the control endpoint)."""
         allowed = {"status", "kind", "retry_after", "seconds", "message", "error_type"}
         return cls(**{k: v for k, v in data.items() if k in allowed})
+
+
+@dataclass(frozen=True)
+class Plant:
+    """What a draft should state that its sources do not: a figure ("37.5%"), a link, a citation number."""
+
+    figure: str | None = None
+    link: str | None = None
+    citation: int | None = None
+
+    @classmethod
+    def from_dict(cls, data: JSONDict) -> Plant:
+        return cls(**{k: v for k, v in data.items() if k in ("figure", "link", "citation")})
+
+    def sentences(self, *, cite: int | None) -> list[str]:
+        marker = f" [{cite}]" if cite else ""
+        out = []
+        if self.figure:
+            out.append(f"One seller in the thread says {self.figure} of their orders were affected{marker}.")
+        if self.link:
+            out.append(f"The full breakdown is in [this guide]({self.link}).")
+        if self.citation is not None:
+            out.append(f"Carriers are expected to follow with changes of their own [{self.citation}].")
+        return out
 
 
 @dataclass
@@ -320,11 +349,49 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:60] or "topic"
 
 
+# Advice without numbers: a grounded draft takes every figure from its sources.
+_GROUNDED_ACTIONS = (
+    "Check which of your best sellers {t} touches first, and note what it costs you per order",
+    "Open your shipping and returns settings and see whether they still hold up given {t}",
+    "Ask a few of your repeat customers how {t} changes what they expect from you",
+    "Test one small change tied to {t} on your best-selling product before rolling it out",
+    "Brief whoever answers customer email on {t} so every reply says the same thing",
+)
+_SOURCE_FENCE = re.compile(r"<source_material>\s*(.*?)\s*</source_material>", re.S)
+
+
+def _sources_in(user: str) -> list[JSONDict]:
+    """The numbered sources a prompt carries (``[{"n", "title", "url", "text"}, ...]``), or []."""
+    match = _SOURCE_FENCE.search(user)
+    if not match:
+        return []
+    try:
+        sources = json.loads(match.group(1))
+    except ValueError:
+        return []
+    return [s for s in sources if isinstance(s, dict) and isinstance(s.get("n"), int) and s.get("text")]
+
+
+def _fact_sentence(text: str) -> str:
+    """The first full sentence of ``text`` that states a number (else its first sentence), without its full stop.
+
+    Headings and other lines that do not end a sentence are passed over, as a writer quoting a source would."""
+    parts: list[str] = []
+    for paragraph in text.split("\n"):
+        flat = " ".join(paragraph.split())
+        parts += [p for p in re.split(r"(?<=[.!?])\s+(?=[A-Z0-9$])", flat) if len(p) > 20 and p[-1] in ".!?"]
+    chosen = next((p for p in parts if re.search(r"\d", p)), parts[0] if parts else " ".join(text.split()))
+    return _clip_words(chosen, 300).rstrip(" .!?")
+
+
 class _Writer:
     """Turns a request into plausible, topic-specific text and JSON-schema-shaped tool input."""
 
-    def __init__(self, body: JSONDict) -> None:
+    def __init__(self, body: JSONDict, plant: Plant | None = None) -> None:
         user = _last_user_text(body)
+        self.sources = _sources_in(user)
+        self.plant = plant
+        self.cited: list[int] = []
         topic_match = _TOPIC_TAG.search(user) or _TOPIC_LINE.search(user)
         if topic_match:
             topic = topic_match.group(topic_match.lastindex or 1)
@@ -352,7 +419,28 @@ class _Writer:
     def short(self) -> str:
         return self._fill("A practical look at {t} and three moves to make this week.")
 
+    def grounded_article(self) -> str:
+        facts = []
+        for source in self.sources[:3]:
+            facts.append(f"{_fact_sentence(source['text'])} [{source['n']}].")
+            self.cited.append(source["n"])
+        if self.plant:
+            facts += self.plant.sentences(cite=self.cited[0] if self.cited else None)
+        actions = self.rng.sample(_GROUNDED_ACTIONS, 3)
+        parts = [
+            " ".join(filter(None, [self._fill(self.rng.choice(_OPENERS)), self.summary])),
+            "## What the sources say",
+            " ".join(facts),
+            "## What to do this week",
+            "\n".join(f"{i}. {self._fill(a)}." for i, a in enumerate(actions, start=1)),
+            self._fill("None of this needs a big budget: pick one step and see what it does for your numbers."),
+            self._fill("**Reply and tell us how {t} is showing up in your store.**"),
+        ]
+        return "\n\n".join(parts)
+
     def article(self) -> str:
+        if self.sources:
+            return self.grounded_article()
         actions = self.rng.sample(_ACTIONS, 3)
         parts = [
             f"## {self.title()}",
@@ -361,6 +449,7 @@ class _Writer:
                 "The stores that handle {t} well treat it as an operating habit, not a one-off project."
             ),
             "**What to do this week:**\n" + "\n".join(f"- {self._fill(a)}." for a in actions),
+            " ".join(self.plant.sentences(cite=None)) if self.plant else "",
             self._fill(
                 "None of this needs a big budget. Pick one step, measure it for two weeks, and keep what "
                 "moves your numbers. We will keep tracking {t} and report back in the next issue."
@@ -714,6 +803,8 @@ class FakeAnthropicServer:
         self._lock = threading.Lock()
         self._faults: deque[Fault] = deque()
         self._rules: list[tuple[Predicate, Fault]] = []
+        self._plants: deque[Plant] = deque()
+        self._plant_rules: list[tuple[Predicate, Plant]] = []
         self._requests: list[JSONDict] = []
         self._cache: dict[str, float] = {}  # prefix hash -> expiry (monotonic seconds)
         self._message_calls = 0
@@ -783,6 +874,14 @@ class FakeAnthropicServer:
         with self._lock:
             self._rules.append((predicate, fault))
 
+    def plant(self, plant: Plant, *, when: Predicate | None = None, times: int = 1) -> None:
+        """Make drafts state what no source holds: every request matching ``when``, else the next ``times``."""
+        with self._lock:
+            if when is not None:
+                self._plant_rules.append((when, plant))
+            else:
+                self._plants.extend([plant] * times)
+
     def clear_cache(self) -> None:
         """Forget every cached prompt prefix."""
         with self._lock:
@@ -794,6 +893,8 @@ class FakeAnthropicServer:
             self._faults.clear()
             self.count_tokens_faults.clear()
             self._rules.clear()
+            self._plants.clear()
+            self._plant_rules.clear()
             self._requests.clear()
             self._cache.clear()
             self._message_calls = 0
@@ -928,7 +1029,8 @@ class FakeAnthropicServer:
                 self._message_calls += 1
             return _Reply(200, raw, {"content-type": content_type, "request-id": _request_id()})
         usage = self._input_usage(body)
-        content, stop_reason, output_tokens = self._generate(body, fault.kind if fault else None)
+        plant = self._take_plant(body)
+        content, stop_reason, output_tokens = self._generate(body, fault.kind if fault else None, plant)
         usage["output_tokens"] = output_tokens
         usage.update(self.usage_overrides)
         if fault is not None and fault.kind == "over_usage":
@@ -1023,8 +1125,22 @@ class FakeAnthropicServer:
             "inference_geo": "not_available",
         }
 
-    def _generate(self, body: JSONDict, mode: str | None) -> tuple[list[JSONDict], str, int]:
-        writer = _Writer(body)
+    def _take_plant(self, body: JSONDict) -> Plant | None:
+        with self._lock:
+            rules = list(self._plant_rules)
+        for predicate, plant in rules:
+            try:
+                if predicate(body):
+                    return plant
+            except Exception:
+                continue
+        with self._lock:
+            return self._plants.popleft() if self._plants else None
+
+    def _generate(
+        self, body: JSONDict, mode: str | None, plant: Plant | None = None
+    ) -> tuple[list[JSONDict], str, int]:
+        writer = _Writer(body, plant=plant)
         max_tokens = int(body["max_tokens"])
         tools = [t for t in body.get("tools") or [] if isinstance(t, dict) and isinstance(t.get("input_schema"), dict)]
         choice = body.get("tool_choice") if isinstance(body.get("tool_choice"), dict) else {}
@@ -1034,6 +1150,8 @@ class FakeAnthropicServer:
             tool_input = writer.value_for(tool["name"], schema, schema)
             if not isinstance(tool_input, dict):
                 tool_input = {}
+            if "sources_used" in tool_input:
+                tool_input["sources_used"] = list(dict.fromkeys(writer.cited))
             if mode == "malformed":
                 tool_input = _malform(tool_input, schema)
             if mode == "nul_body":
@@ -1120,6 +1238,10 @@ class FakeAnthropicServer:
                 self.min_cacheable_tokens = int(body["min_cacheable_tokens"])
             if "usage_overrides" in body and isinstance(body["usage_overrides"], dict):
                 self.usage_overrides = dict(body["usage_overrides"])
+            if isinstance(body.get("plants"), list):
+                for item in body["plants"]:
+                    if isinstance(item, dict):
+                        self.plant(Plant.from_dict(item))
             return _json_reply(200, self.stats())
         return _error_reply(404, "Not Found")
 

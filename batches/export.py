@@ -18,6 +18,7 @@ from django.template.loader import render_to_string
 from django.utils.safestring import SafeString, mark_safe
 from django.utils.text import slugify
 
+from .grounding import cited_sources
 from .models import Batch, Newsletter
 
 ALLOWED_TAGS = {
@@ -178,6 +179,26 @@ def render_email_body(text: str) -> SafeString:
     ))
 
 
+def _escape_markdown(text: str) -> str:
+    return re.sub(r"([\\`*_\[\]<>])", r"\\\1", text)
+
+
+def sources_markdown(newsletter: Newsletter) -> str:
+    """The draft's Sources list (title and link of each source it cites), as Markdown; "" when it cites none."""
+    lines = []
+    for source in cited_sources(newsletter):
+        title = _escape_markdown(" ".join((source["title"] or source["url"] or "Research notes").split()))
+        url = source["url"].replace(" ", "%20").replace("(", "%28").replace(")", "%29")
+        lines.append(f"- \\[{source['n']}\\] " + (f"[{title}]({url})" if url else title))
+    return "## Sources\n\n" + "\n".join(lines) if lines else ""
+
+
+def body_with_sources(newsletter: Newsletter) -> str:
+    """The body as readers get it: the text, then its Sources list."""
+    sources = sources_markdown(newsletter)
+    return newsletter.body_markdown.strip() + (f"\n\n{sources}" if sources else "")
+
+
 def export_basename(newsletter: Newsletter) -> str:
     stem = slugify(newsletter.subject)[:60].strip("-") or f"newsletter-{newsletter.pk}"
     return f"{newsletter.position + 1:02d}-{stem}"
@@ -201,7 +222,7 @@ def newsletter_markdown(newsletter: Newsletter) -> str:
     if topic.url:
         header.append(f"source_url: {_quoted(topic.url)}")
     header += [f"batch: {newsletter.batch_id}", "---", ""]
-    return "\n".join(header) + "\n" + sanitize_markdown(newsletter.body_markdown).strip() + "\n"
+    return "\n".join(header) + "\n" + sanitize_markdown(body_with_sources(newsletter)).strip() + "\n"
 
 
 def newsletter_email_html(newsletter: Newsletter) -> str:
@@ -209,7 +230,7 @@ def newsletter_email_html(newsletter: Newsletter) -> str:
     return render_to_string("batches/newsletter_email.html", {
         "subject": newsletter.subject,
         "preview_text": newsletter.preview_text,
-        "body": render_email_body(newsletter.body_markdown),
+        "body": render_email_body(body_with_sources(newsletter)),
         "styles": EMAIL_STYLES,
         "unsubscribe_url": UNSUBSCRIBE_PLACEHOLDER,
     })

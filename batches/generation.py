@@ -25,8 +25,10 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from topics import usage as topic_usage
+from topics.material import Material
 
-from . import ledger, spool
+from . import grounding, ledger, spool
+from .grounding import gather_for_newsletter
 from .models import Batch, Newsletter
 from .planning import topic_message
 from .pricing import PriceMissing, Usage, cost_of, price_for, worst_case_cost
@@ -75,6 +77,7 @@ class Draft:
     subject: str
     preview_text: str
     body_markdown: str
+    sources_used: tuple[int, ...] = ()  # the source numbers the answer says it cited (checked by grounding)
 
 
 _clients: dict[tuple, anthropic.Anthropic] = {}
@@ -137,7 +140,9 @@ def parse_draft(message: Any) -> Draft:
         problems.append("the answer was cut off at max_tokens")
     if problems:
         raise InvalidAnswer("; ".join(problems))
-    return Draft(subject=subject, preview_text=preview, body_markdown=body)
+    used = data.get("sources_used") if isinstance(data.get("sources_used"), list) else []
+    sources_used = tuple(n for n in used if isinstance(n, int) and not isinstance(n, bool))
+    return Draft(subject=subject, preview_text=preview, body_markdown=body, sources_used=sources_used)
 
 
 def _retry_delay(*, attempt: int, error: Exception | None) -> float:
@@ -230,6 +235,7 @@ def write_answer(record: dict[str, Any]) -> str:
             item.status, item.error = Newsletter.Status.GENERATED, ""
             item.subject, item.preview_text = draft["subject"], draft["preview_text"]
             item.body_markdown, item.generated_at, item.model = draft["body_markdown"], timezone.now(), record["model"]
+            grounding.write_checked(newsletter=item, checked=record.get("grounding"))  # issue 9
         elif draft is None and ours:
             item.status, item.error = Newsletter.Status.FAILED, record["error"]
         elif draft is not None:
@@ -283,11 +289,18 @@ def replay_spool() -> int:
     return spool.replay(write_answer)
 
 
-def _answer_record(*, newsletter: Newsletter, token: str, answer: Answer) -> dict[str, Any]:
+def _answer_record(
+    *, newsletter: Newsletter, token: str, answer: Answer, material: Material | None = None
+) -> dict[str, Any]:
     try:
-        draft, error = asdict(parse_draft(answer.message)), ""
+        parsed = parse_draft(answer.message)
+        draft, error = asdict(parsed), ""
     except InvalidAnswer as exc:
-        draft, error = None, f"The model's answer was not a usable draft: {exc}."
+        parsed, draft, error = None, None, f"The model's answer was not a usable draft: {exc}."
+    # grounding (issue 9): the draft's numbered sources and flags, checked against the material its prompt carried,
+    # travel with the answer (a spooled answer keeps them) and are written with the draft.
+    checked = grounding.checked(newsletter=newsletter, draft=parsed, material=material) \
+        if parsed is not None and material is not None else None
     return {
         "entry_id": answer.entry_id,
         "newsletter_id": newsletter.pk,
@@ -298,6 +311,7 @@ def _answer_record(*, newsletter: Newsletter, token: str, answer: Answer) -> dic
         "request_id": getattr(answer.message, "_request_id", None) or answer.message.id or "",
         "draft": draft,
         "error": error,
+        "grounding": checked,
     }
 
 
@@ -317,8 +331,11 @@ def generate_newsletter(
         _finish(newsletter=newsletter, token=token, status=Newsletter.Status.SKIPPED_BUDGET,
                 error="Not drafted: the batch was stopped by its budget.")
         return newsletter.status
+    # --- grounding (issue 9): the topic's source material is gathered first; failures never stop the draft ---
+    material = gather_for_newsletter(newsletter=newsletter)
     try:
-        answer = _call_within_budget(newsletter=newsletter, client=client or make_client(), sleep=sleep)
+        answer = _call_within_budget(newsletter=newsletter, client=client or make_client(), sleep=sleep,
+                                     material=material)
     except ledger.BudgetExhausted as exc:
         Batch.objects.filter(pk=batch.pk).update(budget_stopped=True)
         _finish(newsletter=newsletter, token=token, status=Newsletter.Status.SKIPPED_BUDGET, error=f"Not drafted: {exc}")
@@ -336,7 +353,8 @@ def generate_newsletter(
         _finish(newsletter=newsletter, token=token, status=Newsletter.Status.FAILED,
                 error=f"Stopped by an unexpected error: {_describe(exc)}")
         raise
-    return _write_answer_durably(_answer_record(newsletter=newsletter, token=token, answer=answer), sleep=sleep)
+    record = _answer_record(newsletter=newsletter, token=token, answer=answer, material=material)
+    return _write_answer_durably(record, sleep=sleep)
 
 
 def reservation_tokens(counted: int) -> int:
@@ -353,7 +371,9 @@ def _usable_usage(message: Any) -> Usage | None:
     return Usage.from_api(usage)
 
 
-def _call_within_budget(*, newsletter: Newsletter, client: anthropic.Anthropic, sleep) -> Answer:
+def _call_within_budget(
+    *, newsletter: Newsletter, client: anthropic.Anthropic, sleep, material: Material | None = None
+) -> Answer:
     """Reserve, call and retry transient failures; the answer comes back with its reservation unsettled.
 
     Every attempt must be able to end before the item's lease runs out (leaving time to write the answer), so
@@ -365,7 +385,8 @@ def _call_within_budget(*, newsletter: Newsletter, client: anthropic.Anthropic, 
     except PriceMissing as exc:
         raise GenerationFailed(str(exc), permanent=True) from None
     max_tokens = settings.ANTHROPIC_MAX_TOKENS
-    request = build_request(model=batch.model, max_tokens=max_tokens, topic_message=topic_message(newsletter.topic))
+    request = build_request(model=batch.model, max_tokens=max_tokens,
+                            topic_message=topic_message(newsletter.topic, material))
     counting = {k: v for k, v in request.items() if k != "max_tokens"}
     timeout = settings.ANTHROPIC_TIMEOUT_SECONDS
     lease_left = (newsletter.lease_expires_at - timezone.now()).total_seconds()

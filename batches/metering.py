@@ -1,8 +1,10 @@
-"""The cost ledger as the meter of discovery's paid calls (plugged into topics.discovery by batches.apps)."""
+"""The cost ledger as the meter of paid calls made in topics/: discovery's (plugged into topics.discovery by
+batches.apps) and a draft's research (charged to the draft's batch)."""
 from __future__ import annotations
 
 from decimal import Decimal
 
+from topics.material import AlreadyReserved
 from topics.sources import BudgetRefused
 
 from . import ledger
@@ -30,4 +32,24 @@ class LedgerMeter:
             )
         except ledger.BudgetExhausted as exc:
             raise BudgetRefused(str(exc)) from exc
+        return _LedgerHold(reservation.entry_id)
+
+
+class BatchMeter:
+    """Research for a draft is charged to the draft's batch, under that batch's budget, like the draft itself."""
+
+    def __init__(self, *, batch_id: int, newsletter_id: int | None = None):
+        self.batch_id = batch_id
+        self.newsletter_id = newsletter_id
+
+    def reserve(self, *, provider: str, description: str, worst_case_usd: Decimal, idempotency_key: str) -> _LedgerHold:
+        try:
+            reservation = ledger.reserve(
+                idempotency_key=idempotency_key, worst_case_usd=worst_case_usd, batch_id=self.batch_id,
+                newsletter_id=self.newsletter_id, provider=provider, description=description,
+            )
+        except ledger.BudgetExhausted as exc:
+            raise BudgetRefused(str(exc)) from exc
+        if not reservation.created:
+            raise AlreadyReserved(idempotency_key)
         return _LedgerHold(reservation.entry_id)

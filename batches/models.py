@@ -169,6 +169,9 @@ class Newsletter(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     reviewed_at = models.DateTimeField(null=True, blank=True)
+    # The numbered sources the draft's prompt carried, as [{"n", "title", "url", "kind", "cited"}]: a snapshot,
+    # so the [n] markers keep pointing at the same sources whatever happens to the topic's material later.
+    sources = models.JSONField(default=list, blank=True)
 
     class Meta:
         ordering = ["batch_id", "position", "id"]
@@ -297,3 +300,43 @@ class DraftVersion(models.Model):
 
     def __str__(self) -> str:
         return f"{self.subject or 'Untitled draft'} ({self.get_reason_display().lower()}, {self.created_at:%Y-%m-%d %H:%M})"
+
+
+class DraftFlag(models.Model):
+    """Something in a draft its sources do not back: a link, a figure or a citation to check, or thin material.
+
+    Written with the draft by batches.grounding; an editor dismisses one once checked (who and when are kept).
+    """
+
+    class Kind(models.TextChoices):
+        LINK = "link", "Link not in the sources"
+        FIGURE = "figure", "Figure not in the sources"
+        CITATION = "citation", "Citation of no source"
+        THIN = "thin", "Thin material"
+
+    newsletter = models.ForeignKey(Newsletter, on_delete=models.CASCADE, related_name="flags")
+    kind = models.CharField(max_length=10, choices=Kind.choices)
+    text = models.CharField(max_length=500, help_text="The link, figure or citation as the draft writes it.")
+    sentence = models.TextField(blank=True, help_text="The sentence of the draft it stands in.")
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    dismissed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    dismissed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["newsletter_id", "id"]
+        constraints = [
+            models.CheckConstraint(condition=Q(kind__in=["link", "figure", "citation", "thin"]),
+                                   name="draftflag_kind_valid"),
+            # Who dismissed it may later be deleted (SET_NULL), but a flag dismissed by someone always says when.
+            models.CheckConstraint(condition=Q(dismissed_by__isnull=True) | Q(dismissed_at__isnull=False),
+                                   name="draftflag_dismissal_has_time"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()}: {self.text}"
+
+    @property
+    def is_open(self) -> bool:
+        return self.dismissed_at is None

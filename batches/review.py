@@ -8,7 +8,7 @@ from django.utils import timezone
 
 from topics import usage as topic_usage
 
-from .models import Batch, Newsletter
+from .models import Batch, DraftFlag, Newsletter
 from .running import BrokerUnavailable
 
 REVIEWABLE = Newsletter.DRAFTED_STATUSES
@@ -120,3 +120,19 @@ def request_regeneration(*, newsletter: Newsletter) -> Newsletter:
         raise failures[0]
     newsletter.refresh_from_db()
     return newsletter
+
+
+# --- flags (issue 9) ---------------------------------------------------------------------------------------------
+
+def open_flags(*, queryset: QuerySet[Newsletter]) -> QuerySet[DraftFlag]:
+    """The flags nobody has dismissed yet on the drafts of `queryset`."""
+    return DraftFlag.objects.filter(newsletter__in=queryset.values("pk"), dismissed_at__isnull=True)
+
+
+def dismiss_flag(*, flag: DraftFlag, user) -> bool:
+    """Mark a flag checked by `user`, now. False when someone dismissed it already (their name stays)."""
+    changed = DraftFlag.objects.filter(pk=flag.pk, dismissed_at__isnull=True).update(
+        dismissed_by=user, dismissed_at=timezone.now()
+    )
+    flag.refresh_from_db()
+    return bool(changed)

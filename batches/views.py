@@ -17,12 +17,13 @@ from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.html import format_html
 from django.views.decorators.http import require_GET, require_POST
 
-from topics.models import Category
+from topics.models import Category, SourceDocument
 from topics.selection import candidate_pool
 
-from . import export
+from . import export, grounding
 from .dashboard import spend_dashboard
 from .forms import ResumeBatchForm, RunBatchForm
 from .launching import (
@@ -31,7 +32,7 @@ from .launching import (
     preview_run, resume,
 )
 from .ledger import monthly_cap, monthly_remaining
-from .models import Batch, DraftVersion, Newsletter
+from .models import Batch, DraftFlag, DraftVersion, Newsletter
 from .money import format_usd
 from .planning import Plan
 from .preflight import ERROR, OK, check_anthropic_key, check_broker, check_worker, is_ready, run_checks
@@ -39,7 +40,7 @@ from .pricing import PriceMissing
 from .progress import batch_progress, explain_error
 from .review import (
     PREVIEW_WARN_CHARS, REGENERABLE, REVIEWABLE, SUBJECT_WARN_CHARS, ReviewRefused, length_warnings, next_to_review,
-    request_regeneration, review_draft,
+    dismiss_flag, open_flags, request_regeneration, review_draft,
 )
 from .running import BrokerUnavailable
 from .versions import RestoreRefused, restore_version
@@ -294,7 +295,8 @@ def draft_page_context(request: HttpRequest, newsletter: Newsletter, *, can_edit
     """
     versions = list(newsletter.versions.select_related("replaced_by").defer("body_markdown")[:50])
     return {
-        "preview_html": export.render_markdown(newsletter.body_markdown),
+        **grounding_context(request, newsletter),
+        "preview_html": export.render_markdown(export.body_with_sources(newsletter)),
         "problem": explain_error(status=newsletter.status, error=newsletter.error),
         "trail": review_trail(newsletter),
         "review_url": reverse("admin:batches_newsletter_review", args=[newsletter.pk]),
@@ -334,6 +336,11 @@ def check_decision(request: HttpRequest, decision: str) -> None:
 def apply_decision(request: HttpRequest, model_admin, newsletter: Newsletter, decision: str) -> HttpResponse:
     """Carry out a checked decision on the draft as saved, and say where to go next."""
     page = reverse("admin:batches_newsletter_change", args=[newsletter.pk])
+    if decision in ("approve", "approve_next") and not request.POST.get("confirm_flags"):
+        flags = list(open_flags(queryset=Newsletter.objects.filter(pk=newsletter.pk)))
+        if flags:  # approving past open flags is a decision of its own: ask first
+            return confirm_flagged_approval(request, model_admin, newsletters=[newsletter], flags=flags,
+                                            decision=decision)
     try:
         if decision == "regenerate":
             request_regeneration(newsletter=newsletter)
@@ -463,4 +470,79 @@ def system_status_view(request: HttpRequest, model_admin) -> HttpResponse:
     checks = run_checks(worker=True)
     return TemplateResponse(request, "admin/batches/batch/system_status.html", _context(
         request, model_admin, title="System status", checks=checks, ready=is_ready(checks), ERROR=ERROR,
+    ))
+
+
+# --- Sources and flags (issue 9) ---------------------------------------------------------------------------------
+
+def web_link(url: str) -> str:
+    """`url` when it is an http(s) address, else "": a source's address comes from the web and is shown as a link
+    only when following it cannot run anything."""
+    return url if (url or "").lower().startswith(("http://", "https://")) else ""
+
+
+def highlight(sentence: str, text: str):
+    """The sentence with the flagged text in <mark>, escaped."""
+    at = sentence.find(text) if text else -1
+    if at < 0:
+        return sentence
+    return format_html("{}<mark>{}</mark>{}", sentence[:at], text, sentence[at + len(text):])
+
+
+def grounding_context(request: HttpRequest, newsletter: Newsletter) -> dict:
+    """The draft page's "Check before approving" panel: open and dismissed flags, the numbered sources (cited
+    ones marked) and the sources that could not be read, with why."""
+    flags = list(newsletter.flags.select_related("dismissed_by"))
+    for flag in flags:
+        flag.highlighted = highlight(flag.sentence, flag.text)
+    cited = {s["n"] for s in grounding.cited_sources(newsletter)}
+    unread = list(SourceDocument.objects.filter(topic_id=newsletter.topic_id, status=SourceDocument.Status.FAILED)
+                  .order_by("rank", "pk"))
+    for document in unread:
+        document.href = web_link(document.url)
+    return {"grounding": {
+        "open_flags": [f for f in flags if f.is_open],
+        "dismissed_flags": [f for f in flags if not f.is_open],
+        "sources": [{**s, "cited": s["n"] in cited, "href": web_link(s.get("url", ""))}
+                    for s in newsletter.sources or []],
+        "unread": unread,
+        "can_dismiss": can_approve(request) and newsletter.status in REVIEWABLE,
+        "topic_url": reverse("admin:topics_topic_change", args=[newsletter.topic_id]),
+    }}
+
+
+@require_POST
+def dismiss_flag_view(request: HttpRequest, model_admin, object_id: str, flag_id: str) -> HttpResponse:
+    """One click: the editor checked the flagged text. Needs approve_newsletter; the trail says who and when."""
+    if not can_approve(request):
+        raise PermissionDenied
+    flag = get_object_or_404(DraftFlag.objects.select_related("newsletter"), pk=flag_id, newsletter_id=object_id)
+    page = reverse("admin:batches_newsletter_change", args=[flag.newsletter_id])
+    if dismiss_flag(flag=flag, user=request.user):
+        model_admin.log_change(request, flag.newsletter, f"Dismissed a flag ({flag.get_kind_display().lower()}): "
+                                                         f"“{flag.text}”.")
+        model_admin.message_user(request, f"Flag dismissed: “{flag.text}”.", messages.SUCCESS)
+    else:
+        who = flag.dismissed_by.get_username() if flag.dismissed_by else "someone"
+        model_admin.message_user(request, f"That flag was already dismissed by {who}.", messages.INFO)
+    return HttpResponseRedirect(page + "#desk-grounding")
+
+
+def confirm_flagged_approval(request: HttpRequest, model_admin, *, newsletters: list[Newsletter],
+                             flags: list[DraftFlag], action_ids: list[str] | None = None,
+                             decision: str = "approve") -> HttpResponse:
+    """Approving drafts that still have open flags: list the flags and ask to confirm (Approve anyway / back)."""
+    for flag in flags:
+        flag.highlighted = highlight(flag.sentence, flag.text)
+    single = newsletters[0] if len(newsletters) == 1 and action_ids is None else None
+    return TemplateResponse(request, "admin/batches/newsletter/approve_flagged.html", _context(
+        request, model_admin, title="Approve with open flags?",
+        newsletters=newsletters,
+        flags=flags,
+        single=single,
+        action_ids=action_ids or [],
+        decision=decision,
+        review_url=reverse("admin:batches_newsletter_review", args=[single.pk]) if single else "",
+        back_url=(reverse("admin:batches_newsletter_change", args=[single.pk]) if single
+                  else reverse("admin:batches_newsletter_changelist")),
     ))

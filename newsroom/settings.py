@@ -177,6 +177,8 @@ LOGGING = {
         "newsroom": {"level": env.str("LOG_LEVEL", default="INFO"), "propagate": True},
         # httpx logs every request URL at INFO; keep it quiet so nothing sensitive leaks by default.
         "httpx": {"level": "WARNING"},
+        # trafilatura logs every page it cannot extract as an ERROR; source material records why instead.
+        "trafilatura": {"level": "CRITICAL"},
     },
 }
 
@@ -335,3 +337,15 @@ CLAUDE_STANDIN = env.bool("CLAUDE_STANDIN", default=False)
 if CLAUDE_STANDIN:
     ANTHROPIC_BASE_URL = f"http://127.0.0.1:{STANDIN_PORT}"
     ANTHROPIC_API_KEY = "standin-key-not-a-secret"  # the SDK insists on a key; a real one never goes to the stand-in
+
+# --- Source material (issue 9): what each draft is written from --------------------------------------------
+# Tokens of source material per topic in the drafting prompt (best sources first; the rest is cut).
+MATERIAL_MAX_TOKENS = env_number("MATERIAL_MAX_TOKENS", default=6000, minimum=0, maximum=200_000, unit=" of tokens")
+# A topic's gathered material is reused for this many days before its pages are fetched again.
+MATERIAL_REUSE_DAYS = env_number("MATERIAL_REUSE_DAYS", default=7, minimum=0, maximum=365, unit=" of days")
+# One paid Perplexity research request per topic (needs PERPLEXITY_API_KEY), charged to the batch's budget.
+RESEARCH_WITH_PERPLEXITY = env.bool("RESEARCH_WITH_PERPLEXITY", default=False)
+# Fetch source pages from private, loopback and link-local addresses: only tests and the demo set it.
+SOURCE_FETCH_ALLOW_PRIVATE = env.bool("SOURCE_FETCH_ALLOW_PRIVATE", default=False)
+# How many of a Reddit thread's best top-level comments join its post as material.
+REDDIT_COMMENTS_PER_POST = env_number("REDDIT_COMMENTS_PER_POST", default=10, minimum=0, maximum=100)

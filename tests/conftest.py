@@ -126,3 +126,14 @@ def topics_in_every_category(categories, make_topic, category_titles) -> list:
     """One approved topic in each of the eight categories, best-scored first, titled by the suite's
     `category_titles` fixture (a title per category slug, no two alike)."""
     return [make_topic(category_titles[slug], category=slug, score=100 - i) for i, slug in enumerate(categories)]
+
+
+@pytest.fixture
+def web_pages(settings):
+    """The loopback web server of article and hostile pages (tests/fakes/web_pages.py); fetching from loopback is
+    allowed, as SOURCE_FETCH_ALLOW_PRIVATE=1 does for tests and the demo."""
+    from tests.fakes.web_pages import WebPages
+
+    settings.SOURCE_FETCH_ALLOW_PRIVATE = True
+    with WebPages() as pages:
+        yield pages

@@ -11,6 +11,7 @@ from django.http import HttpResponseRedirect
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html
+from django.utils.text import Truncator
 from rapidfuzz import fuzz, process
 
 from newsroom.admin_lists import DistinctValuesFilter, EstimatedCountPaginator
@@ -18,9 +19,10 @@ from newsroom.admin_lists import DistinctValuesFilter, EstimatedCountPaginator
 from .categorize import recategorize
 from .dedupe import NEAR_DUPLICATE_THRESHOLD, is_near_duplicate, normalize_title
 from .manual import known_topic, prepare_manual_topic
-from .models import Category, DiscoveryRun, Topic
+from .models import Category, DiscoveryRun, SourceDocument, Topic
 from .selection import MAX_POOL_IDS
 
+MAX_FETCH_TOPICS = 50
 REPEAT_DAYS = 90  # as selection: a story drafted in the last 90 days is not drafted again from another source
 REPEAT_TITLES = 500
 
@@ -90,6 +92,39 @@ class SourceFilter(DistinctValuesFilter):
     casefold = True  # through the lower(source) index the list is ordered by (topics.models)
 
 
+class SourceDocumentInline(admin.TabularInline):
+    """The topic's source material as drafts use it: read, or not read and why (filled by gathering only)."""
+
+    model = SourceDocument
+    extra = 0
+    can_delete = False
+    fields = ("kind", "source_link", "status", "reason", "excerpt", "fetched_at")
+    readonly_fields = fields
+    verbose_name = "source document"
+    verbose_name_plural = "source material"
+
+    def has_view_permission(self, request, obj=None):
+        # The material is part of the topic: whoever may see the topic sees what it was drafted from.
+        return request.user.has_perm("topics.view_topic") or request.user.has_perm("topics.change_topic")
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    @admin.display(description="source")
+    def source_link(self, obj: SourceDocument) -> str:
+        label = obj.title or obj.url or obj.get_kind_display()
+        if not obj.url.lower().startswith(("http://", "https://")):
+            return label  # an address from the web that is not http(s) is shown, never made a link
+        return format_html('<a href="{}" rel="noopener noreferrer" target="_blank">{}</a>', obj.url, label)
+
+    @admin.display(description="text")
+    def excerpt(self, obj: SourceDocument) -> str:
+        return f"{len(obj.text):,} characters: {Truncator(obj.text).chars(240)}" if obj.text else "—"
+
+
 @admin.register(Topic)
 class TopicAdmin(admin.ModelAdmin):
     list_display = ("title", "category", "status", "score", "use", "source", "published")
@@ -107,7 +142,8 @@ class TopicAdmin(admin.ModelAdmin):
     ordering = ("-score", "-id")
     # A URL typed without a scheme is taken as https (Django 6's default; saying so silences the 5.x warning).
     formfield_overrides = {models.URLField: {"form_class": forms.URLField, "assume_scheme": "https"}}
-    actions = ("approve", "reject", "recategorize_selected", "run_batch")
+    actions = ("approve", "reject", "recategorize_selected", "run_batch", "fetch_material")
+    inlines = (SourceDocumentInline,)
     change_list_template = "admin/topics/topic/change_list.html"
     readonly_fields = ("source", "external_id", "canonical_url", "sources", "engagement", "raw",
                        "category_locked", "created_at", "updated_at", "reviewed_by", "reviewed_at")
@@ -220,6 +256,32 @@ class TopicAdmin(admin.ModelAdmin):
             return None
         # The confirmation page shows what diversity selection picks from these topics before anything is spent.
         return HttpResponseRedirect(reverse("admin:batches_batch_run") + "?topics=" + ",".join(map(str, ids)))
+
+
+    def get_inline_instances(self, request, obj=None):
+        # A topic has material only once it exists: the page that adds one by hand shows none.
+        return super().get_inline_instances(request, obj) if obj is not None else []
+
+    @admin.action(description="Fetch source material for the selected topics", permissions=["change"])
+    def fetch_material(self, request, queryset):
+        from .tasks import gather_material_task
+
+        ids = list(queryset.order_by("pk").values_list("pk", flat=True)[: MAX_FETCH_TOPICS + 1])
+        if len(ids) > MAX_FETCH_TOPICS:
+            self.message_user(request, f"Choose at most {MAX_FETCH_TOPICS} topics at a time.", messages.WARNING)
+            return
+        queued = 0
+        for pk in ids:
+            try:
+                gather_material_task.apply_async(args=[pk], retry=True)
+            except Exception as exc:  # kombu/redis raise several transport errors; all mean "not queued"
+                self.message_user(request, f"Could not queue the fetch: the task broker is unreachable "
+                                  f"({exc.__class__.__name__}). {queued} topic(s) were queued before it failed.",
+                                  messages.ERROR)
+                return
+            queued += 1
+        self.message_user(request, f"Fetching source material for {queued} topic(s) on the workers; each topic's "
+                          "page lists what was read, and what could not be and why.", messages.SUCCESS)
 
 
 def repeated_story(*, topic: Topic, drafted: list[tuple[int, str]], normalized: list[str]) -> str | None:

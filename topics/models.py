@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import datetime
+
 from django.conf import settings
 from django.db import models
 from django.db.models import F, OrderBy, Q
@@ -207,3 +209,62 @@ class DiscoveryRun(models.Model):
 
     def __str__(self) -> str:
         return f"Discovery {desk_time(self.started_at)} ({self.get_status_display()})"
+
+
+
+class SourceDocumentQuerySet(models.QuerySet):
+    def fresh(self, *, days: int, now=None) -> SourceDocumentQuerySet:
+        """Documents fetched within the last `days` days: reused instead of fetched again."""
+        return self.filter(fetched_at__gte=(now or timezone.now()) - datetime.timedelta(days=days))
+
+    def readable(self) -> SourceDocumentQuerySet:
+        return self.filter(status=SourceDocument.Status.OK)
+
+
+class SourceDocument(models.Model):
+    """One piece of a topic's source material: an article's text, a Reddit thread, a video description, research.
+
+    A draft is written from these and checked against them. A source that could not be read is kept too, with
+    the reason, so the editor sees what is missing and why.
+    """
+
+    class Kind(models.TextChoices):
+        ARTICLE = "article", "Article"
+        REDDIT = "reddit", "Reddit thread"
+        VIDEO = "video", "Video"
+        SOCIAL = "social", "Social post"
+        RESEARCH = "research", "Research answer"
+        SEARCH_RESULT = "search_result", "Search result"
+
+    class Status(models.TextChoices):
+        OK = "ok", "Read"
+        FAILED = "failed", "Could not be read"
+
+    topic = models.ForeignKey(Topic, on_delete=models.CASCADE, related_name="documents")
+    kind = models.CharField(max_length=20, choices=Kind.choices)
+    url = models.CharField(max_length=1000, blank=True, help_text="Where the material came from (blank for research).")
+    title = models.CharField(max_length=500, blank=True)
+    text = models.TextField(blank=True, help_text="The plain text a draft may use.")
+    status = models.CharField(max_length=10, choices=Status.choices)
+    reason = models.TextField(blank=True, help_text="Why it could not be read, in plain words.")
+    transient = models.BooleanField(
+        default=False, help_text="The failure may pass (a timeout, a server error): the next gathering tries again."
+    )
+    rank = models.PositiveSmallIntegerField(default=0, help_text="Best sources first: lower is better.")
+    content_hash = models.CharField(max_length=64, blank=True, help_text="SHA-256 of the text.")
+    fetched_at = models.DateTimeField(default=timezone.now)
+
+    objects = SourceDocumentQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["topic_id", "rank", "id"]
+        constraints = [
+            # One document per source of a topic: fetching again updates it, and a redelivered task that
+            # gathers the same material at the same time cannot store it twice.
+            models.UniqueConstraint(fields=["topic", "kind", "url"], name="document_unique_topic_kind_url"),
+            models.CheckConstraint(condition=Q(status__in=["ok", "failed"]), name="document_status_valid"),
+            models.CheckConstraint(condition=Q(status="failed") | Q(reason=""), name="document_reason_only_on_failure"),
+        ]
+
+    def __str__(self) -> str:
+        return self.title or self.url or self.get_kind_display()

@@ -186,7 +186,7 @@ def test_it_reports_the_contracts_keys_in_json(pool):
     assert set(report) == {"batch", "dry_run", "status", "budget_usd", "spent_usd", "estimated_cost_usd", "items",
                            "left_out"}
     assert all(
-        set(item) == {"topic", "title", "category", "score", "status", "cost_usd", "subject"}
+        set(item) == {"topic", "title", "category", "score", "status", "cost_usd", "subject", "sources", "flags"}
         for item in report["items"]
     )
 

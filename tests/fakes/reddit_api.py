@@ -2,7 +2,9 @@
 
 Speaks the real wire format: `POST /api/v1/access_token` (HTTP Basic client credentials, form body) answers with a
 bearer token; `GET /r/{name}/hot|top|new` answers with a `Listing` of `t3` children paginated with `after`, with
-Reddit's `x-ratelimit-*` headers. Posts are generated in code by `make_post`.
+Reddit's `x-ratelimit-*` headers. Posts are generated in code by `make_post`. `GET /comments/{id}` answers a thread as Reddit does:
+`[Listing(t3 post), Listing(t1 comments ... + one "more" stub)]`, the comments made by `make_comment` (shaped on a
+recorded thread) and sorted as `sort` asks.
 
     with FakeRedditAPI() as fake:
         fake.posts["shopify"] = [make_post(title="Shopify raised fees", score=250)]
@@ -137,6 +139,85 @@ def make_post(
     }
 
 
+def make_comment(
+    *,
+    post_id: str,
+    body: str = "We switched to a regional carrier for zones 5-8 and saved about 18% on labels.",
+    score: int = 40,
+    author: str | None = "shipping_nerd",
+    stickied: bool = False,
+    distinguished: str | None = None,
+    id: str | None = None,
+    age_hours: float = 3.0,
+    replies: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """One top-level `t1` comment's `data` on post `post_id`, with Reddit's field names and types."""
+    comment_id = id or _base36(2_000_000 + next(_ids))
+    created = round(time.time() - age_hours * 3600.0, 1)
+    reply_listing: Any = ""
+    if replies:
+        reply_listing = {"kind": "Listing", "data": {"modhash": None, "dist": None, "after": None, "before": None,
+                                                     "children": [{"kind": "t1", "data": r} for r in replies]}}
+    return {
+        "total_awards_received": 0,
+        "approved_at_utc": None,
+        "ups": score,
+        "awarders": [],
+        "mod_reason_by": None,
+        "banned_by": None,
+        "author_flair_type": "text",
+        "removal_reason": None,
+        "link_id": f"t3_{post_id}",
+        "likes": None,
+        "replies": reply_listing,
+        "user_reports": [],
+        "saved": False,
+        "id": comment_id,
+        "banned_at_utc": None,
+        "gilded": 0,
+        "archived": False,
+        "no_follow": False,
+        "author": author if author is not None else "[deleted]",
+        "can_mod_post": False,
+        "send_replies": True,
+        "parent_id": f"t3_{post_id}",
+        "score": score,
+        "author_fullname": f"t2_{_base36(next(_ids) + 7_000_000)}" if author else None,
+        "report_reasons": None,
+        "approved_by": None,
+        "all_awardings": [],
+        "subreddit_id": "t5_2tozg",
+        "collapsed": False,
+        "body": body,
+        "edited": False,
+        "is_submitter": False,
+        "downs": 0,
+        "author_flair_richtext": [],
+        "body_html": "&lt;div class=\"md\"&gt;&lt;p&gt;" + body + "&lt;/p&gt;\n&lt;/div&gt;",
+        "gildings": {},
+        "collapsed_reason": None,
+        "stickied": stickied,
+        "subreddit_type": "public",
+        "can_gild": True,
+        "score_hidden": False,
+        "permalink": f"/r/shopify/comments/{post_id}/thread/{comment_id}/",
+        "num_reports": None,
+        "locked": False,
+        "name": f"t1_{comment_id}",
+        "created": created,
+        "subreddit": "shopify",
+        "author_flair_text": None,
+        "treatment_tags": [],
+        "created_utc": created,
+        "subreddit_name_prefixed": "r/shopify",
+        "controversiality": 0,
+        "depth": 0,
+        "mod_reports": [],
+        "mod_note": None,
+        "distinguished": distinguished,
+    }
+
+
 def _base36(number: int) -> str:
     digits = "0123456789abcdefghijklmnopqrstuvwxyz"
     out = ""
@@ -155,6 +236,7 @@ class FakeRedditAPI(LoopbackFake):
     posts: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # by lower-case subreddit name
     missing_subreddits: set[str] = field(default_factory=set)  # answer 404, as for a banned subreddit
     page_size: int = 100  # Reddit's own cap on `limit`; lower it to force pagination
+    comments: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # top-level comments by post id
     requests: list[RecordedRequest] = field(default_factory=list)
     issued_tokens: list[str] = field(default_factory=list)
 
@@ -171,6 +253,9 @@ class FakeRedditAPI(LoopbackFake):
     def listing_requests(self) -> list[RecordedRequest]:
         return [r for r in self.requests if r.path.startswith("/r/")]
 
+    def thread_requests(self) -> list[RecordedRequest]:
+        return [r for r in self.requests if r.path.startswith("/comments/")]
+
     def token_requests(self) -> list[RecordedRequest]:
         return [r for r in self.requests if r.path == "/api/v1/access_token"]
 
@@ -184,6 +269,8 @@ class FakeRedditAPI(LoopbackFake):
     def _answer(self, handler: LoopbackHandler, request: RecordedRequest) -> Reply:
         if request.method == "POST" and request.path == "/api/v1/access_token":
             return self._token(handler, parse_qs(handler.body.decode("utf-8", "replace")))
+        if request.method == "GET" and request.path.startswith("/comments/"):
+            return self._thread(handler, request.path, request.query)
         if request.method == "GET" and request.path.startswith("/r/"):
             status, payload, extra = self._listing(handler, request.path, request.query)
             return status, payload, {**self._rate_headers(), **extra}
@@ -200,11 +287,47 @@ class FakeRedditAPI(LoopbackFake):
             self.issued_tokens.append(token)
         return 200, {"access_token": token, "token_type": "bearer", "expires_in": 86400, "scope": "*"}, {}
 
-    def _listing(self, handler: LoopbackHandler, path: str, query: dict[str, list[str]]) -> Reply:
+    def _unauthorised(self, handler: LoopbackHandler) -> Reply | None:
         auth = handler.headers.get("Authorization", "")
         if not auth.lower().startswith("bearer ") or auth[7:] not in self.issued_tokens:
             challenge = {"www-authenticate": 'Bearer realm="reddit", error="invalid_token"'}
             return 401, {"message": "Unauthorized", "error": 401}, challenge
+        return None
+
+    def _thread(self, handler: LoopbackHandler, path: str, query: dict[str, list[str]]) -> Reply:
+        refused = self._unauthorised(handler)
+        if refused is not None:
+            return refused
+        post_id = path.strip("/").split("/")[1] if path.count("/") >= 2 else ""
+        post = next((p for posts in self.posts.values() for p in posts if p["id"] == post_id), None)
+        if post is None:
+            return 404, {"message": "Not Found", "error": 404}, {}
+        comments = list(self.comments.get(post_id, []))
+        sort = query.get("sort", ["confidence"])[0]
+        if sort == "top":
+            comments.sort(key=lambda c: -c["score"])
+        elif sort == "new":
+            comments.sort(key=lambda c: -c["created_utc"])
+        limit = int(query.get("limit", ["200"])[0])
+        shown, rest = comments[:limit], comments[limit:]
+        children: list[dict[str, Any]] = [{"kind": "t1", "data": c} for c in shown]
+        if rest:
+            # What Reddit sends for the comments beyond the limit: a stub that "load more" would expand.
+            children.append({"kind": "more", "data": {
+                "count": len(rest), "name": f"t1_{rest[0]['id']}", "id": rest[0]["id"], "parent_id": f"t3_{post_id}",
+                "depth": 0, "children": [c["id"] for c in rest]}})
+        listing = [
+            {"kind": "Listing", "data": {"modhash": None, "dist": 1, "after": None, "before": None,
+                                         "children": [{"kind": "t3", "data": post}]}},
+            {"kind": "Listing", "data": {"modhash": None, "dist": None, "after": None, "before": None,
+                                         "children": children}},
+        ]
+        return 200, listing, self._rate_headers()
+
+    def _listing(self, handler: LoopbackHandler, path: str, query: dict[str, list[str]]) -> Reply:
+        refused = self._unauthorised(handler)
+        if refused is not None:
+            return refused
         parts = path.strip("/").split("/")
         if len(parts) != 3 or parts[2] not in ("hot", "top", "new"):
             return 404, {"message": "Not Found", "error": 404}, {}

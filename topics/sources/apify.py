@@ -205,6 +205,13 @@ class ApifySource:
             problem = f"{exc.error_count()} field errors, e.g. {clip(redact(_first_line(exc, 1), secrets), 120)}"
         return unexpected_shape_error(label=LABEL, what=f"the answer while {what}", problem=problem)
 
+    def item_text(self, item: Mapping[str, Any]) -> tuple[str, str, str]:
+        """An item's title, text and URL as the field map names them (every text field it maps, once each)."""
+        fields = self.field_map
+        texts = [_text(_pick(item, fields.get(name))) for name in ("title", "summary", "text")]
+        text = "\n\n".join(dict.fromkeys(t for t in texts if t))
+        return clip(texts[0].splitlines()[0] if texts[0] else "", 200), text, _text(_pick(item, fields.get("url")))
+
     def _candidate(self, item: Any, *, run_id: str) -> Candidate | None:
         if not isinstance(item, dict):
             return None

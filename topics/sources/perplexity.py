@@ -13,6 +13,7 @@ import math
 import re
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
@@ -89,6 +90,25 @@ TOPICS_SCHEMA: dict[str, Any] = {
     },
     "required": ["topics"],
 }
+RESEARCH_SYSTEM_PROMPT = (
+    "You are a fact-checking researcher for a newsletter read by independent online sellers. Search the web and "
+    "answer in plain prose: what happened, the key figures (amounts, percentages, counts, dates) and who reported "
+    "them. Cite every fact with its [n]. Say so when sources disagree or when a figure could not be confirmed."
+)
+RESEARCH_PROMPT = (
+    "Research this story for this week's issue.\n\nHeadline: {title}\n\nWhat we know so far: {summary}\n\n"
+    "What happened, the figures that matter to a small seller, who is affected and what sellers are doing about it."
+)
+
+
+@dataclass(frozen=True)
+class Research:
+    """A research answer (with its [n] citations) and the search results it cites, in order."""
+
+    answer: str
+    results: list[dict[str, Any]]
+
+
 # A token is ~4 characters of English; counting 3 keeps the input estimate on the safe side.
 _CHARS_PER_TOKEN_ESTIMATE = 3
 _MESSAGE_OVERHEAD_TOKENS = 50
@@ -204,13 +224,52 @@ class PerplexitySource:
 
     def worst_case_usd(self, body: Mapping[str, Any]) -> Decimal:
         """The most one call can cost: estimated input tokens, plus max_tokens of output, plus the request fee."""
-        chars = sum(len(m["content"]) for m in body["messages"]) + len(json.dumps(body["response_format"]))
+        chars = sum(len(m["content"]) for m in body["messages"]) + len(json.dumps(body.get("response_format", "")))
         input_tokens = chars // _CHARS_PER_TOKEN_ESTIMATE + _MESSAGE_OVERHEAD_TOKENS
         return (
             Decimal(input_tokens) * self.usd_per_million_input / _MILLION
             + Decimal(body["max_tokens"]) * self.usd_per_million_output / _MILLION
             + self.usd_per_request
         )
+
+    def research(self, *, title: str, summary: str, meter: SpendMeter, idempotency_key: str) -> Research:
+        """One research request about a story: the cited answer and the search results behind it.
+
+        Paid: reserved on `meter` before the call and settled after it, like a discovery search. Raises
+        BudgetRefused when the meter refuses, SourceError when the call fails.
+        """
+        if not self.priced:
+            raise SourceError(f"{LABEL}: no price is known for model {self.model!r}, so no research is bought",
+                              permanent=True)
+        body = self.research_body(title=title, summary=summary)
+        hold = meter.reserve(provider=self.name, description=clip(f"Perplexity {self.model}: research for {title}", 300),
+                             worst_case_usd=self.worst_case_usd(body), idempotency_key=idempotency_key)
+        headers = {"Authorization": f"Bearer {self.api_key}", "Accept": "application/json"}
+        with httpx.Client(base_url=self.base_url, headers=headers, timeout=self.timeout) as client:
+            answer = self._call(client, body, hold, slug="research")
+        content = re.sub(r"<think>.*?</think>", "", answer["choices"][0]["message"]["content"], flags=re.S).strip()
+        results = [
+            {"title": str(r.get("title") or ""), "url": r["url"], "snippet": str(r.get("snippet") or ""),
+             "date": r.get("date")}
+            for r in answer.get("search_results") or [] if isinstance(r, dict) and isinstance(r.get("url"), str)
+        ]
+        if not results:
+            results = [{"title": "", "url": url, "snippet": "", "date": None}
+                       for url in answer.get("citations") or [] if isinstance(url, str)]
+        return Research(answer=content, results=results)
+
+    def research_body(self, *, title: str, summary: str) -> dict[str, Any]:
+        """The request body of one research request about a story."""
+        return {
+            "model": self.model,
+            "messages": [
+                {"role": "system", "content": RESEARCH_SYSTEM_PROMPT},
+                {"role": "user", "content": RESEARCH_PROMPT.format(title=title.strip(), summary=summary.strip())},
+            ],
+            "max_tokens": self.max_tokens,
+            "temperature": 0.2,
+            "web_search_options": {"search_context_size": self.search_context_size},
+        }
 
     def _body(self, subject: str, count: int) -> dict[str, Any]:
         return {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
@@ -56,6 +57,30 @@ RAW_FIELDS = tuple(
     "id name title selftext url permalink domain score ups upvote_ratio num_comments created_utc is_self over_18 "
     "link_flair_text stickied removed_by_category distinguished".split()
 )
+
+
+@dataclass(frozen=True)
+class RedditThread:
+    """A post and its best top-level comments (score, text), best first."""
+
+    post_id: str
+    title: str
+    text: str
+    url: str
+    link: str  # the page a link post points to; "" for a text post
+    comments: list[tuple[int, str]]
+
+
+def _comment_dropped(comment: Any) -> bool:
+    """Moderator notes, stickied bot comments and removed or deleted comments are not material."""
+    author = str(getattr(comment, "author", "") or "")
+    return bool(
+        getattr(comment, "stickied", False)
+        or getattr(comment, "distinguished", None) == "moderator"
+        or author.lower() == "automoderator"
+        or (getattr(comment, "body", "") or "").strip() in REMOVED_MARKERS
+        or not (getattr(comment, "body", "") or "").strip()
+    )
 
 
 class RedditSource:
@@ -131,16 +156,7 @@ class RedditSource:
 
         Reddit is free: the meter is not used.
         """
-        reddit = praw.Reddit(
-            client_id=self.client_id,
-            client_secret=self.client_secret,
-            user_agent=self.user_agent,
-            reddit_url=self.token_url,
-            oauth_url=self.api_url,
-            timeout=self.timeout,
-            check_for_updates=False,
-            check_for_async=False,
-        )
+        reddit = self._client()
         per_subreddit: list[list[Candidate]] = []
         seen: set[str] = set()
         for subreddit in self.subreddits:
@@ -155,6 +171,49 @@ class RedditSource:
         # Taking subreddits in turn keeps the biggest one from crowding the others out.
         interleaved = [c for row in itertools.zip_longest(*per_subreddit) for c in row if c is not None]
         return interleaved[:limit]
+
+    def _client(self) -> praw.Reddit:
+        return praw.Reddit(
+            client_id=self.client_id,
+            client_secret=self.client_secret,
+            user_agent=self.user_agent,
+            reddit_url=self.token_url,
+            oauth_url=self.api_url,
+            timeout=self.timeout,
+            check_for_updates=False,
+            check_for_async=False,
+        )
+
+    def thread(self, *, post_id: str, comments: int) -> RedditThread:
+        """A post's text and its best `comments` top-level comments (Reddit's "top" order), for source material.
+
+        `replace_more(limit=0)` drops the "load more comments" stubs instead of paying a request for each: the
+        first page of a thread sorted by top already holds its best comments.
+        """
+        where = f"thread {post_id}"
+        try:
+            submission = self._client().submission(id=post_id)
+            submission.comment_sort = "top"
+            submission.comment_limit = max(comments * 2, 10)
+            submission.comments.replace_more(limit=0)
+            best = [
+                (int(comment.score), comment.body.strip())
+                for comment in submission.comments  # iterating a comment forest yields its top-level comments
+                if not _comment_dropped(comment)
+            ][:comments]
+            return RedditThread(
+                post_id=post_id,
+                title=clip(submission.title, 500),
+                text=(submission.selftext or "").strip(),
+                url=f"https://www.reddit.com{submission.permalink}",
+                link=submission.url if not submission.is_self else "",
+                comments=best,
+            )
+        except prawcore.exceptions.NotFound as exc:
+            raise SourceError(f"{LABEL}: the thread {post_id} does not exist or was removed (HTTP 404)",
+                              permanent=True) from exc
+        except _CLIENT_ERRORS as exc:
+            raise self._translate(exc, where=where) from exc
 
     def _read_listing(
         self, reddit: praw.Reddit, subreddit: str, listing: str, *, gathered: list[list[Candidate]]

@@ -13,6 +13,7 @@ from django.utils.text import Truncator
 from newsroom.commands import ContractCommand
 
 from batches import launching, running
+from batches.grounding import cited_sources
 from batches.ledger import monthly_remaining
 from batches.models import Batch, Newsletter
 from batches.money import format_usd
@@ -37,6 +38,15 @@ an error's object has "status": "error" and "error": the message."""
 def first_line(error: Exception) -> str:
     text = str(error).strip()
     return f"{error.__class__.__name__}: {text.splitlines()[0][:160]}" if text else error.__class__.__name__
+
+
+def material_note(plan) -> str:
+    """What the estimate knows of the topics' source material."""
+    pending = plan.material_pending
+    if not pending:
+        return "Source material: what is already fetched for these topics is counted in the estimate."
+    return (f"Source material: not fetched yet for {pending} of the {len(plan.items)} topics; the estimate counts "
+            f"the full {settings.MATERIAL_MAX_TOKENS:,} tokens of material for each of them.")
 
 
 def money(value: Decimal) -> str:
@@ -216,6 +226,8 @@ class Command(ContractCommand):
                             "status": "selected",
                             "cost_usd": money(item.estimated_cost_usd),
                             "subject": None,
+                            "sources": [],
+                            "flags": [],
                         }
                         for item in plan.items
                     ],
@@ -232,6 +244,7 @@ class Command(ContractCommand):
                 f"up to {format_usd(item.estimated_cost_usd)})"
             )
         self.stdout.write(f"Candidates: {plan.left_out.describe()}")
+        self.stdout.write(material_note(plan))
         remaining = monthly_remaining()
         self.stdout.write(f"Estimated cost: {format_usd(plan.estimated_cost_usd)} (upper bound) of a "
                           f"{format_usd(budget)} budget; {format_usd(budget - plan.estimated_cost_usd)} would remain.")
@@ -300,7 +313,8 @@ class Command(ContractCommand):
             self.stdout.write(line)
 
     def report(self, batch: Batch) -> dict:
-        items = batch.newsletters.select_related("topic__category").order_by("position", "pk")
+        items = (batch.newsletters.select_related("topic__category").prefetch_related("flags")
+                 .order_by("position", "pk"))
         return {
             "batch": batch.pk,
             "dry_run": False,
@@ -317,6 +331,8 @@ class Command(ContractCommand):
                     "status": n.status,
                     "cost_usd": money(n.cost_usd),
                     "subject": n.subject or None,
+                    "sources": [{"n": s["n"], "url": s["url"], "title": s["title"]} for s in cited_sources(n)],
+                    "flags": [{"kind": f.kind, "text": f.text} for f in n.flags.all() if f.is_open],
                 }
                 for n in items
             ],

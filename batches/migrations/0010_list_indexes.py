@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('batches', '0008_editor_group_topics'),
+        ('batches', '0009_draft_flags'),
     ]
 
     operations = [
