@@ -333,10 +333,14 @@ class App:
     def db(self) -> Database:
         return Database(self.database_url)
 
+    @property
+    def spool_dir(self) -> Path:
+        return self.workdir / "spool"
+
     def env(self, **overrides: str) -> dict[str, str]:
         return service_env(
             DATABASE_URL=self.database_url, CELERY_BROKER_URL=self.broker_url, ANTHROPIC_BASE_URL=self.api_base_url,
-            ANSWER_SPOOL_DIR=str(self.workdir / "spool"), **{**self.settings, **overrides},
+            ANSWER_SPOOL_DIR=str(self.spool_dir), **{**self.settings, **overrides},
         )
 
     def manage(self, *args: str, timeout: float = SUBPROCESS_SECONDS, **env: str) -> subprocess.CompletedProcess:
@@ -354,6 +358,36 @@ class App:
         result = self.manage("runbatch", "--json", *args, timeout=timeout, **env)
         return result.returncode, _json_or_empty(result.stdout), result.stderr
 
+    def follow_batch(self, *args: str, timeout: float = 120, **env: str) -> subprocess.Popen:
+        """`runbatch --queue --wait --timeout T --json ARGS` in the background: a batch queued and followed."""
+        return self.manage_in_background("runbatch", "--queue", "--wait", "--timeout", str(timeout), "--json",
+                                         *args, **env)
+
+    @staticmethod
+    def outcome(process: subprocess.Popen, *, timeout: float) -> tuple[int, dict, str]:
+        """Exit code, JSON report and stderr of a background command; killed, failing, after `timeout`."""
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            stdout, stderr = process.communicate()
+            raise AssertionError(f"{' '.join(process.args[1:])} still running after {timeout} s\n{stderr}") from None
+        return process.returncode, _json_or_empty(stdout), stderr
+
+    def in_flight(self, count: int, *, timeout: float = 30) -> set[int]:
+        """Wait until at least `count` calls of unfinished batches are in flight (reserved, not yet settled);
+        returns their ledger entry ids."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            reserved = {pk for (pk,) in self.db.rows(
+                "SELECT e.id FROM batches_costledgerentry e JOIN batches_batch b ON b.id = e.batch_id "
+                "WHERE e.status = 'reserved' AND NOT b.status = ANY(%s)", [list(FINAL_BATCH_STATUSES)]
+            )}
+            if len(reserved) >= count:
+                return reserved
+            time.sleep(0.05)
+        raise AssertionError(f"fewer than {count} calls in flight after {timeout} s\n{self.logs()}")
+
     def sweep(self, **env: str) -> dict:
         """`manage.py sweep --json` once; the report it printed."""
         result = self.manage("sweep", "--json", **env)
@@ -368,9 +402,43 @@ class App:
         self.workers.append(worker)
         return worker.wait_ready()
 
+    def start_sweeper(self, *, period: float = 1.0, **env: str) -> subprocess.Popen:
+        """The sweeper every `period` seconds in a process of its own (tests/faults/sweeper_loop.py), standing in
+        for beat's schedule; stopped when the test ends. Its reports go to sweeper.log."""
+        with open(self.workdir / "sweeper.log", "ab") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "tests.faults.sweeper_loop", str(period)], cwd=BASE_DIR,
+                env=self.env(**env), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        self.background.append(process)
+        return process
+
+    def sweep_reports(self) -> list[dict]:
+        """What the sweeper process reported so far, one dict per round."""
+        path = self.workdir / "sweeper.log"
+        lines = path.read_text(errors="replace").splitlines() if path.exists() else []
+        return [json.loads(line) for line in lines if line.startswith("{")]
+
+    def wait_until_final(self, *, timeout: float) -> None:
+        """Wait until every batch has reached an end state; fail with what is stuck, and the logs, if not."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(Exception):  # the database may be down a moment longer
+                if self.db.all_batches_final():
+                    return
+            time.sleep(0.25)
+        raise AssertionError(
+            f"batches not final after {timeout} s: {self.db.batch_statuses()}; items "
+            f"{dict(self.db.item_statuses())}\n{self.logs()}"
+        )
+
     def logs(self) -> str:
-        """Every worker's log, for a failure message."""
-        return "\n".join(f"--- {w.log_path.name}\n{w.log[-6000:]}" for w in self.workers)
+        """Every worker's log and the sweeper's, for a failure message."""
+        logs = [(w.log_path.name, w.log) for w in self.workers]
+        sweeper = self.workdir / "sweeper.log"
+        if sweeper.exists():
+            logs.append((sweeper.name, sweeper.read_text(errors="replace")))
+        return "\n".join(f"--- {name}\n{text[-6000:]}" for name, text in logs)
 
     def stop(self) -> None:
         for worker in self.workers:
@@ -416,7 +484,11 @@ class Outcome:
 
 
 def check_invariants(
-    database_url: str, *, answers: Iterable[Mapping[str, object]] | None = None, unknown: int | Collection[int] = 0
+    database_url: str,
+    *,
+    answers: Iterable[Mapping[str, object]] | None = None,
+    unknown: int | Collection[int] = 0,
+    spool: Path | None = None,
 ) -> Outcome:
     """Assert what must hold after any fault, once recovery is done; every broken invariant is listed.
 
@@ -427,7 +499,8 @@ def check_invariants(
       has an open reservation standing for it;
     - no open reservation except for calls whose outcome is truly unknown: `unknown` is either the ids of the
       entries allowed to stay open (those in flight when a worker was killed), or how many may;
-    - each batch's ledger total is within its budget.
+    - each batch's ledger total is within its budget;
+    - nothing is left in the answer `spool` (every answer spooled during an outage has been replayed).
     """
     db = Database(database_url)
     problems: list[str] = []
@@ -487,6 +560,10 @@ def check_invariants(
         spent_by_batch[pk] = total
         if total > budget:
             problems.append(f"batch {pk} spent {total}, over its budget of {budget}")
+
+    left_in_spool = sorted(str(f.relative_to(spool)) for f in spool.rglob("*") if f.is_file()) if spool else []
+    if left_in_spool:
+        problems.append(f"answers left in the spool, never replayed: {left_in_spool}")
 
     if problems:
         raise AssertionError("invariants broken after recovery:\n- " + "\n- ".join(problems))
