@@ -52,8 +52,8 @@ def port_free(port: int) -> bool:
 
 def pick_port(preferred: int) -> int:
     """`preferred` when nothing listens there (the port this checkout's tests were given), else any free port,
-    so that two test runs on one machine never fault each other's servers."""
-    if port_free(preferred):
+    so that two test runs on one machine never fault each other's servers. 0 asks for any free port."""
+    if preferred and port_free(preferred):
         return preferred
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -441,8 +441,9 @@ class App:
         return "\n".join(f"--- {name}\n{text[-6000:]}" for name, text in logs)
 
     def stop(self) -> None:
+        """Kill every worker and background command (the test is over: nothing of theirs needs to finish)."""
         for worker in self.workers:
-            worker.stop()
+            worker.kill()
         for process in self.background:
             if process.poll() is None:
                 with contextlib.suppress(ProcessLookupError):

@@ -2,13 +2,15 @@
 that really die, and an invariant checker that really catches what it is meant to."""
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import psycopg
 import pytest
 
-from tests.faults.harness import App, Database, PrivatePostgres, PrivateRedis, check_invariants
-from tests.support import wait_for
+from tests.faults.harness import App, Database, PrivatePostgres, PrivateRedis, check_invariants, reap_orphans
+from tests.support import BASE_DIR, wait_for
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 
@@ -135,3 +137,23 @@ def test_the_invariant_checker_names_every_broken_invariant(app: App):
         f"batch {batch} spent 1.800000, over its budget of 1.000000",
     ]:
         assert problem in message
+
+
+ABANDONED_RUN = """
+import os, signal
+from tests.faults.harness import PrivateRedis
+server = PrivateRedis(port=0).start()
+print(server.process.pid, server.root, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)  # no atexit handler runs: the server is left behind
+"""
+
+
+def test_the_next_run_stops_a_server_left_behind_by_a_run_that_was_killed():
+    run = subprocess.run([sys.executable, "-c", ABANDONED_RUN], cwd=BASE_DIR, capture_output=True, text=True,
+                         timeout=60, check=False)
+    pid, root = run.stdout.split()
+    assert not gone(int(pid))
+
+    reap_orphans()
+
+    assert gone(int(pid)) and not Path(root).exists()
