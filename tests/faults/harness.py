@@ -274,6 +274,18 @@ class PrivateRedis:
         """Messages waiting in a Celery queue (not those a worker has taken and not yet acknowledged)."""
         return int(self.client(db).llen(queue))
 
+    def redeliver_unacknowledged(self, *, visibility_timeout: float, db: int = 0) -> int:
+        """Hand out again every message taken but not yet acknowledged for longer than `visibility_timeout`, as
+        kombu's Redis transport does when a consumer with that visibility timeout starts (it is kombu's own code
+        doing it here). Returns how many messages went back in the queue."""
+        from kombu import Connection
+
+        # The index scores each unacknowledged message with the time it was taken.
+        due = self.client(db).zcount("unacked_index", "-inf", time.time() - visibility_timeout)
+        with Connection(self.url(db), transport_options={"visibility_timeout": visibility_timeout}) as connection:
+            connection.default_channel.qos.restore_visible(num=1000)
+        return int(due)
+
     def cleanup(self) -> None:
         if self._cleaned:
             return
@@ -374,7 +386,7 @@ class App:
             raise AssertionError(f"{' '.join(process.args[1:])} still running after {timeout} s\n{stderr}") from None
         return process.returncode, _json_or_empty(stdout), stderr
 
-    def in_flight(self, count: int, *, timeout: float = 30) -> set[int]:
+    def in_flight(self, count: int, *, timeout: float = 60) -> set[int]:
         """Wait until at least `count` calls of unfinished batches are in flight (reserved, not yet settled);
         returns their ledger entry ids."""
         deadline = time.monotonic() + timeout

@@ -66,16 +66,16 @@ def test_a_worker_started_before_a_postgres_restart_drafts_batches_on_both_sides
     app: App, fake_api, private_postgres: PrivatePostgres
 ):
     app.start_worker(concurrency=2)
-    before = app.runbatch("--queue", "--wait")
+    before = app.runbatch("--queue", "--wait", "--size", "2")
 
     private_postgres.restart(mode="fast")
-    after = app.runbatch("--queue", "--wait")
+    after = app.runbatch("--queue", "--wait", "--size", "2")
 
     assert (before[0], after[0]) == (0, 0), (before[2], after[2], app.logs())
     assert before[1]["status"] == after[1]["status"] == "done"
     outcome = check_invariants(app.database_url, answers=fake_api.answers)
-    assert outcome.settled == len(fake_api.answers) == 16
-    assert outcome.items["generated"] == 16 and not outcome.open_reservations
+    assert outcome.settled == len(fake_api.answers) == 4
+    assert outcome.items["generated"] == 4 and not outcome.open_reservations
 
 
 def test_a_killed_pool_process_is_replaced_while_the_worker_lives_on(app: App):
