@@ -605,6 +605,12 @@ class _HTTPServer(ThreadingHTTPServer):
             with self._open_lock:
                 self._open.discard(request)
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that dies mid-request (the fault tests SIGKILL workers) is no error of the fake's.
+        if isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
+            return
+        super().handle_error(request, client_address)
+
     def close_open_connections(self) -> None:
         # Keep-alive connections would otherwise keep being served by their threads after stop().
         with self._open_lock:

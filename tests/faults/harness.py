@@ -10,6 +10,7 @@ import atexit
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -32,6 +33,7 @@ SAMPLE_TOPICS = BASE_DIR / "topics" / "sample_data" / "sample_topics.json"
 FINAL_BATCH_STATUSES = ("done", "partial", "budget_exhausted", "failed")
 OPEN_ITEM_STATUSES = ("pending", "generating")
 DRAFTED_ITEM_STATUSES = ("generated", "approved", "rejected")
+RECEIVED_TASK = re.compile(r"Task batches\.generate_newsletter\[([0-9a-f-]+)\] received")
 # Private servers are made under this prefix with the pid of the process that owns them, so a later run can stop
 # the servers of a run that was SIGKILLed before its atexit handlers ran (see reap_orphans).
 TEMP_PREFIX = "newsroom-faults-"
@@ -386,17 +388,21 @@ class App:
             raise AssertionError(f"{' '.join(process.args[1:])} still running after {timeout} s\n{stderr}") from None
         return process.returncode, _json_or_empty(stdout), stderr
 
-    def in_flight(self, count: int, *, timeout: float = 60) -> set[int]:
-        """Wait until at least `count` calls of unfinished batches are in flight (reserved, not yet settled);
-        returns their ledger entry ids."""
+    def in_flight(self, count: int, *, worker: WorkerProcess | None = None, timeout: float = 60) -> set[int]:
+        """Wait until at least `count` calls of unfinished batches are in flight (reserved, not yet settled), made
+        by `worker` if given (by the tasks its log says it received); returns their ledger entry ids."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            reserved = {pk for (pk,) in self.db.rows(
-                "SELECT e.id FROM batches_costledgerentry e JOIN batches_batch b ON b.id = e.batch_id "
+            rows = self.db.rows(
+                "SELECT e.id, n.claim_token FROM batches_costledgerentry e "
+                "JOIN batches_batch b ON b.id = e.batch_id JOIN batches_newsletter n ON n.id = e.newsletter_id "
                 "WHERE e.status = 'reserved' AND NOT b.status = ANY(%s)", [list(FINAL_BATCH_STATUSES)]
-            )}
-            if len(reserved) >= count:
-                return reserved
+            )
+            if worker is not None:
+                received = set(RECEIVED_TASK.findall(worker.log))
+                rows = [row for row in rows if row[1] in received]
+            if len(rows) >= count:
+                return {pk for pk, _token in rows}
             time.sleep(0.05)
         raise AssertionError(f"fewer than {count} calls in flight after {timeout} s\n{self.logs()}")
 

@@ -18,8 +18,9 @@ def main(argv: list[str]) -> int:
     import django
 
     django.setup()
-    from batches.sweeper import sweep
     from django.db import DatabaseError, connection
+
+    from batches.sweeper import sweep
 
     while True:
         started = time.monotonic()

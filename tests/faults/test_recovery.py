@@ -9,7 +9,6 @@ sweeper runs every second in a process of its own instead of on beat's one-minut
 from __future__ import annotations
 
 import json
-import re
 import threading
 import time
 from collections import Counter
@@ -17,7 +16,7 @@ from collections import Counter
 import pytest
 
 from batches.claude_standin import FakeAnthropicServer, Fault
-from tests.faults.harness import App, PrivatePostgres, PrivateRedis, check_invariants
+from tests.faults.harness import RECEIVED_TASK, App, PrivatePostgres, PrivateRedis, check_invariants
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 
@@ -82,23 +81,24 @@ def test_postgres_down_for_15_seconds_during_in_flight_calls_keeps_every_paid_dr
 
 
 def test_a_redis_restart_that_loses_queued_messages_strands_no_batch(
-    recovering: App, fake_api: FakeAnthropicServer, private_redis: PrivateRedis
+    recovering: App, slow_api: FakeAnthropicServer, private_redis: PrivateRedis
 ):
-    fake_api.latency = 1.0
-    code, first, stderr = recovering.runbatch("--queue", "--size", "3")  # no worker yet: it waits in Redis
+    code, report, stderr = recovering.runbatch("--queue", "--size", "3")  # no worker yet: it waits in Redis
     assert code == 0, stderr
-    worker = recovering.start_worker(concurrency=1)
-    recovering.in_flight(1)  # the first batch started: its other items wait in the queue
-    code, second, stderr = recovering.runbatch("--queue", "--size", "3")  # queued behind them
-    assert code == 0, stderr
-    assert private_redis.queued_messages() >= 2
+    assert private_redis.queued_messages() == 1
 
-    private_redis.restart()  # every queued message is gone, and the one the worker held
+    private_redis.restart()  # the batch's message is gone: it would stay queued for ever
+
+    worker = recovering.start_worker(concurrency=1)
     recovering.start_sweeper()
+    recovering.in_flight(1)  # published again; its first item is being drafted, the other two wait in line
+    assert private_redis.queued_messages() >= 1
+
+    private_redis.restart()  # their messages are gone too (and the one the worker holds)
 
     recovering.wait_until_final(timeout=RECOVERY_SECONDS)
-    assert recovering.db.batch_statuses() == {first["batch"]: "done", second["batch"]: "done"}, worker.log
-    check_invariants(recovering.database_url, answers=fake_api.answers)
+    assert recovering.db.batch_statuses() == {report["batch"]: "done"}, worker.log
+    check_invariants(recovering.database_url, answers=slow_api.answers)
 
 
 def test_a_pool_process_killed_mid_call_has_its_item_drafted_once_after_its_lease(
@@ -161,7 +161,7 @@ def test_a_call_longer_than_the_visibility_timeout_is_drafted_and_charged_once(
 
     code, report, stderr = recovering.outcome(follower, timeout=RECOVERY_SECONDS)
     assert code == 0 and report["status"] == "done", (stderr, recovering.logs())
-    received = Counter(re.findall(r"Task batches\.generate_newsletter\[([0-9a-f-]+)\] received", worker.log))
+    received = Counter(RECEIVED_TASK.findall(worker.log))
     assert sorted(received.values()) == [2, 2], "each message was handed out twice"
     assert fake_api.message_calls == 2
     check_invariants(recovering.database_url, answers=fake_api.answers)
@@ -237,14 +237,16 @@ call_command("runbatch", "--dry-run", "--json")
 """
 
 
+@pytest.mark.xfail(strict=True, reason="import_topics accepts published_at outside 1970-2100 until the import fix "
+                   "(branch h-import) is merged; then the topic list works again and this mark must go")
 def test_an_import_with_poison_dates_is_refused_and_the_topic_list_still_works(recovering: App, tmp_path):
     # PostgreSQL stores these, shifted to UTC, beyond what Python's datetime can read back (years 10000 and 0).
-    poison = tmp_path / "poison.json"
-    poison.write_text(json.dumps([
-        {"title": "A story from the end of time", "status": "approved", "published_at": "9999-12-31T23:59:59-12:00"},
-        {"title": "A story from before the calendar", "status": "approved",
-         "published_at": "0001-01-01T00:00:00+14:00"},
-    ]))
+    poison = tmp_path / "poison.csv"
+    poison.write_text(
+        "title,status,published_at\n"
+        "A story from the end of time,approved,9999-12-31T23:59:59-12:00\n"
+        "A story from before the calendar,approved,0001-01-01T00:00:00+14:00\n"
+    )
 
     imported = recovering.manage("import_topics", str(poison))
 
