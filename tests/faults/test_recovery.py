@@ -30,6 +30,10 @@ RECOVERY = {
     "ANTHROPIC_MAX_RETRIES": "1",
     "SWEEP_STALE_SECONDS": "3",
 }
+# Calls of 3 s (and the lease the checks then ask for), where a fault must surely hit a call still in flight.
+LONG_CALL_SECONDS = 3.0
+LONG_CALLS = {"ANTHROPIC_TIMEOUT_SECONDS": "5", "ITEM_LEASE_SECONDS": "16"}
+BATCH_SIZE = "4"  # enough to keep every pool process busy when the fault hits
 RECOVERY_SECONDS = 90  # bound on any one recovery; a healthy one takes a fraction of it
 
 
@@ -48,12 +52,12 @@ def recovering(app: App) -> App:
 def test_a_postgres_restart_during_in_flight_calls_keeps_every_paid_draft_and_strands_no_batch(
     recovering: App, slow_api: FakeAnthropicServer, private_postgres: PrivatePostgres
 ):
-    follower = recovering.follow_batch()
+    follower = recovering.follow_batch("--size", BATCH_SIZE)
     recovering.start_worker(concurrency=4)
+    recovering.start_sweeper()
     recovering.in_flight(2)
 
     private_postgres.restart(mode="fast")
-    recovering.start_sweeper()
 
     code, report, stderr = recovering.outcome(follower, timeout=RECOVERY_SECONDS)
     assert code == 0 and report["status"] == "done", (stderr, recovering.logs())
@@ -61,23 +65,27 @@ def test_a_postgres_restart_during_in_flight_calls_keeps_every_paid_draft_and_st
 
 
 def test_postgres_down_for_15_seconds_during_in_flight_calls_keeps_every_paid_draft_and_the_follower_rides_it_out(
-    recovering: App, slow_api: FakeAnthropicServer, private_postgres: PrivatePostgres
+    recovering: App, fake_api: FakeAnthropicServer, private_postgres: PrivatePostgres
 ):
-    # Answers arriving while the database is away are retried for 1 s, then spooled and replayed; the lease
-    # outlives the outage, as the default lease (minutes) does, so no call is made twice.
-    recovering.settings["ITEM_LEASE_SECONDS"] = "25"
-    follower = recovering.follow_batch()
+    # Calls of 3 s, so that answers arrive while the database is away: their writes are retried for 1 s, then
+    # spooled and replayed. The lease outlives the outage, as the default lease (minutes) does.
+    fake_api.latency = LONG_CALL_SECONDS
+    recovering.settings.update(LONG_CALLS, ITEM_LEASE_SECONDS="25")
+    follower = recovering.follow_batch("--size", BATCH_SIZE)
     recovering.start_worker(concurrency=4)
+    recovering.start_sweeper()  # as beat would, right through the outage
     recovering.in_flight(2)
 
     with private_postgres.down_for(15):
-        pass
-    recovering.start_sweeper()
+        answered_before = len(fake_api.answers)
+        time.sleep(5)
+        answered_while_down = len(fake_api.answers) - answered_before
 
     code, report, stderr = recovering.outcome(follower, timeout=RECOVERY_SECONDS)
     assert code == 0 and report["status"] == "done", (stderr, recovering.logs())
     assert "Traceback" not in stderr
-    check_invariants(recovering.database_url, answers=slow_api.answers, spool=recovering.spool_dir)
+    assert answered_while_down >= 1, "no answer arrived while the database was down"
+    check_invariants(recovering.database_url, answers=fake_api.answers, spool=recovering.spool_dir)
 
 
 def test_a_redis_restart_that_loses_queued_messages_strands_no_batch(
@@ -104,34 +112,40 @@ def test_a_redis_restart_that_loses_queued_messages_strands_no_batch(
 def test_a_pool_process_killed_mid_call_has_its_item_drafted_once_after_its_lease(
     recovering: App, slow_api: FakeAnthropicServer
 ):
-    follower = recovering.follow_batch()
+    recovering.settings.update(LONG_CALLS)
+    slow_api.latency = LONG_CALL_SECONDS  # the pool process killed is still waiting for its answer
+    follower = recovering.follow_batch("--size", BATCH_SIZE)
+    recovering.start_sweeper()
     worker = recovering.start_worker(concurrency=2)
     recovering.in_flight(2)  # both pool processes are drafting
 
     worker.kill_pool_child()
     unknown = recovering.db.open_reservations()
-    recovering.start_sweeper()
 
     code, report, stderr = recovering.outcome(follower, timeout=RECOVERY_SECONDS)
     assert code == 0 and report["status"] == "done", (stderr, recovering.logs())
-    check_invariants(recovering.database_url, answers=slow_api.answers, unknown=unknown)
+    outcome = check_invariants(recovering.database_url, answers=slow_api.answers, unknown=unknown)
+    assert len(outcome.open_reservations) == 1, "the killed pool process's call is the one of unknown outcome"
 
 
 def test_a_whole_worker_killed_mid_batch_has_its_items_taken_back_by_the_sweeper(
     recovering: App, slow_api: FakeAnthropicServer
 ):
-    follower = recovering.follow_batch()
+    recovering.settings.update(LONG_CALLS)
+    slow_api.latency = LONG_CALL_SECONDS
+    follower = recovering.follow_batch("--size", BATCH_SIZE)
+    recovering.start_sweeper()
     doomed = recovering.start_worker(concurrency=2)
     recovering.in_flight(2)
 
     doomed.kill()
     unknown = recovering.db.open_reservations()
     recovering.start_worker(concurrency=2)
-    recovering.start_sweeper()
 
     code, report, stderr = recovering.outcome(follower, timeout=RECOVERY_SECONDS)
     assert code == 0 and report["status"] == "done", (stderr, recovering.logs())
-    check_invariants(recovering.database_url, answers=slow_api.answers, unknown=unknown)
+    outcome = check_invariants(recovering.database_url, answers=slow_api.answers, unknown=unknown)
+    assert outcome.open_reservations, "the killed calls stay reserved, their outcome unknown"
 
 
 def test_a_nul_byte_in_an_answer_is_cleaned_and_the_paid_draft_kept(recovering: App, fake_api: FakeAnthropicServer):
