@@ -30,6 +30,7 @@ PG_PORT = int(os.environ.get("FAULTS_PG_PORT", "54329"))
 REDIS_PORT = int(os.environ.get("FAULTS_REDIS_PORT", "6391"))
 SERVER_START_SECONDS = 30
 SAMPLE_TOPICS = BASE_DIR / "topics" / "sample_data" / "sample_topics.json"
+# As in batches.models; spelled out so that the checks read the database as it is, not through the code under test.
 FINAL_BATCH_STATUSES = ("done", "partial", "budget_exhausted", "failed")
 OPEN_ITEM_STATUSES = ("pending", "generating")
 DRAFTED_ITEM_STATUSES = ("generated", "approved", "rejected")
