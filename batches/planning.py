@@ -45,13 +45,15 @@ def topic_message(topic: Topic) -> str:
     )
 
 
-def estimate_topics(*, topics: Sequence[Topic], model: str, max_tokens: int) -> Plan:
-    """Upper-bound cost of drafting `topics`, computed locally (no network call): for a preview only."""
+def estimate_topics(*, topics: Sequence[Topic], model: str, max_tokens: int, batch_api: bool = False) -> Plan:
+    """Upper-bound cost of drafting `topics`, computed locally (no network call): for a preview only.
+    `batch_api`: drafted as one Message Batch (economy), at the batch price."""
     price = price_for(model)
     items = []
     for topic in topics:
         request = build_request(model=model, max_tokens=max_tokens, topic_message=topic_message(topic))
-        cost = worst_case_cost(input_tokens=estimate_input_tokens(request), max_tokens=max_tokens, price=price)
+        cost = worst_case_cost(input_tokens=estimate_input_tokens(request), max_tokens=max_tokens, price=price,
+                               batch_api=batch_api)
         items.append(PlannedItem(topic=topic, estimated_cost_usd=cost))
     return Plan(items=items, model=model, estimated_cost_usd=sum((i.estimated_cost_usd for i in items), Decimal(0)))
 

@@ -15,7 +15,7 @@ from topics.selection import candidate_pool, select_diverse
 
 from . import ledger
 from .generation import generate_newsletter
-from .models import Batch, Newsletter
+from .models import Batch, EconomyRequest, Newsletter
 from .planning import estimate_topics
 from .pricing import PriceMissing
 
@@ -34,8 +34,10 @@ def create_batch(
     topic_ids: Sequence[int] | None = None,
     user=None,
     model: str | None = None,
+    delivery: str = Batch.Delivery.NOW,
 ) -> Batch:
     return Batch.objects.create(
+        delivery=delivery,
         size=size,
         budget_usd=budget_usd,
         include_new=include_new,
@@ -118,6 +120,8 @@ def resume_batch(*, batch: Batch) -> Batch:
     with transaction.atomic():
         locked = Batch.objects.select_for_update().get(pk=batch.pk)
         busy = in_flight(batch_id=locked.pk)
+        if locked.delivery == Batch.Delivery.ECONOMY:
+            busy += locked.newsletters.filter(economy_request__state__in=EconomyRequest.OPEN_STATES).count()
         if busy:
             raise NotResumable(
                 f"Batch #{locked.pk} has {busy} item{'s' if busy != 1 else ''} being drafted right now; resume it once "
@@ -132,6 +136,8 @@ def resume_batch(*, batch: Batch) -> Batch:
         Batch.objects.filter(pk=locked.pk).exclude(status=Batch.Status.PENDING).update(
             status=Batch.Status.PENDING, budget_stopped=False, status_reason="", finished_at=None
         )
+        # What an economy batch left undrafted is drafted now when resumed (a new economy batch is another batch).
+        Batch.objects.filter(pk=locked.pk).update(delivery=Batch.Delivery.NOW)
     batch.refresh_from_db()
     return batch
 

@@ -248,3 +248,17 @@ ANSWER_SPOOL_DIR = Path(env.str("ANSWER_SPOOL_DIR", default=str(VAR_DIR / "spool
 # reservation adds this fraction of the counted input, plus RESERVATION_INPUT_EXTRA_TOKENS, as a safety margin.
 RESERVATION_INPUT_MARGIN = Decimal(env.str("RESERVATION_INPUT_MARGIN", default="0.10"))
 RESERVATION_INPUT_EXTRA_TOKENS = env.int("RESERVATION_INPUT_EXTRA_TOKENS", default=100)
+
+# --- Economy batches (Message Batches API) --------------------------------------------------------
+# How a batch is drafted when nobody says: `now` (Messages API, one call per item) or `economy` (one Message Batch
+# at half price, results within 24 h).
+BATCH_DELIVERY = env.str("BATCH_DELIVERY", default="now")
+if BATCH_DELIVERY not in ("now", "economy"):
+    raise ImproperlyConfigured(f"BATCH_DELIVERY={BATCH_DELIVERY!r} must be `now` or `economy`.")
+# A submitted Message Batch is asked about first after ECONOMY_POLL_MIN_SECONDS, then twice as late each time, up
+# to ECONOMY_POLL_MAX_SECONDS between two questions.
+ECONOMY_POLL_MIN_SECONDS = env.float("ECONOMY_POLL_MIN_SECONDS", default=30.0)
+ECONOMY_POLL_MAX_SECONDS = env.float("ECONOMY_POLL_MAX_SECONDS", default=600.0)
+# A create whose outcome was unknown (timeout, dropped connection) and that no listing shows this long after it
+# was sent is taken as never created, and sent again.
+ECONOMY_ABSENT_AFTER_SECONDS = env.float("ECONOMY_ABSENT_AFTER_SECONDS", default=900.0)
