@@ -385,5 +385,6 @@ def test_economy_and_now_batches_racing_on_one_monthly_cap_never_cross_it(
 
     assert errors == []
     assert ledger.month_spent() <= Decimal("0.12")
+    assert Newsletter.objects.filter(status=Newsletter.Status.SKIPPED_BUDGET).exists()  # the cap did bite
     assert CostLedgerEntry.objects.filter(status="settled").count() >= 1
     assert ledger.reconcile() == []

@@ -63,6 +63,7 @@ class FakeMessageBatches:
     create_faults: list[str] = field(default_factory=list)  # FIFO: timeout|disconnect|error_500|error_429|error_400
     create_timeout_seconds: float = 30.0
     finished_before_cancel: int = 0
+    results_latency: float = 0.0  # seconds before a results download answers (to kill a poller mid-download)
     seed: int = 7
     batches: dict[str, _MessageBatch] = field(default_factory=dict)
     calls: dict[str, int] = field(default_factory=lambda: {"create": 0, "retrieve": 0, "list": 0, "cancel": 0,
@@ -144,6 +145,12 @@ class FakeMessageBatches:
 
     # -- endpoints
     def handle(self, method: str, path: str, query: str, body: Any, cancel: threading.Event):
+        reply = self._handle(method, path, query, body, cancel)
+        if path.endswith("/results") and self.results_latency > 0 and cancel.wait(self.results_latency):
+            return None
+        return reply
+
+    def _handle(self, method: str, path: str, query: str, body: Any, cancel: threading.Event):
         from tests.fakes.anthropic_api import _error_reply, _json_reply, _Reply
 
         parts = path.split("/")[4:]  # after /v1/messages/batches

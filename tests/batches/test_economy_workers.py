@@ -1,0 +1,60 @@
+"""Economy batches on real Celery workers (subprocesses) over real Redis: the workers submit and poll (as beat's
+every-minute schedule would make them), and a worker killed while polling leaves nothing settled twice."""
+from __future__ import annotations
+
+import json
+import subprocess
+from collections import Counter
+
+import pytest
+
+from batches.models import Batch, CostLedgerEntry, EconomySubmission, Newsletter
+from tests.batches.test_workers import wait_for
+from tests.fakes.anthropic_batches import batches_of
+from tests.support import BASE_DIR, CELERY, manage, service_env
+
+pytestmark = [pytest.mark.slow, pytest.mark.redis, pytest.mark.django_db(transaction=True),
+              pytest.mark.usefixtures("migration_data")]
+
+
+def beat_tick(env: dict[str, str]) -> None:
+    """Publish the periodic poll once, as celery beat does every minute."""
+    sent = subprocess.run([CELERY, "-A", "newsroom", "call", "batches.poll_economy"], cwd=BASE_DIR, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert sent.returncode == 0, sent.stderr
+
+
+def test_workers_submit_and_poll_an_economy_batch_and_a_worker_killed_mid_poll_settles_nothing_twice(
+    fake_anthropic, topics_in_every_category, start_worker, redis_url
+):
+    api = batches_of(fake_anthropic)
+    api.processing_seconds = 1
+    api.results_latency = 60  # the first results download hangs: the worker is killed inside it
+    env = service_env(ANTHROPIC_BASE_URL=fake_anthropic.base_url, CELERY_BROKER_URL=redis_url,
+                      ECONOMY_POLL_MIN_SECONDS="0", ECONOMY_POLL_MAX_SECONDS="0")
+    doomed = start_worker(env=env, concurrency=2)
+
+    queued = manage("runbatch", "--economy", "--queue", "--json", env=env)
+    assert queued.returncode == 0, queued.stderr
+    batch = Batch.objects.get(pk=json.loads(queued.stdout)["batch"])
+    wait_for(lambda: EconomySubmission.objects.filter(batch=batch, state="submitted").exists(), timeout=60,
+             what="the worker to submit the Message Batch")
+    assert CostLedgerEntry.objects.filter(batch=batch, status="reserved").count() == 8
+
+    beat_tick(env)
+    wait_for(lambda: api.calls["results"] >= 1, timeout=60, what="a worker downloading the results")
+    doomed.kill()
+    assert CostLedgerEntry.objects.filter(batch=batch, status="settled").count() == 0
+
+    api.results_latency = 0
+    start_worker(env=env, concurrency=2)
+    beat_tick(env)
+    wait_for(lambda: Batch.objects.get(pk=batch.pk).is_finished, timeout=60, what="the next poll to end the batch")
+
+    batch.refresh_from_db()
+    assert batch.status == Batch.Status.DONE
+    assert set(batch.newsletters.values_list("status", flat=True)) == {Newsletter.Status.GENERATED}
+    settled = Counter(CostLedgerEntry.objects.filter(batch=batch, status="settled").values_list("newsletter", flat=True))
+    assert sorted(settled.values()) == [1] * 8
+    assert not CostLedgerEntry.objects.filter(batch=batch, status="reserved").exists()
+    assert api.calls["create"] == 1 and fake_anthropic.message_calls == 0
