@@ -49,6 +49,7 @@ logger = logging.getLogger("newsroom.economy")
 # differ, and the API stamps the batch when it has taken the whole request in.
 CLOCK_SKEW = datetime.timedelta(seconds=120)
 LIST_PAGE = 100
+FOLLOW_WAKE_SECONDS = 15.0
 
 FAILURE_REASONS = {
     EconomyRequest.State.ERRORED: "Anthropic could not process this request in the Message Batch ({detail}); it was "
@@ -569,6 +570,8 @@ def follow(*, batch_id: int, on_item: Callable[[Newsletter], None] | None = None
             return batch
         if time.monotonic() >= deadline:
             raise TimeoutError(batch_id)
+        # Sleep until the next poll is due (the backoff), waking at least every FOLLOW_WAKE_SECONDS to show what
+        # the periodic poll may have collected meanwhile: a wait of hours costs a few queries a minute.
         due = EconomySubmission.objects.filter(batch_id=batch_id).values_list("next_poll_at", flat=True).first()
         wait = (due - timezone.now()).total_seconds() if due else 1.0
-        sleep(max(0.05, min(wait, 1.0, deadline - time.monotonic())))
+        sleep(max(0.05, min(wait, FOLLOW_WAKE_SECONDS, deadline - time.monotonic())))

@@ -20,6 +20,7 @@ from __future__ import annotations
 import datetime
 import json
 import random
+import secrets
 import threading
 import time
 from dataclasses import dataclass, field
@@ -83,7 +84,7 @@ class FakeMessageBatches:
             return sum(self.calls.values())
 
     def _new_id(self) -> str:
-        return "msgbatch_01" + "".join(self._random.choice("ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz0123456789")
+        return "msgbatch_01" + "".join(secrets.choice("ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz0123456789")
                                        for _ in range(22))
 
     def _advance(self, batch: _MessageBatch) -> None:
