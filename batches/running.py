@@ -103,9 +103,10 @@ class NotResumable(Exception):
 
 
 def in_flight(*, batch_id: int) -> int:
-    """Items of the batch being drafted right now: claimed, with a lease that has not run out."""
-    return Newsletter.objects.filter(
-        batch_id=batch_id, status=Newsletter.Status.GENERATING, lease_expires_at__gte=timezone.now()
+    """Items of the batch being drafted right now: claimed, with a lease that has not run out, or with Anthropic
+    inside a Message Batch (economy items have no lease)."""
+    return Newsletter.objects.filter(batch_id=batch_id, status=Newsletter.Status.GENERATING).filter(
+        Q(lease_expires_at__gte=timezone.now()) | Q(economy_request__state__in=EconomyRequest.OPEN_STATES)
     ).count()
 
 
@@ -120,8 +121,6 @@ def resume_batch(*, batch: Batch) -> Batch:
     with transaction.atomic():
         locked = Batch.objects.select_for_update().get(pk=batch.pk)
         busy = in_flight(batch_id=locked.pk)
-        if locked.delivery == Batch.Delivery.ECONOMY:
-            busy += locked.newsletters.filter(economy_request__state__in=EconomyRequest.OPEN_STATES).count()
         if busy:
             raise NotResumable(
                 f"Batch #{locked.pk} has {busy} item{'s' if busy != 1 else ''} being drafted right now; resume it once "

@@ -12,7 +12,7 @@ import pytest
 from django.conf import settings as django_settings
 from django.db import connection
 
-from batches import economy, ledger, running
+from batches import economy, launching, ledger, running
 from batches.generation import make_client, reservation_tokens
 from batches.models import Batch, CostLedgerEntry, EconomyRequest, EconomySubmission, Newsletter
 from batches.pricing import Usage, cost_of, price_for, worst_case_cost
@@ -307,6 +307,23 @@ def test_an_economy_batch_with_open_requests_cannot_be_resumed(api, topics_in_ev
 
     with pytest.raises(running.NotResumable):
         running.resume_batch(batch=batch)
+    assert "being drafted right now" in launching.why_not_resumable(batch)
+
+
+def test_a_failed_economy_item_can_be_resumed_now(api, topics_in_every_category):
+    batch = economy_batch()
+    running.start_batch(batch_id=batch.pk)
+    first = batch.newsletters.order_by("position").first()
+    api.outcomes = {economy.custom_id_for(first.pk): "expired"}
+    Batch.objects.filter(pk=batch.pk).update(status=Batch.Status.PENDING)
+    batch = poll_to_the_end(economy.submit(batch_id=batch.pk))
+    assert batch.status == Batch.Status.PARTIAL
+
+    batch = running.run_inline(batch=running.resume_batch(batch=batch))
+
+    assert batch.status == Batch.Status.DONE and batch.delivery == Batch.Delivery.NOW
+    assert api.server.message_calls == 1  # only the expired item, drafted now
+    assert settled_per_item(batch)[first.pk] == 1
 
 
 def test_runbatch_economy_returns_with_the_batch_submitted(api, topics_in_every_category, runbatch):
