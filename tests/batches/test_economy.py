@@ -405,3 +405,23 @@ def test_economy_and_now_batches_racing_on_one_monthly_cap_never_cross_it(
     assert Newsletter.objects.filter(status=Newsletter.Status.SKIPPED_BUDGET).exists()  # the cap did bite
     assert CostLedgerEntry.objects.filter(status="settled").count() >= 1
     assert ledger.reconcile() == []
+
+
+def test_a_lost_create_is_told_apart_from_a_lookalike_batch_by_its_custom_ids(api, topics_in_every_category,
+                                                                             settings, monkeypatch):
+    settings.ANTHROPIC_TIMEOUT_SECONDS = 0.5
+    api.create_faults = ["timeout"]
+    api.create_timeout_seconds = 2
+    batch = submitted()
+    # Someone else's batch of the same size, created in the same minute, past the first page of the listing.
+    decoy = make_client().messages.batches.create(requests=[
+        {"custom_id": f"other-{i}", "params": {"model": batch.model, "max_tokens": 16,
+                                               "messages": [{"role": "user", "content": "hi"}]}} for i in range(8)])
+    monkeypatch.setattr(economy, "LIST_PAGE", 1)
+
+    assert economy.poll(batch_id=batch.pk, force=True) == "found"
+
+    submission = EconomySubmission.objects.get(batch=batch)
+    assert submission.anthropic_batch_id != decoy.id
+    assert submission.anthropic_batch_id == api.created()[0].id
+    assert api.calls["list"] >= 2 and api.calls["create"] == 2  # ours once, the decoy once
