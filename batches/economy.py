@@ -405,6 +405,8 @@ def poll(*, batch_id: int, client: anthropic.Anthropic | None = None, force: boo
         return "error"
     if status.processing_status != "ended":
         EconomySubmission.objects.filter(pk=submission.pk).update(last_error="")
+        if submission.cancel_requested_at is not None and status.processing_status == "in_progress":
+            _send_cancel(submission=submission, client=client)  # the first cancel did not get through
         return status.processing_status
     try:
         collect(submission_id=submission.pk, client=client)
