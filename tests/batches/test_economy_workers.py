@@ -26,21 +26,26 @@ def beat_tick(env: dict[str, str]) -> None:
     assert sent.returncode == 0, sent.stderr
 
 
+def submitted_by_a_worker(fake_anthropic, start_worker, redis_url):
+    """`runbatch --economy --queue`, submitted by a real worker: the environment, the worker and the batch."""
+    env = service_env(ANTHROPIC_BASE_URL=fake_anthropic.base_url, CELERY_BROKER_URL=redis_url,
+                      ECONOMY_POLL_MIN_SECONDS="0", ECONOMY_POLL_MAX_SECONDS="0")
+    worker = start_worker(env=env, concurrency=1)
+    queued = manage("runbatch", "--economy", "--queue", "--json", env=env)
+    assert queued.returncode == 0, queued.stderr
+    batch = Batch.objects.get(pk=json.loads(queued.stdout)["batch"])
+    wait_for(lambda: EconomySubmission.objects.filter(batch=batch, state="submitted").exists(), timeout=60,
+             what="the worker to submit the Message Batch")
+    return env, worker, batch
+
+
 def test_workers_submit_and_poll_an_economy_batch_and_a_worker_killed_mid_poll_settles_nothing_twice(
     fake_anthropic, topics_in_every_category, start_worker, redis_url
 ):
     api = batches_of(fake_anthropic)
     api.processing_seconds = 1
     api.results_latency = 60  # the first results download hangs: the worker is killed inside it
-    env = service_env(ANTHROPIC_BASE_URL=fake_anthropic.base_url, CELERY_BROKER_URL=redis_url,
-                      ECONOMY_POLL_MIN_SECONDS="0", ECONOMY_POLL_MAX_SECONDS="0")
-    doomed = start_worker(env=env, concurrency=2)
-
-    queued = manage("runbatch", "--economy", "--queue", "--json", env=env)
-    assert queued.returncode == 0, queued.stderr
-    batch = Batch.objects.get(pk=json.loads(queued.stdout)["batch"])
-    wait_for(lambda: EconomySubmission.objects.filter(batch=batch, state="submitted").exists(), timeout=60,
-             what="the worker to submit the Message Batch")
+    env, doomed, batch = submitted_by_a_worker(fake_anthropic, start_worker, redis_url)
     assert CostLedgerEntry.objects.filter(batch=batch, status="reserved").count() == 8
 
     beat_tick(env)
@@ -49,7 +54,7 @@ def test_workers_submit_and_poll_an_economy_batch_and_a_worker_killed_mid_poll_s
     assert CostLedgerEntry.objects.filter(batch=batch, status="settled").count() == 0
 
     api.results_latency = 0
-    start_worker(env=env, concurrency=2)
+    start_worker(env=env, concurrency=1)
     beat_tick(env)
     wait_for(lambda: Batch.objects.get(pk=batch.pk).is_finished, timeout=60, what="the next poll to end the batch")
 
@@ -69,14 +74,7 @@ def test_a_worker_killed_while_settling_leaves_the_rest_to_the_next_poll_with_on
         pytest.skip("holding one request row while the others settle needs row locks (PostgreSQL)")
     api = batches_of(fake_anthropic)
     api.processing_seconds = 0
-    env = service_env(ANTHROPIC_BASE_URL=fake_anthropic.base_url, CELERY_BROKER_URL=redis_url,
-                      ECONOMY_POLL_MIN_SECONDS="0", ECONOMY_POLL_MAX_SECONDS="0")
-    doomed = start_worker(env=env, concurrency=1)
-    queued = manage("runbatch", "--economy", "--queue", "--json", env=env)
-    assert queued.returncode == 0, queued.stderr
-    batch = Batch.objects.get(pk=json.loads(queued.stdout)["batch"])
-    wait_for(lambda: EconomySubmission.objects.filter(batch=batch, state="submitted").exists(), timeout=60,
-             what="the worker to submit the Message Batch")
+    env, doomed, batch = submitted_by_a_worker(fake_anthropic, start_worker, redis_url)
 
     held = EconomyRequest.objects.filter(submission__batch=batch).order_by("pk").last()
     with psycopg.connect(database_url()) as other:
