@@ -106,6 +106,7 @@ class BatchAdmin(admin.ModelAdmin):
             path("<int:object_id>/resume/", wrap(self.resume_view), name="batches_batch_resume"),
             path("<int:object_id>/progress/", wrap(self.progress_view), name="batches_batch_progress"),
             path("<int:object_id>/export/", wrap(self.export_view), name="batches_batch_export"),
+            path("<int:object_id>/cancel-economy/", wrap(self.cancel_economy_view), name="batches_batch_cancel_economy"),
             *super().get_urls(),
         ]
 
@@ -124,6 +125,9 @@ class BatchAdmin(admin.ModelAdmin):
     def system_status_view(self, request):
         return views.system_status_view(request, self)
 
+    def cancel_economy_view(self, request, object_id):
+        return views.cancel_economy_view(request, self, object_id)
+
     def changelist_view(self, request, extra_context=None):
         extra_context = {**(extra_context or {}), "can_run": views.can_run(request),
                          "can_view_ledger": request.user.has_perm("batches.view_costledgerentry")}
@@ -132,7 +136,8 @@ class BatchAdmin(admin.ModelAdmin):
     def change_view(self, request, object_id, form_url="", extra_context=None):
         batch = self.get_object(request, object_id)
         if batch is not None and self.has_view_permission(request, batch):
-            extra_context = {**(extra_context or {}), **views.batch_page_context(request, batch)}
+            extra_context = {**(extra_context or {}), **views.batch_page_context(request, batch),
+                             **views.economy_page_context(request, batch)}
         return super().change_view(request, object_id, form_url, extra_context=extra_context)
 
     @admin.action(description="Run batch (resume a failed or stopped one)…", permissions=["run"])

@@ -993,6 +993,9 @@ class FakeAnthropicServer:
             )
             cancel = self._cancel
 
+        if path.startswith("/v1/messages/batches"):  # the Message Batches endpoints: batches/claude_standin_batches.py
+            from batches.claude_standin_batches import route as batches_route
+            return batches_route(self, handler, method, path, parts.query, body, cancel)
         routes = {("POST", "/v1/messages"): self._messages, ("POST", "/v1/messages/count_tokens"): self._count_tokens}
         route = routes.get((method, path))
         if route is None:
