@@ -34,7 +34,8 @@ from bench.fresh import connected_to, fresh_database, machine_load, postgres_rea
 WORKER_COUNTS = {"postgresql": (1, 2, 4, 8, 16, 32), "sqlite": (1, 4)}
 REPEATS = 3
 TRIAL_SECONDS = 1.0
-LATENCY_CALLS = 80
+LATENCY_ROUNDS = 8
+LATENCY_CALLS = 20
 LEDGER_SIZE = 100_000
 INVARIANT_WORKERS = 32
 INVARIANT_ROUNDS = {"postgresql": 20, "sqlite": 5}  # SQLite takes one writer at a time: fewer rounds, same check
@@ -279,9 +280,10 @@ def throughput(url: str, vendor: str) -> None:
           f"(target ≤ {CAP_COST_TARGET:.0%}): {verdict(max(costs_all) <= CAP_COST_TARGET)}")
 
 
-def latency_round(url: str, vendor: str, batch_id: int) -> tuple[float, float, float]:
-    """Median floor latency, median and p99 reserve + settle latency (ms), one process, adjacent in time."""
+def latency_round(url: str, vendor: str, batch_id: int) -> tuple[list[float], list[float]]:
+    """LATENCY_CALLS floor transactions, then as many reserve + settle calls, one process: their times (ms)."""
     bare = Bare(url, vendor)
+    reserve_and_settle(batch_id)  # warm: the connection was just opened
     floor_ms, ledger_ms = [], []
     for _ in range(LATENCY_CALLS):
         started = time.perf_counter()
@@ -292,7 +294,7 @@ def latency_round(url: str, vendor: str, batch_id: int) -> tuple[float, float, f
         started = time.perf_counter()
         reserve_and_settle(batch_id)
         ledger_ms.append((time.perf_counter() - started) * 1000)
-    return statistics.median(floor_ms), statistics.median(ledger_ms), percentile(ledger_ms, 0.99)
+    return floor_ms, ledger_ms
 
 
 def fill_ledger(batch_id: int, count: int) -> None:
@@ -328,37 +330,39 @@ def fill_ledger(batch_id: int, count: int) -> None:
 
 def latency(url: str, vendor: str) -> None:
     """Reserve + settle on the run's database (an empty ledger) and on a copy of it holding LEDGER_SIZE more
-    entries, alternating between the two, so the machine's load drifting meanwhile favours neither."""
+    entries, alternating between the two every LATENCY_CALLS calls, so the machine's load drifting meanwhile
+    favours neither; each round's figure is a median, and the two ledgers are compared round by round."""
     from django.db import connections
 
     from batches.models import CostLedgerEntry
 
     batch_id = new_batch(LARGE_BUDGET)
     connections.close_all()
-    figures: dict[str, list[tuple[float, float, float]]] = {"empty": [], "full": []}
+    rounds: dict[str, list[tuple[list[float], list[float]]]] = {"empty": [], "full": []}
     with fresh_database(vendor=vendor, purpose="budget_full", copy_of=url) as full_url:
         with connected_to(full_url):
             started = time.perf_counter()
             fill_ledger(batch_id, LEDGER_SIZE)
             filled_in = time.perf_counter() - started
-        for _ in range(REPEATS):
-            figures["empty"].append(latency_round(url, vendor, batch_id))
+        for _ in range(LATENCY_ROUNDS):
+            rounds["empty"].append(latency_round(url, vendor, batch_id))
             with connected_to(full_url):
-                figures["full"].append(latency_round(full_url, vendor, batch_id))
+                rounds["full"].append(latency_round(full_url, vendor, batch_id))
         with connected_to(full_url):
             sizes = {"full": CostLedgerEntry.objects.count()}
     sizes["empty"] = CostLedgerEntry.objects.count()
-    print(f"  per-call latency, one process, {LATENCY_CALLS} calls a run, median (min–max) of {REPEATS} runs "
-          f"alternating between the two ledgers (the floor measured just before each):")
+    print(f"  per-call latency, one process, median (min–max) over {LATENCY_ROUNDS} rounds of {LATENCY_CALLS} calls "
+          f"alternating between the two ledgers (the floor measured just before each round):")
+    medians = {key: [statistics.median(ledger_ms) for _, ledger_ms in rows] for key, rows in rounds.items()}
     for key, label in (("empty", f"an empty ledger (≤ {sizes['empty']:,} entries)"),
                        ("full", f"{sizes['full']:,} entries ({LEDGER_SIZE:,} added in {filled_in:.0f} s)")):
-        rows = figures[key]
-        print(f"    at {label}: reserve + settle {spread([r[1] for r in rows], '{:.2f} ms'.format)}, "
-              f"p99 {spread([r[2] for r in rows], '{:.2f} ms'.format)}; "
-              f"floor {spread([r[0] for r in rows], '{:.2f} ms'.format)}")
-    ratio = statistics.median(r[1] for r in figures["full"]) / statistics.median(r[1] for r in figures["empty"])
-    print(f"    {sizes['full']:,} entries against empty: {ratio:.2f}x (target: flat, ≤ {FLAT_TARGET:.2f}x): "
-          f"{verdict(ratio <= FLAT_TARGET)}")
+        every_call = [t for _, ledger_ms in rounds[key] for t in ledger_ms]
+        floors = [statistics.median(floor_ms) for floor_ms, _ in rounds[key]]
+        print(f"    at {label}: reserve + settle {spread(medians[key], '{:.2f} ms'.format)}, "
+              f"p99 {percentile(every_call, 0.99):.2f} ms; floor {spread(floors, '{:.2f} ms'.format)}")
+    ratios = [f / e for f, e in zip(medians["full"], medians["empty"], strict=True)]
+    print(f"    {sizes['full']:,} entries against empty, round by round: {spread(ratios, '{:.2f}x'.format)} "
+          f"(target: flat, ≤ {FLAT_TARGET:.2f}x): {verdict(statistics.median(ratios) <= FLAT_TARGET)}")
 
 
 def invariant(url: str, vendor: str) -> bool:
@@ -434,21 +438,23 @@ def run_on(vendor: str) -> None:
 
 
 def profile(vendor: str, calls: int = 400) -> None:
-    """cProfile of `calls` single-worker reserve + settle calls: where the time of a call goes."""
+    """cProfile of `calls` single-worker reserve + settle calls, by this process's CPU time: the wall time a
+    call takes beyond its CPU is waiting on the database."""
     with fresh_database(vendor=vendor, purpose="budget_profile") as url:
         os.environ["DJANGO_DEBUG"] = "0"
         setup_django(database_url=url)
         batch_id = new_batch(LARGE_BUDGET)
         reserve_and_settle(batch_id)
-        profiler = cProfile.Profile()
-        started = time.perf_counter()
+        profiler = cProfile.Profile(time.process_time)
+        wall, cpu = time.perf_counter(), time.process_time()
         profiler.enable()
         for _ in range(calls):
             reserve_and_settle(batch_id)
         profiler.disable()
-        took = (time.perf_counter() - started) * 1000 / calls
-        print(f"profile of {calls} reserve + settle calls on {vendor}: {took:.2f} ms a call (under cProfile)")
-        pstats.Stats(profiler, stream=sys.stdout).sort_stats("tottime").print_stats(18)
+        wall, cpu = (time.perf_counter() - wall) * 1000 / calls, (time.process_time() - cpu) * 1000 / calls
+        print(f"profile of {calls} reserve + settle calls on {vendor}, under cProfile: {wall:.2f} ms a call, "
+              f"{cpu:.2f} ms of it CPU in this process; {machine_load()}")
+        pstats.Stats(profiler, stream=sys.stdout).sort_stats("cumulative").print_stats(25)
 
 
 def main() -> int:

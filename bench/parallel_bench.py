@@ -90,6 +90,12 @@ class Run:
     seconds: float
     start_lag: float  # from handing the batch to the broker to the first item claimed
     item_overhead: float  # median, per item: claim to draft saved, less the call's own LATENCY
+    # ... and its parts, from the item's ledger entry: claim to the reservation's start (loading the item, the
+    # price, count_tokens); the reservation's start to its settlement, less LATENCY (the reservation, the call's
+    # HTTP and the answer's parsing); the settlement to the draft saved (the running totals moved, the draft).
+    before_call: float
+    around_call: float
+    after_call: float
     end_lag: float  # from the last draft saved to the batch closed
     count_tokens: int
     messages: int
@@ -104,7 +110,7 @@ def timed_on_workers(size: int, fake) -> Run:
     from django.utils import timezone
 
     from batches import running
-    from batches.models import Batch
+    from batches.models import Batch, CostLedgerEntry
 
     batch = new_batch(size)
     counted, called = fake.count_tokens_calls, fake.message_calls
@@ -121,10 +127,15 @@ def timed_on_workers(size: int, fake) -> Run:
     if batch.status != Batch.Status.DONE:
         raise RuntimeError(f"batch #{batch.pk} ended {batch.status}: {batch.status_reason}")
     items = list(batch.newsletters.values_list("claimed_at", "generated_at"))
+    entries = list(CostLedgerEntry.objects.filter(batch=batch).values_list(
+        "newsletter__claimed_at", "created_at", "settled_at", "newsletter__generated_at"))
     return Run(
         items=len(items), seconds=elapsed,
         start_lag=(min(c for c, _ in items) - handed_at).total_seconds(),
         item_overhead=statistics.median((g - c).total_seconds() - LATENCY for c, g in items),
+        before_call=statistics.median((r - c).total_seconds() for c, r, _, _ in entries),
+        around_call=statistics.median((s - r).total_seconds() - LATENCY for _, r, s, _ in entries),
+        after_call=statistics.median((g - s).total_seconds() for _, _, s, g in entries),
         end_lag=(batch.finished_at - max(g for _, g in items)).total_seconds(),
         count_tokens=fake.count_tokens_calls - counted, messages=fake.message_calls - called,
     )
@@ -172,11 +183,16 @@ def report(runs: dict[int, list[Run]]) -> bool:
     print("  where the time beyond the ideal goes, median (min–max) over the runs:")
     for size in SIZES:
         rows = runs[size]
-        print(f"    {size:>2} items: {spread([r.start_lag for r in rows], '{:.2f} s'.format)} from hand-over to the "
-              f"first claim (run_batch: selection, items, fan-out); "
-              f"{spread([r.item_overhead for r in rows], '{:.2f} s'.format)} per item beyond the call "
-              f"(claim, count_tokens, reserve, settle and save); "
-              f"{spread([r.end_lag for r in rows], '{:.2f} s'.format)} from the last draft to the batch closed")
+
+        def seconds(values: list[float]) -> str:
+            return spread(values, "{:.2f} s".format)
+
+        print(f"    {size:>2} items: {seconds([r.start_lag for r in rows])} from hand-over to the first claim "
+              f"(run_batch: selection, items, fan-out); {seconds([r.end_lag for r in rows])} from the last draft "
+              f"to the batch closed; per item, {seconds([r.item_overhead for r in rows])} beyond the call: "
+              f"{seconds([r.before_call for r in rows])} claim to reservation (item, price, count_tokens), "
+              f"{seconds([r.around_call for r in rows])} reservation to settlement less the call, "
+              f"{seconds([r.after_call for r in rows])} settlement to draft saved")
     calls = [(r.items, r.count_tokens, r.messages) for rows in runs.values() for r in rows]
     lean = all(counted == items and called == items for items, counted, called in calls)
     print(f"  lean drafting: {sum(c[1] for c in calls)} count_tokens and {sum(c[2] for c in calls)} messages calls "
