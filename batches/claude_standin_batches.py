@@ -112,7 +112,7 @@ class FakeMessageBatches:
         batch.results_not_found_left = self.not_found_results
 
     def _answer(self, params: dict[str, Any]) -> dict[str, Any]:
-        from tests.fakes.anthropic_api import _random_id
+        from batches.claude_standin import _random_id
 
         server = self.server
         usage = server._input_usage(params)
@@ -152,7 +152,7 @@ class FakeMessageBatches:
         return reply
 
     def _handle(self, method: str, path: str, query: str, body: Any, cancel: threading.Event):
-        from tests.fakes.anthropic_api import _error_reply, _json_reply, _Reply
+        from batches.claude_standin import _error_reply, _json_reply, _Reply
 
         parts = path.split("/")[4:]  # after /v1/messages/batches
         with self._lock:
@@ -191,7 +191,7 @@ class FakeMessageBatches:
         return _error_reply(404, "Not Found")
 
     def _create(self, body: Any, cancel: threading.Event):
-        from tests.fakes.anthropic_api import _error_reply, _json_reply, _RequestError, _validate_messages_body
+        from batches.claude_standin import _error_reply, _json_reply, _RequestError, _validate_messages_body
 
         requests = body.get("requests") if isinstance(body, dict) else None
         if not isinstance(requests, list) or not requests:
@@ -255,7 +255,7 @@ def batches_of(server: Any) -> FakeMessageBatches:
 
 def route(server: Any, handler: Any, method: str, path: str, query: str, body: Any, cancel: threading.Event):
     """The hook the fake's router calls for every /v1/messages/batches request."""
-    from tests.fakes.anthropic_api import _error_reply
+    from batches.claude_standin import _error_reply
 
     if not handler.headers.get("x-api-key") and not handler.headers.get("authorization"):
         return _error_reply(401, "x-api-key header is required")

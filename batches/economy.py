@@ -35,6 +35,8 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from topics import usage as topic_usage
+
 from . import ledger, running
 from .generation import Answer, _answer_record, _describe, _is_transient, _usable_usage, make_client, \
     reservation_tokens, write_answer
@@ -152,6 +154,7 @@ def _reserve_all(*, submission: EconomySubmission, client: anthropic.Anthropic, 
         if Batch.objects.filter(pk=batch.pk, budget_stopped=True).exists():
             Newsletter.objects.filter(pk=item.pk, status=Newsletter.Status.PENDING).update(
                 status=Newsletter.Status.SKIPPED_BUDGET, error="Not sent: the batch was stopped by its budget.")
+            topic_usage.mark_free(topic_ids=[item.topic_id])
             continue
         request = economy_request(model=batch.model, max_tokens=max_tokens, topic=item.topic)
         try:
@@ -159,6 +162,7 @@ def _reserve_all(*, submission: EconomySubmission, client: anthropic.Anthropic, 
         except anthropic.APIError as exc:
             Newsletter.objects.filter(pk=item.pk, status=Newsletter.Status.PENDING).update(
                 status=Newsletter.Status.FAILED, error=f"Not sent: counting its tokens failed ({_describe(exc)}).")
+            topic_usage.mark_free(topic_ids=[item.topic_id])
             continue
         custom_id = custom_id_for(item.pk)
         try:
@@ -173,6 +177,7 @@ def _reserve_all(*, submission: EconomySubmission, client: anthropic.Anthropic, 
             Batch.objects.filter(pk=batch.pk).update(budget_stopped=True)
             Newsletter.objects.filter(pk=item.pk, status=Newsletter.Status.PENDING).update(
                 status=Newsletter.Status.SKIPPED_BUDGET, error=f"Not sent: {exc}")
+            topic_usage.mark_free(topic_ids=[item.topic_id])
             continue
         with transaction.atomic():
             try:
@@ -474,6 +479,7 @@ def _resolve_released(*, request_id: int, outcome: str, detail: str) -> bool:
         Newsletter.objects.filter(pk=row.newsletter_id, status=Newsletter.Status.GENERATING,
                                   claim_token=_token(row.newsletter.batch_id)).update(
             status=Newsletter.Status.FAILED, error=reason, cost_usd=ledger.newsletter_spent(row.newsletter_id))
+        topic_usage.mark_free(topic_ids=[row.newsletter.topic_id])
         row.state, row.detail, row.resolved_at = outcome, detail[:500], timezone.now()
         row.save(update_fields=["state", "detail", "resolved_at"])
     return True
@@ -488,8 +494,10 @@ def _fail_unsent(*, submission: EconomySubmission, reason: str) -> None:
     """Nothing (more) will be sent: release every reservation still waiting and fail the items never reserved."""
     _release_open(submission=submission, states=[EconomyRequest.State.RESERVED], outcome=EconomyRequest.State.NOT_SENT,
                   detail=reason)
-    Newsletter.objects.filter(batch_id=submission.batch_id, status=Newsletter.Status.PENDING).update(
-        status=Newsletter.Status.FAILED, error=reason + AGAIN)
+    unsent = Newsletter.objects.filter(batch_id=submission.batch_id, status=Newsletter.Status.PENDING)
+    topic_ids = list(unsent.values_list("topic_id", flat=True))
+    unsent.update(status=Newsletter.Status.FAILED, error=reason + AGAIN)
+    topic_usage.mark_free(topic_ids=topic_ids)
     running.finalize_batch(batch_id=submission.batch_id)
 
 

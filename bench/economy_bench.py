@@ -94,7 +94,7 @@ def polling_cost(fake) -> dict[str, float]:
 
 def main() -> None:
     sys.path.insert(0, str(ROOT))
-    from tests.fakes.anthropic_api import FakeAnthropicServer
+    from batches.claude_standin import FakeAnthropicServer
 
     os.environ.setdefault("DJANGO_DEBUG", "1")
     setup_django(database_url=bench_database_url())

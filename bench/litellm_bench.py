@@ -155,7 +155,7 @@ def overspend_line(label: str, runs: list[dict], *, cut_off: bool) -> str:
 
 def main() -> int:
     sys.path.insert(0, str(ROOT))
-    from tests.fakes.anthropic_api import FakeAnthropicServer
+    from batches.claude_standin import FakeAnthropicServer
 
     started = time.perf_counter()
     python, how = litellm_python()

@@ -16,7 +16,7 @@ from batches.generation import make_client, reservation_tokens
 from batches.models import Batch, CostLedgerEntry, EconomyRequest, EconomySubmission, Newsletter
 from batches.pricing import Usage, cost_of, price_for, worst_case_cost
 from batches.sweeper import sweep
-from tests.fakes.anthropic_api import request_input_tokens
+from batches.claude_standin import request_input_tokens
 from batches.claude_standin_batches import batches_of
 
 pytestmark = pytest.mark.django_db

@@ -6,7 +6,7 @@ import json
 import anthropic
 import pytest
 
-from tests.fakes.anthropic_api import FakeAnthropicServer
+from batches.claude_standin import FakeAnthropicServer
 from batches.claude_standin_batches import batches_of
 
 PARAMS = {"model": "claude-sonnet-4-6", "max_tokens": 64, "messages": [{"role": "user", "content": "Say hello."}]}
