@@ -251,8 +251,6 @@ call_command("runbatch", "--dry-run", "--json")
 """
 
 
-@pytest.mark.xfail(strict=True, reason="import_topics accepts published_at outside 1970-2100 until the import fix "
-                   "(branch h-import) is merged; then the topic list works again and this mark must go")
 def test_an_import_with_poison_dates_is_refused_and_the_topic_list_still_works(recovering: App, tmp_path):
     # PostgreSQL stores these, shifted to UTC, beyond what Python's datetime can read back (years 10000 and 0).
     poison = tmp_path / "poison.csv"
