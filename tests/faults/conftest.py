@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import service_missing
 from batches.claude_standin import FakeAnthropicServer
+from tests.conftest import service_missing
 from tests.faults.harness import App, PrivatePostgres, PrivateRedis, ServerMissing, migrate, reap_orphans
 
 TEMPLATE = "newsroom_faults_template"
