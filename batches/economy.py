@@ -36,10 +36,12 @@ from django.db.models import Q
 from django.utils import timezone
 
 from topics import usage as topic_usage
+from topics.material import Material, stored_material
 
 from . import ledger, running
 from .generation import Answer, _answer_record, _describe, _is_transient, _usable_usage, make_client, \
     reservation_tokens, write_answer
+from .grounding import gather_for_newsletter
 from .models import Batch, EconomyRequest, EconomySubmission, Newsletter
 from .planning import estimate_topics, topic_message
 from .pricing import PriceMissing, cost_of, price_for, worst_case_cost
@@ -75,11 +77,11 @@ def custom_id_for(newsletter_id: int) -> str:
     return f"item-{newsletter_id}"
 
 
-def economy_request(*, model: str, max_tokens: int, topic) -> dict[str, Any]:
+def economy_request(*, model: str, max_tokens: int, topic, material: Material | None = None) -> dict[str, Any]:
     """The item's request exactly as generation builds it, with the shared prefix cached for an hour: a Message
     Batch may take longer than five minutes to reach every request, and a 1-hour write is still cheaper than
     paying the full prefix on every request."""
-    request = build_request(model=model, max_tokens=max_tokens, topic_message=topic_message(topic))
+    request = build_request(model=model, max_tokens=max_tokens, topic_message=topic_message(topic, material))
     request["system"] = [
         {**block, "cache_control": {"type": "ephemeral", "ttl": "1h"}} if "cache_control" in block else block
         for block in request["system"]
@@ -156,7 +158,10 @@ def _reserve_all(*, submission: EconomySubmission, client: anthropic.Anthropic, 
                 status=Newsletter.Status.SKIPPED_BUDGET, error="Not sent: the batch was stopped by its budget.")
             topic_usage.mark_free(topic_ids=[item.topic_id])
             continue
-        request = economy_request(model=batch.model, max_tokens=max_tokens, topic=item.topic)
+        # The item's source material is gathered first, as for a draft made now: the request carries it, and the
+        # reservation counts it (the create rebuilds the same request from the stored documents).
+        material = gather_for_newsletter(newsletter=item)
+        request = economy_request(model=batch.model, max_tokens=max_tokens, topic=item.topic, material=material)
         try:
             counted = _count_tokens(client=client, request=request, sleep=sleep)
         except anthropic.APIError as exc:
@@ -197,7 +202,10 @@ def _requests_for(submission: EconomySubmission) -> list[tuple[str, dict[str, An
     rows = (submission.requests.filter(state=EconomyRequest.State.RESERVED)
             .select_related("newsletter__topic__category").order_by("newsletter__position", "newsletter_id"))
     model, max_tokens = submission.batch.model, settings.ANTHROPIC_MAX_TOKENS
-    return [(row.custom_id, economy_request(model=model, max_tokens=max_tokens, topic=row.newsletter.topic))
+    rows = list(rows)
+    materials = stored_material(topics=[row.newsletter.topic for row in rows])
+    return [(row.custom_id, economy_request(model=model, max_tokens=max_tokens, topic=row.newsletter.topic,
+                                            material=materials[row.newsletter.topic_id]))
             for row in rows]
 
 
@@ -461,7 +469,9 @@ def settle_line(*, request_id: int, line, price) -> bool:
         usage = _usable_usage(message)
         cost = cost_of(usage=usage, price=price, batch_api=True) if usage is not None else Decimal(0)
         answer = Answer(message=message, entry_id=row.entry_id, usage=usage, cost_usd=cost)
-        write_answer(_answer_record(newsletter=row.newsletter, token=_token(row.newsletter.batch_id), answer=answer))
+        material = stored_material(topics=[row.newsletter.topic])[row.newsletter.topic_id]
+        write_answer(_answer_record(newsletter=row.newsletter, token=_token(row.newsletter.batch_id), answer=answer,
+                                    material=material))
         row.state, row.resolved_at = EconomyRequest.State.SUCCEEDED, timezone.now()
         row.save(update_fields=["state", "resolved_at"])
     return True

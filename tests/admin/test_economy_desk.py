@@ -40,7 +40,8 @@ def test_the_confirmation_page_offers_both_deliveries_with_both_estimates(editor
 
 
 def test_confirming_economy_queues_an_economy_batch(editor_client, post_form, topics_in_every_category,
-                                                   redis_broker):
+                                                   redis_broker, settings):
+    settings.ANTHROPIC_API_KEY = "sk-ant-test-0000000000000000wxyz"  # the Run page refuses what cannot authenticate
     page = preview(editor_client)
 
     post_form(editor_client, RUN_URL, confirm_data(page, delivery="economy"), page=RUN_URL)
