@@ -14,7 +14,15 @@ import re
 import sys
 import time
 
-from bench.common import fill_series, median, run_on_fresh_databases, setup_django, spread
+from bench.common import (
+    fill_series,
+    median,
+    run_on_fresh_databases,
+    setup_django,
+    spread,
+    sql_case,
+    sql_time_ago,
+)
 
 TOPICS = 1_000_000
 LEDGER_ENTRIES = 1_000_000
@@ -28,21 +36,6 @@ WHOLE_TABLE_COUNT = re.compile(
 )
 
 
-def _case(expression: str, values: list) -> str:
-    """SQL choosing values[expression % len(values)]."""
-    whens = " ".join(f"WHEN {i} THEN {v}" for i, v in enumerate(values))
-    return f"CASE ({expression}) % {len(values)} {whens} END"
-
-
-def _ago(seconds: str) -> str:
-    """SQL for the time `seconds` (an SQL expression) before now, as each database stores a datetime."""
-    from django.db import connection
-
-    if connection.vendor == "postgresql":
-        return f"now() - make_interval(secs => {seconds})"
-    return f"strftime('%Y-%m-%d %H:%M:%f', 'now', '-' || ({seconds}) || ' seconds')"
-
-
 def fill() -> None:
     from batches.models import Batch, CostLedgerEntry, Newsletter
     from topics.models import Category, Topic
@@ -51,29 +44,29 @@ def fill() -> None:
     started = time.perf_counter()
     fill_series(Topic, count=TOPICS, expressions={
         "title": "'Bench topic number ' || n",
-        "source": _case("n", [f"'{s}'" for s in SOURCES]),
+        "source": sql_case("n", [f"'{s}'" for s in SOURCES]),
         "external_id": "'bench-' || n",
         "score": "((n * 7919) % 10000) / 100.0",
-        "category_id": _case("n", categories),
-        "status": _case("n", ["'approved'", "'rejected'"] + ["'new'"] * 8),
+        "category_id": sql_case("n", categories),
+        "status": sql_case("n", ["'approved'", "'rejected'"] + ["'new'"] * 8),
         "category_locked": "(n % 1000 = 0)",
-        "created_at": _ago("n"),
+        "created_at": sql_time_ago("n"),
     })
     fill_series(Batch, count=BATCHES, expressions={
-        "status": "'done'", "budget_usd": "40", "model": "'claude-sonnet-4-5'", "created_at": _ago("n * 600"),
+        "status": "'done'", "budget_usd": "40", "model": "'claude-sonnet-4-5'", "created_at": sql_time_ago("n * 600"),
     })
     first_batch = Batch.objects.order_by("pk").values_list("pk", flat=True)[0]
     first_topic = Topic.objects.order_by("pk").values_list("pk", flat=True)[0]
     # Eight drafts per batch, each on its own topic.
     fill_series(Newsletter, count=BATCHES * 8, expressions={
         "batch_id": f"{first_batch} + (n - 1) / 8", "topic_id": f"{first_topic} + n - 1", "position": "(n - 1) % 8",
-        "status": _case("n", ["'generated'", "'approved'", "'rejected'", "'failed'"]),
-        "subject": "'Bench draft ' || n", "created_at": _ago("n * 75"),
+        "status": sql_case("n", ["'generated'", "'approved'", "'rejected'", "'failed'"]),
+        "subject": "'Bench draft ' || n", "created_at": sql_time_ago("n * 75"),
     })
     fill_series(CostLedgerEntry, count=LEDGER_ENTRIES, expressions={
-        "idempotency_key": "'bench-' || n", "created_at": _ago("n * 5"), "status": "'settled'",
-        "provider": _case("n", ["'anthropic'"] * 7 + ["'perplexity'", "'tubelab'", "'apify'"]),
-        "model": _case("n", ["'claude-sonnet-4-5'"] * 7 + ["'sonar'", "''", "''"]),
+        "idempotency_key": "'bench-' || n", "created_at": sql_time_ago("n * 5"), "status": "'settled'",
+        "provider": sql_case("n", ["'anthropic'"] * 7 + ["'perplexity'", "'tubelab'", "'apify'"]),
+        "model": sql_case("n", ["'claude-sonnet-4-5'"] * 7 + ["'sonar'", "''", "''"]),
         "batch_id": f"{first_batch} + n % {BATCHES}", "reserved_usd": "0.03", "amount_usd": "0.01",
     })
     print(f"  filled {TOPICS:,} topics, {BATCHES:,} batches, {BATCHES * 8:,} drafts, {LEDGER_ENTRIES:,} ledger "

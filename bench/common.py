@@ -113,6 +113,21 @@ def fill_series(model, *, count: int, expressions: dict[str, str], chunk: int = 
             cursor.execute(sql, defaults)
 
 
+def sql_case(expression: str, values: list) -> str:
+    """SQL choosing values[expression % len(values)]."""
+    whens = " ".join(f"WHEN {i} THEN {v}" for i, v in enumerate(values))
+    return f"CASE ({expression}) % {len(values)} {whens} END"
+
+
+def sql_time_ago(seconds: str) -> str:
+    """SQL for the time `seconds` (an SQL expression) before now, as each database stores a datetime."""
+    from django.db import connection
+
+    if connection.vendor == "postgresql":
+        return f"now() - make_interval(secs => {seconds})"
+    return f"strftime('%Y-%m-%d %H:%M:%f', 'now', '-' || ({seconds}) || ' seconds')"
+
+
 def insert_rows(model, *, columns: Sequence[str], rows: Iterable[Sequence], chunk: int = 5_000) -> None:
     """executemany of plain rows (values the driver takes as they are) for `columns`; other columns at defaults."""
     from django.db import connection, transaction

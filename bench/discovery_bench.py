@@ -140,6 +140,7 @@ def discover(candidates: Sequence):
 CURVE = ((2_000, 3), (8_000, 3), (20_000, 3))  # (candidates, repetitions)
 CURVE_TARGET_SECONDS = 5.0
 STORED = 100_000
+OLDER = 300_000  # stored topics older than the recent window
 INCOMING = 500
 RETOLD = 150
 STORED_TARGET_SECONDS = 1.0
@@ -201,10 +202,12 @@ def second_run() -> bool:
 
 
 def fill_stored(now: datetime) -> list[str]:
-    """STORED topics created over the last two weeks, all distinct stories; returns their titles."""
+    """STORED topics created over the last two weeks, all distinct stories, and OLDER ones before the recent
+    window; returns the recent titles."""
     from django.db import connection
 
-    from bench.common import insert_rows
+    from bench.common import fill_series, insert_rows, sql_time_ago
+    from topics.discovery import RECENT_DAYS
     from topics.models import Category, Topic
 
     stories, _ = make_candidates(STORED, near_duplicate_share=0, seed=31)
@@ -217,6 +220,11 @@ def fill_stored(now: datetime) -> list[str]:
     )
     insert_rows(Topic, columns=["title", "source", "external_id", "created_at", "category_id", "score", "sources"],
                 rows=rows)
+    # Older topics outside the window, so that reading the window is a choice of index, not of the whole table.
+    fill_series(Topic, count=OLDER, expressions={
+        "title": "'Archived topic ' || n", "source": "'import'", "external_id": "'archived-' || n",
+        "created_at": sql_time_ago(f"{(RECENT_DAYS + 10) * 86_400} + n * 60"), "category_id": str(categories[0]),
+    })
     return [c.title for c in stories]
 
 
@@ -232,7 +240,7 @@ def against_stored() -> bool:
     now = datetime.now(UTC)
     started = time.perf_counter()
     titles = fill_stored(now)
-    print(f"  filled {STORED:,} stored topics in {time.perf_counter() - started:.0f} s")
+    print(f"  filled {STORED:,} recent and {OLDER:,} older stored topics in {time.perf_counter() - started:.0f} s")
     rng = random.Random(33)
     fresh, _ = make_candidates(INCOMING - RETOLD, near_duplicate_share=0, seed=32)
     stored = list(Topic.objects.filter(title__in=rng.sample(titles, RETOLD)).values_list("title", "source"))

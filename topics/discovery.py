@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import datetime
+import gc
 import logging
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 from django.conf import settings
@@ -100,6 +102,24 @@ def run_discovery(*, names: Sequence[str] | None = None, limit: int = 50) -> Dis
     return run
 
 
+@contextmanager
+def _without_cycle_collection() -> Iterator[None]:
+    """Python's cyclic garbage collector off for a while (back on after, whatever happens).
+
+    A run of 20,000 candidates allocates some hundred thousand long-lived objects (candidates, blocks, topics for
+    bulk_create) and no reference cycles among them, yet the collector would walk them all again and again: a fifth
+    of the run's time. Everything it allocates is still freed by reference counting meanwhile.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+@_without_cycle_collection()
 def store_candidates(*, candidates: Sequence[Candidate], reports: dict[str, SourceReport]) -> None:
     """Turn candidates into topics: exact and near duplicates merge, new stories are scored and categorised."""
     now = timezone.now()

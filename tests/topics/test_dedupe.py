@@ -158,7 +158,8 @@ def test_short_titles_are_compared_whole_as_is_near_duplicate_does():
 
 
 def test_of_two_equally_good_stories_the_earlier_one_is_chosen():
-    stored = ["USPS Ground Advantage rates going up 7.8% in January", "USPS Ground Advantage rates going up 7.8% in Jan"]
+    stored = ["USPS Ground Advantage rates going up 7.8% in January",
+              "USPS Ground Advantage rates going up 7.8% in Jan"]
 
     assert matched(stored=stored, incoming=["USPS ground advantage rates up 7.8% january - thoughts?"]) == [0]
 
