@@ -24,6 +24,7 @@ from .versions import TEXT_FIELDS, keep_version
 
 MONEY_FIELD = DecimalField(max_digits=14, decimal_places=6)
 DECISION_FIELD = "_decision"  # the draft page's Approve / Reject / new-draft buttons, submitted with the form
+DISMISS_FIELD = "_dismiss_flag"  # a flag's Dismiss button, submitted with the form too (issue 9)
 
 
 @admin.register(Batch)
@@ -249,7 +250,7 @@ class NewsletterAdmin(admin.ModelAdmin):
 
     def log_change(self, request, obj, message):
         # Pressing Approve on an unchanged draft saves the form first; "No fields changed." would only be noise.
-        if not message and request.POST.get(DECISION_FIELD):
+        if not message and (request.POST.get(DECISION_FIELD) or request.POST.get(DISMISS_FIELD)):
             return None
         return super().log_change(request, obj, message)
 
@@ -257,6 +258,8 @@ class NewsletterAdmin(admin.ModelAdmin):
         decision = request.POST.get(DECISION_FIELD)
         if decision:
             return views.apply_decision(request, self, obj, decision)  # the form is saved: now decide
+        if request.POST.get(DISMISS_FIELD):  # the form is saved: now dismiss the flag
+            return views.dismiss_flag_response(request, self, obj.pk, request.POST[DISMISS_FIELD])
         return super().response_change(request, obj)
 
     def has_approve_permission(self, request) -> bool:
@@ -306,7 +309,7 @@ class NewsletterAdmin(admin.ModelAdmin):
             extra_context = {**(extra_context or {}), **views.draft_page_context(
                 request, newsletter, can_edit=self.has_change_permission(request, newsletter))}
         response = super().change_view(request, object_id, form_url, extra_context=extra_context)
-        if decision and response.status_code == 200:
+        if decision and response.status_code == 200 and not getattr(response, "asks_confirmation", False):
             # The form came back with errors: nothing was saved and nothing decided.
             self.message_user(request, "Nothing was decided: the draft has errors (below). Correct them, then "
                               "press the button again; your text is still in the form.", messages.ERROR)

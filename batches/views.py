@@ -515,6 +515,10 @@ def grounding_context(request: HttpRequest, newsletter: Newsletter) -> dict:
 
 @require_POST
 def dismiss_flag_view(request: HttpRequest, model_admin, object_id: str, flag_id: str) -> HttpResponse:
+    return dismiss_flag_response(request, model_admin, object_id, flag_id)
+
+
+def dismiss_flag_response(request: HttpRequest, model_admin, object_id, flag_id) -> HttpResponse:
     """One click: the editor checked the flagged text. Needs approve_newsletter; the trail says who and when."""
     if not can_approve(request):
         raise PermissionDenied
@@ -537,7 +541,7 @@ def confirm_flagged_approval(request: HttpRequest, model_admin, *, newsletters: 
     for flag in flags:
         flag.highlighted = highlight(flag.sentence, flag.text)
     single = newsletters[0] if len(newsletters) == 1 and action_ids is None else None
-    return TemplateResponse(request, "admin/batches/newsletter/approve_flagged.html", _context(
+    response = TemplateResponse(request, "admin/batches/newsletter/approve_flagged.html", _context(
         request, model_admin, title="Approve with open flags?",
         newsletters=newsletters,
         flags=flags,
@@ -548,6 +552,8 @@ def confirm_flagged_approval(request: HttpRequest, model_admin, *, newsletters: 
         back_url=(reverse("admin:batches_newsletter_change", args=[single.pk]) if single
                   else reverse("admin:batches_newsletter_changelist")),
     ))
+    response.asks_confirmation = True  # a question, not the change form coming back with errors
+    return response
 
 
 # --- Economy batches (Message Batches API) ------------------------------------------------------------------------

@@ -322,3 +322,34 @@ def test_the_run_page_says_fetched_material_is_counted(editor_client, make_topic
     page = editor_client.get(reverse("admin:batches_batch_run")).content.decode()
 
     assert "The estimate counts the source material already fetched for these topics." in page
+
+
+def test_dismissing_from_the_draft_page_saves_the_edited_text_first(editor_client, post_form, flagged, editor):
+    from tests.admin.test_draft_versions import form_data
+
+    flag = flagged.flags.get(kind="figure")
+    edited = flagged.body_markdown.replace("37.5% of orders", "some orders")
+
+    response = post_form(editor_client, page_url(flagged), form_data(flagged, body_markdown=edited,
+                                                                     _dismiss_flag=str(flag.pk)),
+                         page=page_url(flagged))
+
+    assert response.status_code == 302
+    flagged.refresh_from_db()
+    flag.refresh_from_db()
+    assert flagged.body_markdown == edited
+    assert (flag.dismissed_by, flag.is_open) == (editor, False)
+
+
+def test_approving_from_the_draft_page_with_open_flags_saves_then_asks(editor_client, post_form, flagged):
+    from tests.admin.test_draft_versions import form_data
+
+    response = post_form(editor_client, page_url(flagged), form_data(flagged, subject="A better subject",
+                                                                     _decision="approve_next"),
+                         page=page_url(flagged))
+
+    assert response.status_code == 200
+    page = response.content.decode()
+    assert "Approve anyway" in page and 'value="approve_next"' in page and "Nothing was decided" not in page
+    flagged.refresh_from_db()
+    assert (flagged.subject, flagged.status) == ("A better subject", Newsletter.Status.GENERATED)
