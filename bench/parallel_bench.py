@@ -142,7 +142,7 @@ def timed_on_workers(size: int, fake) -> Run:
 
 
 def start_worker(env: dict[str, str], concurrency: int) -> tuple[subprocess.Popen, Path]:
-    log_path = ROOT / "var" / f"parallel-bench-worker-{os.getpid()}.log"
+    log_path = ROOT / "var" / "parallel-bench-worker.log"
     with open(log_path, "wb") as log:
         worker = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "newsroom", "worker", "--pool", "prefork",
