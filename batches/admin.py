@@ -11,6 +11,8 @@ from django.http import HttpResponseBadRequest, HttpResponseRedirect
 from django.urls import path, reverse
 from django.utils.html import format_html
 
+from newsroom.admin_lists import DateDrilldownQuerySet, DistinctValuesFilter, EstimatedCountPaginator
+
 from . import export, views
 from .launching import why_not_resumable
 from .money import LEDGER_PLACES, format_usd
@@ -105,6 +107,7 @@ class BatchAdmin(admin.ModelAdmin):
             path("<int:object_id>/resume/", wrap(self.resume_view), name="batches_batch_resume"),
             path("<int:object_id>/progress/", wrap(self.progress_view), name="batches_batch_progress"),
             path("<int:object_id>/export/", wrap(self.export_view), name="batches_batch_export"),
+            path("<int:object_id>/cancel-economy/", wrap(self.cancel_economy_view), name="batches_batch_cancel_economy"),
             *super().get_urls(),
         ]
 
@@ -123,6 +126,9 @@ class BatchAdmin(admin.ModelAdmin):
     def system_status_view(self, request):
         return views.system_status_view(request, self)
 
+    def cancel_economy_view(self, request, object_id):
+        return views.cancel_economy_view(request, self, object_id)
+
     def changelist_view(self, request, extra_context=None):
         extra_context = {**(extra_context or {}), "can_run": views.can_run(request),
                          "can_view_ledger": request.user.has_perm("batches.view_costledgerentry")}
@@ -131,7 +137,8 @@ class BatchAdmin(admin.ModelAdmin):
     def change_view(self, request, object_id, form_url="", extra_context=None):
         batch = self.get_object(request, object_id)
         if batch is not None and self.has_view_permission(request, batch):
-            extra_context = {**(extra_context or {}), **views.batch_page_context(request, batch)}
+            extra_context = {**(extra_context or {}), **views.batch_page_context(request, batch),
+                             **views.economy_page_context(request, batch)}
         return super().change_view(request, object_id, form_url, extra_context=extra_context)
 
     @admin.action(description="Run batch (resume a failed or stopped one)…", permissions=["run"])
@@ -170,11 +177,33 @@ class NewsletterForm(forms.ModelForm):
         }
 
 
+class RecentBatchFilter(admin.SimpleListFilter):
+    """The newest batches (and the one chosen, however old): Django's own filter would list every batch ever run."""
+
+    title = "batch"
+    parameter_name = "batch__id__exact"
+    shown = 20
+
+    def lookups(self, request, model_admin):
+        batches = list(Batch.objects.order_by("-pk")[: self.shown])  # newest first, through the primary key
+        chosen = self.value()
+        if chosen and chosen.isdigit() and all(str(b.pk) != chosen for b in batches):
+            batches += list(Batch.objects.filter(pk=int(chosen)))
+        return [(str(batch.pk), str(batch)) for batch in batches]
+
+    def queryset(self, request, queryset):
+        return queryset.filter(batch_id=self.value()) if self.value() else queryset
+
+
 @admin.register(Newsletter)
 class NewsletterAdmin(admin.ModelAdmin):
     form = NewsletterForm
     list_display = ("__str__", "batch_link", "topic_link", "status", "cost", "generated_at", "reviewed_by")
-    list_filter = ("status", "batch")
+    list_filter = ("status", RecentBatchFilter)
+    # Large-list settings (see newsroom.admin_lists): a bounded count, and filters that read no whole table.
+    paginator = EstimatedCountPaginator
+    show_full_result_count = False
+    show_facets = admin.ShowFacets.NEVER
     list_select_related = ("batch", "topic", "reviewed_by")
     search_fields = ("subject", "preview_text", "body_markdown", "topic__title")
     readonly_fields = ("batch", "topic", "position", "status", "error", "model", "attempts", "cost_usd",
@@ -343,16 +372,34 @@ class NewsletterAdmin(admin.ModelAdmin):
         return views.zip_response(export.drafts_zip(drafts), "approved-drafts.zip")
 
 
+class ProviderFilter(DistinctValuesFilter):
+    title = "provider"
+    parameter_name = "provider"
+
+
+class ModelFilter(DistinctValuesFilter):
+    title = "model"
+    parameter_name = "model"
+
+
 @admin.register(CostLedgerEntry)
 class CostLedgerEntryAdmin(admin.ModelAdmin):
     """Spend history is append-only here: nobody adds, edits or deletes it from the admin."""
 
     list_display = ("created_at", "provider", "model", "batch", "status", "amount", "reserved",
                     "input_tokens", "output_tokens", "cache_write_tokens", "cache_read_tokens")
-    list_filter = ("status", "provider", "model", "batch")
+    # Large-list settings (see newsroom.admin_lists): a bounded count, and filters that read no whole table.
+    list_filter = ("status", ProviderFilter, ModelFilter, RecentBatchFilter)
+    paginator = EstimatedCountPaginator
+    show_full_result_count = False
+    show_facets = admin.ShowFacets.NEVER
     list_select_related = ("batch",)
     date_hierarchy = "created_at"
     search_fields = ("description", "idempotency_key", "request_id")
+
+    def get_queryset(self, request):
+        # The date drill-down (date_hierarchy) reads the created_at index instead of every entry.
+        return DateDrilldownQuerySet.adopt(super().get_queryset(request))
 
     def has_add_permission(self, request):
         return False

@@ -9,9 +9,8 @@ class BatchesConfig(AppConfig):
     def ready(self) -> None:
         from . import checks  # noqa: F401  (registers the system checks)
 
-        # Batches depends on topics, never the other way round: it plugs its cost ledger into discovery here.
-        from topics import discovery
+        # Batches depends on topics, never the other way round: it plugs its cost ledger into discovery here,
+        # by name, so that starting a process imports neither the ledger nor discovery's source clients.
+        from topics import metering
 
-        from .metering import LedgerMeter
-
-        discovery.use_meter(LedgerMeter)
+        metering.use_meter("batches.metering.LedgerMeter")

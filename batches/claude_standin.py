@@ -694,6 +694,12 @@ class _HTTPServer(ThreadingHTTPServer):
             with self._open_lock:
                 self._open.discard(request)
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that dies mid-request (the fault tests SIGKILL workers) is no error of the fake's.
+        if isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
+            return
+        super().handle_error(request, client_address)
+
     def close_open_connections(self) -> None:
         # Keep-alive connections would otherwise keep being served by their threads after stop().
         with self._open_lock:
@@ -808,6 +814,7 @@ class FakeAnthropicServer:
         self._requests: list[JSONDict] = []
         self._cache: dict[str, float] = {}  # prefix hash -> expiry (monotonic seconds)
         self._message_calls = 0
+        self._answers: list[JSONDict] = []
         self._count_tokens_calls = 0
         self._usage_totals = self._zero_totals()
         self._cancel = threading.Event()
@@ -898,6 +905,7 @@ class FakeAnthropicServer:
             self._requests.clear()
             self._cache.clear()
             self._message_calls = 0
+            self._answers.clear()
             self._count_tokens_calls = 0
             self._usage_totals = self._zero_totals()
             self.usage_overrides = {}
@@ -920,6 +928,12 @@ class FakeAnthropicServer:
         """POST /v1/messages requests answered with 200 (i.e. billed)."""
         with self._lock:
             return self._message_calls
+
+    @property
+    def answers(self) -> list[JSONDict]:
+        """Each billed (200) Message answer as sent: its ``id``, ``request_id`` and ``usage`` (to match charges)."""
+        with self._lock:
+            return list(self._answers)
 
     @property
     def count_tokens_calls(self) -> int:
@@ -979,6 +993,9 @@ class FakeAnthropicServer:
             )
             cancel = self._cancel
 
+        if path.startswith("/v1/messages/batches"):  # the Message Batches endpoints: batches/claude_standin_batches.py
+            from batches.claude_standin_batches import route as batches_route
+            return batches_route(self, handler, method, path, parts.query, body, cancel)
         routes = {("POST", "/v1/messages"): self._messages, ("POST", "/v1/messages/count_tokens"): self._count_tokens}
         route = routes.get((method, path))
         if route is None:
@@ -1054,15 +1071,15 @@ class FakeAnthropicServer:
             del message["usage"]
         if self.latency > 0 and cancel.wait(self.latency):
             return None
+        reply = self._stream_reply(message) if body.get("stream") is True else _json_reply(200, message)
         with self._lock:
             if cancel.is_set():
                 return None
             self._message_calls += 1
+            self._answers.append({"id": message["id"], "request_id": reply.headers["request-id"], "usage": usage})
             for key in self._usage_totals:
                 self._usage_totals[key] += int(usage.get(key) or 0)
-        if body.get("stream") is True:
-            return self._stream_reply(message)
-        return _json_reply(200, message)
+        return reply
 
     def _count_tokens(self, body: JSONDict, cancel: threading.Event) -> _Reply | None:
         with self._lock:

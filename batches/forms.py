@@ -27,6 +27,7 @@ class RunBatchForm(forms.Form):
     selection = forms.CharField(required=False, widget=forms.HiddenInput)
     dry_run = forms.BooleanField(label="Dry run: show what would be drafted, create nothing, spend nothing",
                                  required=False)
+    delivery = forms.ChoiceField(choices=[("now", "Now"), ("economy", "Economy")], required=False)
 
     def clean_topics(self) -> tuple[int, ...]:
         return parse_ids(self.cleaned_data["topics"])

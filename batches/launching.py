@@ -83,6 +83,7 @@ class RunOptions:
     budget_usd: Decimal
     include_new: bool = False
     topic_ids: tuple[int, ...] = field(default_factory=tuple)
+    delivery: str = Batch.Delivery.NOW
 
 
 def preview_run(*, options: RunOptions) -> Plan:
@@ -129,7 +130,7 @@ def launch_batch(*, options: RunOptions, confirmed_topic_ids: Sequence[int], use
     with transaction.atomic():
         # The batch draws only from the confirmed topics, so the workers' selection is the one shown.
         batch = create_batch(size=len(chosen), budget_usd=options.budget_usd, include_new=options.include_new,
-                             topic_ids=chosen, user=user)
+                             topic_ids=chosen, user=user, delivery=options.delivery)
         Batch.objects.filter(pk=batch.pk).update(estimated_cost_usd=plan.estimated_cost_usd)
         failures = _publish_after_commit(lambda: enqueue_batch(batch=batch), on_failure=lambda: None)
     batch.refresh_from_db()

@@ -52,6 +52,7 @@ class Batch(models.Model):
         PENDING = "pending", "Pending"
         QUEUED = "queued", "Queued"
         RUNNING = "running", "Running"
+        SUBMITTED = "submitted", "With Anthropic (economy)"
         DONE = "done", "Done"
         PARTIAL = "partial", "Partly failed"
         BUDGET_EXHAUSTED = "budget_exhausted", "Stopped by the budget"
@@ -59,8 +60,13 @@ class Batch(models.Model):
 
     FINAL_STATUSES = (Status.DONE, Status.PARTIAL, Status.BUDGET_EXHAUSTED, Status.FAILED)
 
+    class Delivery(models.TextChoices):
+        NOW = "now", "Now (Messages API)"
+        ECONOMY = "economy", "Economy (Message Batches API, half price, within 24 h)"
+
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING)
     status_reason = models.TextField(blank=True)
+    delivery = models.CharField(max_length=10, choices=Delivery.choices, default=Delivery.NOW)
     size = models.PositiveSmallIntegerField(default=8)
     include_new = models.BooleanField(default=False)
     candidate_ids = models.JSONField(
@@ -107,7 +113,7 @@ class Batch(models.Model):
     def __str__(self) -> str:
         return f"Batch #{self.pk} ({self.get_status_display()})"
 
-    ACTIVE_STATUSES = (Status.PENDING, Status.QUEUED, Status.RUNNING)
+    ACTIVE_STATUSES = (Status.PENDING, Status.QUEUED, Status.RUNNING, Status.SUBMITTED)
 
     @property
     def is_finished(self) -> bool:
@@ -179,7 +185,12 @@ class Newsletter(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["batch", "topic"], name="newsletter_unique_batch_topic"),
         ]
-        indexes = [models.Index(fields=["status", "lease_expires_at"], name="newsletter_status_lease")]
+        indexes = [
+            models.Index(fields=["status", "lease_expires_at"], name="newsletter_status_lease"),
+            # The admin's draft list: its order, alone and within a status ("Drafts to review").
+            models.Index(fields=["batch", "position", "id"], name="newsletter_list_order"),
+            models.Index(fields=["status", "batch", "position", "id"], name="newsletter_list_status"),
+        ]
 
     def __str__(self) -> str:
         return self.subject or f"Newsletter on “{self.topic}”"
@@ -251,7 +262,14 @@ class CostLedgerEntry(models.Model):
                 condition=Q(amount_usd__gte=0) & Q(reserved_usd__gte=0), name="ledger_amounts_not_negative"
             ),
         ]
-        indexes = [models.Index(fields=["batch", "status"], name="ledger_batch_status")]
+        indexes = [
+            models.Index(fields=["batch", "status"], name="ledger_batch_status"),
+            # The admin's ledger list: newest first within a provider, model or status filter; the first two
+            # also give the filters their values by skipping through the index (newsroom.admin_lists).
+            models.Index(fields=["provider", "created_at"], name="ledger_list_provider"),
+            models.Index(fields=["model", "created_at"], name="ledger_list_model"),
+            models.Index(fields=["status", "created_at"], name="ledger_list_status"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.provider} {self.amount_usd} USD ({self.get_status_display()})"
@@ -328,3 +346,76 @@ class DraftFlag(models.Model):
     @property
     def is_open(self) -> bool:
         return self.dismissed_at is None
+
+
+class EconomySubmission(models.Model):
+    """An economy batch's one Message Batch at Anthropic: its id and where its life stands.
+
+    `creating` is written (and committed) before the create call goes out, so a create whose outcome is unknown
+    (a timeout, a dropped connection) is found again by listing recent batches instead of being sent twice.
+    """
+
+    class State(models.TextChoices):
+        PREPARING = "preparing", "Reserving the budget"
+        CREATING = "creating", "Create sent, outcome not known yet"
+        SUBMITTED = "submitted", "With Anthropic"
+        ENDED = "ended", "Results collected"
+        NOT_CREATED = "not_created", "Never created"
+
+    batch = models.OneToOneField(Batch, on_delete=models.CASCADE, related_name="economy")
+    state = models.CharField(max_length=12, choices=State.choices, default=State.PREPARING)
+    anthropic_batch_id = models.CharField(max_length=100, unique=True, null=True, blank=True)
+    request_count = models.PositiveSmallIntegerField(default=0)
+    create_attempts = models.PositiveSmallIntegerField(default=0)
+    create_attempted_at = models.DateTimeField(null=True, blank=True)
+    create_finished_at = models.DateTimeField(
+        null=True, blank=True, help_text="When the create call whose outcome is unknown gave up (the search window ends here)."
+    )
+    submitted_at = models.DateTimeField(null=True, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    ended_at = models.DateTimeField(null=True, blank=True)
+    cancel_requested_at = models.DateTimeField(null=True, blank=True)
+    next_poll_at = models.DateTimeField(null=True, blank=True)
+    poll_interval_seconds = models.PositiveIntegerField(default=0)
+    polls = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["state", "next_poll_at"], name="economy_state_next_poll")]
+
+    def __str__(self) -> str:
+        return f"{self.anthropic_batch_id or 'economy'} for batch #{self.batch_id} ({self.state})"
+
+
+class EconomyRequest(models.Model):
+    """One item's request inside a Message Batch, with its ledger reservation and what became of it."""
+
+    class State(models.TextChoices):
+        RESERVED = "reserved", "Reserved, waiting to be sent"
+        SUBMITTED = "submitted", "With Anthropic"
+        SUCCEEDED = "succeeded", "Answered (settled)"
+        ERRORED = "errored", "Errored (released)"
+        CANCELED = "canceled", "Canceled (released)"
+        EXPIRED = "expired", "Expired (released)"
+        MISSING = "missing", "Missing from the results (released)"
+        NOT_SENT = "not_sent", "Never sent (released)"
+
+    OPEN_STATES = (State.RESERVED, State.SUBMITTED)
+
+    submission = models.ForeignKey(EconomySubmission, on_delete=models.CASCADE, related_name="requests")
+    newsletter = models.OneToOneField(Newsletter, on_delete=models.CASCADE, related_name="economy_request")
+    custom_id = models.CharField(max_length=64)
+    entry = models.ForeignKey(CostLedgerEntry, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    state = models.CharField(max_length=10, choices=State.choices, default=State.RESERVED)
+    detail = models.TextField(blank=True)
+    resolved_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["submission", "custom_id"], name="economy_request_unique_custom_id"),
+            models.CheckConstraint(condition=Q(custom_id__regex=r"^[a-zA-Z0-9_-]{1,64}$"),
+                                   name="economy_request_custom_id_format"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.custom_id} ({self.state})"

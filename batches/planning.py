@@ -57,11 +57,12 @@ def topic_message(topic: Topic, material: Material | None = None) -> str:
     ) + "\n\n" + fence_sources(sources)
 
 
-def estimate_topics(*, topics: Sequence[Topic], model: str, max_tokens: int) -> Plan:
+def estimate_topics(*, topics: Sequence[Topic], model: str, max_tokens: int, batch_api: bool = False) -> Plan:
     """Upper-bound cost of drafting `topics`, computed locally (no network call): for a preview only.
 
     Material already fetched is counted as the prompt will carry it; a topic whose material is not fetched yet is
     counted at the full MATERIAL_MAX_TOKENS, and, with research on, at the research request's worst case too.
+    `batch_api`: drafted as one Message Batch (economy), at the batch price.
     """
     price = price_for(model)
     materials = stored_material(topics=topics)
@@ -73,7 +74,8 @@ def estimate_topics(*, topics: Sequence[Topic], model: str, max_tokens: int) -> 
         input_tokens = estimate_input_tokens(request)
         if material.pending:
             input_tokens += settings.MATERIAL_MAX_TOKENS
-        cost = worst_case_cost(input_tokens=input_tokens, max_tokens=max_tokens, price=price)
+        cost = worst_case_cost(input_tokens=input_tokens, max_tokens=max_tokens, price=price,
+                               batch_api=batch_api)
         if research and not any(d.kind == SourceDocument.Kind.RESEARCH for d in material.documents):
             cost = to_money_up(cost + research_worst_case(topic))
         items.append(PlannedItem(topic=topic, estimated_cost_usd=cost, material_pending=material.pending))

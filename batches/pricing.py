@@ -79,11 +79,15 @@ def cost_of(*, usage: Usage, price: ModelPrice, batch_api: bool = False) -> Deci
     return to_money(raw)
 
 
-def worst_case_cost(*, input_tokens: int, max_tokens: int, price: ModelPrice) -> Decimal:
+def worst_case_cost(*, input_tokens: int, max_tokens: int, price: ModelPrice, batch_api: bool = False) -> Decimal:
     """The most a call with this many input tokens and this `max_tokens` can cost.
 
-    Every input token is priced at the dearest input bucket (a cache write costs more than plain input), so
-    however the API splits the prompt between buckets the actual cost cannot exceed this.
+    Every input token is priced at the dearest input bucket (a cache write costs more than plain input; the 1-hour
+    write is the dearest of all), so however the API splits the prompt between buckets the actual cost cannot
+    exceed this. `batch_api`: a Message Batches request, every bucket at the batch discount.
     """
     dearest_input = max(price.input_per_mtok, price.cache_write_per_mtok, price.cache_write_1h_per_mtok)
-    return to_money_up((input_tokens * dearest_input + max_tokens * price.output_per_mtok) / MILLION)
+    raw = (input_tokens * dearest_input + max_tokens * price.output_per_mtok) / MILLION
+    if batch_api:
+        raw *= 1 - price.batch_discount
+    return to_money_up(raw)

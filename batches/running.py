@@ -16,7 +16,7 @@ from topics.selection import select_topics
 
 from . import ledger
 from .generation import generate_newsletter
-from .models import Batch, Newsletter
+from .models import Batch, EconomyRequest, Newsletter
 from .planning import estimate_topics
 from .pricing import PriceMissing
 
@@ -35,8 +35,10 @@ def create_batch(
     topic_ids: Sequence[int] | None = None,
     user=None,
     model: str | None = None,
+    delivery: str = Batch.Delivery.NOW,
 ) -> Batch:
     return Batch.objects.create(
+        delivery=delivery,
         size=size,
         budget_usd=budget_usd,
         include_new=include_new,
@@ -101,9 +103,10 @@ class NotResumable(Exception):
 
 
 def in_flight(*, batch_id: int) -> int:
-    """Items of the batch being drafted right now: claimed, with a lease that has not run out."""
-    return Newsletter.objects.filter(
-        batch_id=batch_id, status=Newsletter.Status.GENERATING, lease_expires_at__gte=timezone.now()
+    """Items of the batch being drafted right now: claimed, with a lease that has not run out, or with Anthropic
+    inside a Message Batch (economy items have no lease)."""
+    return Newsletter.objects.filter(batch_id=batch_id, status=Newsletter.Status.GENERATING).filter(
+        Q(lease_expires_at__gte=timezone.now()) | Q(economy_request__state__in=EconomyRequest.OPEN_STATES)
     ).count()
 
 
@@ -133,6 +136,8 @@ def resume_batch(*, batch: Batch) -> Batch:
         Batch.objects.filter(pk=locked.pk).exclude(status=Batch.Status.PENDING).update(
             status=Batch.Status.PENDING, budget_stopped=False, status_reason="", finished_at=None
         )
+        # What an economy batch left undrafted is drafted now when resumed (a new economy batch is another batch).
+        Batch.objects.filter(pk=locked.pk).update(delivery=Batch.Delivery.NOW)
     batch.refresh_from_db()
     return batch
 

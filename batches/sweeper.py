@@ -83,7 +83,9 @@ def take_back_expired(*, now: datetime.datetime, report: SweepReport) -> None:
 def republish_waiting_items(*, now: datetime.datetime, report: SweepReport) -> None:
     """Items waiting in line for longer than SWEEP_STALE_SECONDS: their message may be lost (a broker restart)."""
     stale = now - datetime.timedelta(seconds=settings.SWEEP_STALE_SECONDS)
-    waiting = Newsletter.objects.filter(status=Newsletter.Status.PENDING, batch__status=Batch.Status.RUNNING).filter(
+    # Economy items are never published as drafting tasks: their batch's submission takes them (batches.economy).
+    waiting = Newsletter.objects.filter(status=Newsletter.Status.PENDING, batch__status=Batch.Status.RUNNING,
+                                        batch__delivery=Batch.Delivery.NOW).filter(
         Q(queued_at__lt=stale) | Q(queued_at__isnull=True, created_at__lt=stale)
     )
     for pk in waiting.values_list("pk", flat=True):

@@ -5,7 +5,7 @@ from celery import shared_task
 from django.db import transaction
 from django.utils import timezone
 
-from . import running, sweeper
+from . import economy, running, sweeper
 from .generation import generate_newsletter, replay_spool
 from .models import Batch, Newsletter
 from .spool import pending as spooled_answers
@@ -13,7 +13,11 @@ from .spool import pending as spooled_answers
 
 @shared_task(name="batches.run_batch")
 def run_batch(batch_id: int) -> None:
-    """Select the batch's topics, then fan out one generation task per item over the workers."""
+    """Select the batch's topics, then fan out one generation task per item over the workers (or, for an economy
+    batch, reserve and submit its one Message Batch)."""
+    if Batch.objects.filter(pk=batch_id, delivery=Batch.Delivery.ECONOMY).exists():
+        economy.submit(batch_id=batch_id)
+        return
     batch = running.start_batch(batch_id=batch_id)
     if batch is None:
         # Already claimed: this may be a redelivery after the first run died before fanning out. Fanning out
@@ -33,9 +37,12 @@ def run_batch(batch_id: int) -> None:
 def generate_newsletter_task(self, newsletter_id: int) -> None:
     if spooled_answers():
         replay_spool()  # answers kept through a database outage land before anything new is drafted
-    batch_id = Newsletter.objects.filter(pk=newsletter_id).values_list("batch_id", flat=True).first()
+    batch_id, delivery = Newsletter.objects.filter(pk=newsletter_id).values_list("batch_id", "batch__delivery") \
+        .first() or (None, None)
     if batch_id is None:
         return  # the item (or its batch) was deleted meanwhile: nothing to do
+    if delivery == Batch.Delivery.ECONOMY:
+        return  # an economy item is drafted inside its Message Batch, never as a `now` call
     try:
         generate_newsletter(newsletter_id=newsletter_id, token=self.request.id or "")
     finally:
@@ -47,3 +54,12 @@ def generate_newsletter_task(self, newsletter_id: int) -> None:
 def sweep() -> dict:
     """Every minute (a django-celery-beat schedule): take back and republish whatever a fault left behind."""
     return sweeper.sweep().as_dict()
+
+
+@shared_task(name="batches.poll_economy", ignore_result=True)
+def poll_economy() -> dict:
+    """Every minute (a django-celery-beat schedule): ask Anthropic about the economy batches that are due."""
+    outcomes: dict[str, str] = {}
+    for batch_id in economy.due_submissions():
+        outcomes[str(batch_id)] = economy.poll(batch_id=batch_id)
+    return outcomes

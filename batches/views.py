@@ -5,6 +5,7 @@ in launching.py, progress.py, review.py, export.py and dashboard.py.
 """
 from __future__ import annotations
 
+import datetime
 from decimal import Decimal
 
 from django.conf import settings
@@ -124,7 +125,7 @@ def new_batch(request: HttpRequest, model_admin) -> HttpResponse:
     if form.is_valid():
         data = form.cleaned_data
         options = RunOptions(size=data["size"], budget_usd=data["budget_usd"], include_new=data["include_new"],
-                             topic_ids=data["topics"])
+                             topic_ids=data["topics"], delivery=data["delivery"] or settings.BATCH_DELIVERY)
         if request.method == "POST" and not data["dry_run"] and readiness["drafting_blocked"]:
             model_admin.message_user(request, f"Nothing was started: drafting cannot authenticate "
                                      f"({readiness['drafting_check'].detail}).", messages.ERROR)
@@ -173,6 +174,7 @@ def new_batch(request: HttpRequest, model_admin) -> HttpResponse:
         **readiness,
         **_budget_view(plan, options.budget_usd if options else Decimal(settings.BATCH_BUDGET_USD)),
         **_coverage(plan),
+        **economy_delivery_context(plan=plan, options=options),
     ))
 
 
@@ -552,3 +554,71 @@ def confirm_flagged_approval(request: HttpRequest, model_admin, *, newsletters: 
     ))
     response.asks_confirmation = True  # a question, not the change form coming back with errors
     return response
+
+
+# --- Economy batches (Message Batches API) ------------------------------------------------------------------------
+
+def economy_delivery_context(*, plan: Plan | None, options: RunOptions | None) -> dict:
+    """Both deliveries for the confirmation page, each with its worst-case estimate."""
+    from .planning import estimate_topics
+
+    if not plan or not plan.items:
+        return {}
+    economy_plan = estimate_topics(topics=plan.topics, model=plan.model, max_tokens=settings.ANTHROPIC_MAX_TOKENS,
+                                   batch_api=True)
+    return {"deliveries": [
+        {"value": "now", "label": "Now", "estimate": plan.estimated_cost_usd,
+         "note": "Messages API: drafts arrive in a few minutes."},
+        {"value": "economy", "label": "Economy", "estimate": economy_plan.estimated_cost_usd,
+         "note": "Message Batches API at half price: results within 24 hours, usually within the hour."},
+    ], "delivery": options.delivery if options else settings.BATCH_DELIVERY}
+
+
+def _clock(moment, now) -> str:
+    local, today = timezone.localtime(moment), timezone.localtime(now).date()
+    day = {today: "", today + datetime.timedelta(days=1): "tomorrow "}.get(local.date(), f"{local:%d %b} ")
+    return f"{day}{local:%H:%M}"
+
+
+def economy_page_context(request: HttpRequest, batch: Batch) -> dict:
+    """What the batch page shows of an economy batch: where it stands at Anthropic, and its Cancel button."""
+    from .economy import progress as economy_progress
+
+    shown = economy_progress(batch_id=batch.pk) if batch.delivery == Batch.Delivery.ECONOMY else None
+    if shown is None:
+        return {}
+    now = timezone.now()
+    parts = []
+    if shown.submitted_at:
+        parts.append(f"with Anthropic since {_clock(shown.submitted_at, now)}")
+    elif shown.state in ("preparing", "creating"):
+        parts.append("being submitted to Anthropic")
+    parts.append(f"{shown.back} of {shown.total} back")
+    if shown.expires_at and not batch.is_finished:
+        parts.append(f"expires {_clock(shown.expires_at, now)}")
+    return {
+        "economy": shown,
+        "economy_line": " · ".join(parts),
+        "economy_cancel_url": reverse("admin:batches_batch_cancel_economy", args=[batch.pk]),
+        "economy_cancelable": can_run(request) and not batch.is_finished and not shown.cancel_requested
+        and shown.state in ("preparing", "creating", "submitted"),
+    }
+
+
+@require_POST
+def cancel_economy_view(request: HttpRequest, model_admin, object_id: str) -> HttpResponse:
+    """Cancel an economy batch: what Anthropic already answered is still settled, the rest released."""
+    from .economy import NotCancelable, cancel
+
+    if not can_run(request):
+        raise PermissionDenied
+    batch = get_object_or_404(Batch, pk=object_id)
+    try:
+        cancel(batch_id=batch.pk)
+    except NotCancelable as exc:
+        model_admin.message_user(request, str(exc), messages.ERROR)
+    else:
+        model_admin.log_change(request, batch, "Economy batch canceled from the desk.")
+        model_admin.message_user(request, f"Batch #{batch.pk}: cancel sent. Requests Anthropic already answered are "
+                                 "still settled when the results come in; the rest are released.", messages.SUCCESS)
+    return HttpResponseRedirect(reverse("admin:batches_batch_change", args=[batch.pk]))

@@ -8,7 +8,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCHES = ["bench.selection_bench", "bench.budget_bench", "bench.parallel_bench", "bench.caching_bench",
-           "bench.discovery_bench", "bench.import_bench", "bench.material_bench"]
+           "bench.discovery_bench", "bench.import_bench", "bench.changelist_bench", "bench.material_bench",
+           "bench.recovery_bench", "bench.economy_bench", "bench.litellm_bench"]
 
 
 def main() -> int:

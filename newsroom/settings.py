@@ -349,3 +349,18 @@ RESEARCH_WITH_PERPLEXITY = env.bool("RESEARCH_WITH_PERPLEXITY", default=False)
 SOURCE_FETCH_ALLOW_PRIVATE = env.bool("SOURCE_FETCH_ALLOW_PRIVATE", default=False)
 # How many of a Reddit thread's best top-level comments join its post as material.
 REDDIT_COMMENTS_PER_POST = env_number("REDDIT_COMMENTS_PER_POST", default=10, minimum=0, maximum=100)
+
+# --- Economy batches (Message Batches API) --------------------------------------------------------
+# How a batch is drafted when nobody says: `now` (Messages API, one call per item) or `economy` (one Message Batch
+# at half price, results within 24 h).
+BATCH_DELIVERY = env.str("BATCH_DELIVERY", default="now")
+if BATCH_DELIVERY not in ("now", "economy"):
+    raise ImproperlyConfigured(f"BATCH_DELIVERY={BATCH_DELIVERY!r} must be `now` or `economy`.")
+# A submitted Message Batch is asked about first after ECONOMY_POLL_MIN_SECONDS, then twice as late each time, up
+# to ECONOMY_POLL_MAX_SECONDS between two questions.
+ECONOMY_POLL_MIN_SECONDS = env_number("ECONOMY_POLL_MIN_SECONDS", default=30.0, minimum=0, maximum=86400, kind=float)
+ECONOMY_POLL_MAX_SECONDS = env_number("ECONOMY_POLL_MAX_SECONDS", default=600.0, minimum=0, maximum=86400, kind=float)
+# A create whose outcome was unknown (timeout, dropped connection) and that no listing shows this long after it
+# was sent is taken as never created, and sent again.
+ECONOMY_ABSENT_AFTER_SECONDS = env_number("ECONOMY_ABSENT_AFTER_SECONDS", default=900.0, minimum=0, maximum=7 * 86400,
+                                          kind=float)

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from urllib.parse import quote
 
@@ -80,6 +80,29 @@ def manage_in_background(*args: str, env: Mapping[str, str]) -> subprocess.Popen
     return _start_manage(args, env)
 
 
+def child_pids(pid: int) -> set[int]:
+    """The live children of process `pid`, read from /proc (Linux)."""
+    children = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # the process ended while we looked
+        if int(fields[1]) == pid and fields[0] != "Z":  # fields: state, ppid, ...
+            children.add(int(stat.parent.name))
+    return children
+
+
+def wait_for(condition: Callable[[], object], *, timeout: float, what: str, interval: float = 0.05) -> None:
+    """Poll `condition` until it is true; fail the test, saying `what` was awaited, after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(interval)
+    pytest.fail(f"timed out after {timeout} s waiting for {what}")
+
+
 class WorkerProcess:
     """A `celery -A newsroom worker` on the default queue, in a process group of its own, logging to a file.
 
@@ -115,6 +138,19 @@ class WorkerProcess:
                 pytest.fail(f"the celery worker exited with {self.process.returncode}:\n{self.log}")
             time.sleep(0.1)
         pytest.fail(f"the celery worker was not ready within {timeout} s:\n{self.log}")
+
+    def pool_pids(self) -> list[int]:
+        """The worker's pool processes (the prefork children of its main process), oldest first."""
+        return sorted(child_pids(self.process.pid))
+
+    def kill_pool_child(self, pid: int | None = None) -> int:
+        """SIGKILL one pool process (`pid`, else the oldest), as the kernel's OOM killer would; returns its pid.
+
+        The main process survives it: it starts a new pool process and hands back the message the dead one
+        held (acks_late + reject_on_worker_lost)."""
+        victim = pid if pid is not None else self.pool_pids()[0]
+        os.kill(victim, signal.SIGKILL)
+        return victim
 
     def kill(self) -> None:
         """SIGKILL the worker and its pool processes at once, as a machine that dies would."""

@@ -6,27 +6,38 @@ from collections.abc import Iterable, Sequence
 from .models import FALLBACK_CATEGORY_SLUG, Category, Topic
 
 
-def categorize_text(*, text: str, categories: Sequence[Category]) -> Category:
-    """Pick the category for `text`.
+class KeywordTable:
+    """Every category's keywords parsed once, in tie-break order, to categorise many texts in one run.
 
-    Each keyword that occurs (case-insensitive substring) counts once; the most matches wins, ties go to the
-    category that comes first in category order, and no match at all means the fallback category.
+    Parsing a category's keyword text is most of the work of categorising one short text, so a run that
+    categorises thousands of topics builds one table and asks it for each topic.
     """
-    haystack = text.lower()
-    best: Category | None = None
-    best_hits = 0
-    fallback: Category | None = None
-    for category in sorted(categories, key=lambda c: (c.position, c.pk or 0)):
-        if category.slug == FALLBACK_CATEGORY_SLUG:
-            fallback = category
-        hits = sum(1 for keyword in category.keyword_list if keyword in haystack)
-        if hits > best_hits:
-            best, best_hits = category, hits
-    if best is not None:
-        return best
-    if fallback is None:
-        fallback = Category.objects.get(slug=FALLBACK_CATEGORY_SLUG)
-    return fallback
+
+    def __init__(self, categories: Sequence[Category]):
+        ordered = sorted(categories, key=lambda c: (c.position, c.pk or 0))
+        self._entries = [(category, tuple(category.keyword_list)) for category in ordered]
+        self._fallback = next((c for c in ordered if c.slug == FALLBACK_CATEGORY_SLUG), None)
+
+    def categorize(self, text: str) -> Category:
+        """Each keyword that occurs (case-insensitive substring) counts once; the most matches wins, ties go to the
+        category that comes first in category order, and no match at all means the fallback category."""
+        haystack = text.lower()
+        best: Category | None = None
+        best_hits = 0
+        for category, keywords in self._entries:
+            hits = sum(1 for keyword in keywords if keyword in haystack)
+            if hits > best_hits:
+                best, best_hits = category, hits
+        if best is not None:
+            return best
+        if self._fallback is None:
+            self._fallback = Category.objects.get(slug=FALLBACK_CATEGORY_SLUG)
+        return self._fallback
+
+
+def categorize_text(*, text: str, categories: Sequence[Category]) -> Category:
+    """Pick the category for `text` (one text; for many, build one `KeywordTable` and ask it for each)."""
+    return KeywordTable(categories).categorize(text)
 
 
 def topic_text(*, title: str, summary: str) -> str:
@@ -35,12 +46,12 @@ def topic_text(*, title: str, summary: str) -> str:
 
 def recategorize(*, topics: Iterable[Topic], categories: Sequence[Category] | None = None) -> int:
     """Re-run categorisation on `topics`, leaving editor-chosen categories alone. Returns how many changed."""
-    categories = list(categories if categories is not None else Category.objects.all())
+    table = KeywordTable(list(categories if categories is not None else Category.objects.all()))
     changed = []
     for topic in topics:
         if topic.category_locked:
             continue
-        category = categorize_text(text=topic_text(title=topic.title, summary=topic.summary), categories=categories)
+        category = table.categorize(topic_text(title=topic.title, summary=topic.summary))
         if topic.category_id != category.pk:
             topic.category = category
             changed.append(topic)

@@ -1,11 +1,16 @@
 """Near-duplicate detection: the same story told by two sources must count once."""
 from __future__ import annotations
 
+import math
 import re
+from bisect import bisect_right
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
 from functools import lru_cache
+from itertools import accumulate, combinations
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from rapidfuzz import fuzz
+from rapidfuzz import fuzz, process
 
 # Titles at or above this rapidfuzz token_set_ratio (0-100, on normalised titles) are one story.
 NEAR_DUPLICATE_THRESHOLD = 72
@@ -31,19 +36,76 @@ def _stem(word: str) -> str:
     return word
 
 
+_WORD = re.compile(r"[a-z0-9%$.+/]+")
+
+
+def _token(raw: str) -> str:
+    """The normalised form of one raw word; empty for a word that carries no meaning (a stop word, dots)."""
+    word = raw.strip(".")
+    if not word or word in _STOPWORDS:
+        return ""
+    return _ALIASES.get(word) or _stem(word)
+
+
+def _headline(title: str) -> str:
+    """The part of a title that tells the story: a forum question tail is cut when four words or more remain."""
+    head = _TAIL.split(title.strip(), maxsplit=1)[0]
+    return head if len(head.split()) >= 4 else title
+
+
 @lru_cache(maxsize=65536)
 def normalize_title(title: str) -> str:
     """Lower-cased content words, light plural stemming, month and event aliases, forum question tails cut."""
-    head = _TAIL.split(title.strip(), maxsplit=1)[0]
-    if len(head.split()) >= 4:
-        title = head
-    words = []
-    for raw in re.findall(r"[a-z0-9%$.+/]+", title.lower()):
-        word = raw.strip(".")
-        if not word or word in _STOPWORDS:
-            continue
-        words.append(_ALIASES.get(word, _stem(word)))
-    return " ".join(words)
+    return " ".join(token for raw in _WORD.findall(_headline(title).lower()) if (token := _token(raw)))
+
+
+class _Tokens(dict):
+    """Raw word (UTF-8 bytes) -> its token, each distinct word worked out once."""
+
+    def __missing__(self, raw: bytes) -> str:
+        self[raw] = token = _token(raw.decode())
+        return token
+
+
+_SEPARATOR = "\x00"
+# Bytes that are not in _WORD's class become spaces; every byte of a non-ASCII character is >= 0x80, so a
+# non-ASCII character separates words exactly as it does for _WORD.
+_WORD_BYTES = frozenset(b"abcdefghijklmnopqrstuvwxyz0123456789%$.+/\x00")
+_TO_WORDS = bytes(b if b in _WORD_BYTES else 0x20 for b in range(256))
+
+
+def normalize_titles(titles: Sequence[str], *, word_counts: Counter[str] | None = None) -> list[str]:
+    """`[normalize_title(t) for t in titles]`, computed in bulk for the hundred thousand titles of a discovery run;
+    with `word_counts`, each normalised word is also counted into it.
+
+    The titles are lower-cased and split into words in one pass over one string, and each distinct word is
+    normalised once, so the per-title Python work that dominates `normalize_title` is paid per vocabulary word.
+    """
+    titles = list(titles)
+    joined = _SEPARATOR.join(titles)
+    if joined.count(_SEPARATOR) != max(0, len(titles) - 1):  # a title holding the separator: one by one
+        norms = [normalize_title(title) for title in titles]
+        if word_counts is not None:
+            word_counts.update(" ".join(norms).split())
+        return norms
+    # Only titles with a possible question tail need the per-title headline rule.
+    starts = list(accumulate((len(title) + 1 for title in titles), initial=0))
+    heads = titles
+    for match in _TAIL.finditer(joined):
+        i = bisect_right(starts, match.start()) - 1
+        if heads is titles:
+            heads = list(titles)
+        heads[i] = _headline(titles[i])
+    if heads is not titles:
+        joined = _SEPARATOR.join(heads)
+    words = joined.lower().encode().translate(_TO_WORDS).replace(b"\x00", b" \x00 ").split()
+    tokens = _Tokens({b"\x00": _SEPARATOR})
+    stream = list(filter(None, map(tokens.__getitem__, words)))
+    if word_counts is not None:
+        word_counts.update(stream)
+        word_counts.pop(_SEPARATOR, None)
+    pieces = " ".join(stream).split(_SEPARATOR)
+    return [piece.strip(" ") for piece in pieces] if titles else []
 
 
 # Names that make two otherwise alike headlines different stories ("Meta ads CPM spiked 40%" is not
@@ -70,7 +132,11 @@ def _conflicting(words_a: set[str], words_b: set[str]) -> bool:
 
 def is_near_duplicate(a: str, b: str, *, threshold: int = NEAR_DUPLICATE_THRESHOLD) -> bool:
     """True when two titles tell the same story (word order, filler words and forum question tails ignored)."""
-    na, nb = normalize_title(a), normalize_title(b)
+    return _same_story(normalize_title(a), normalize_title(b), threshold=threshold)
+
+
+def _same_story(na: str, nb: str, *, threshold: int = NEAR_DUPLICATE_THRESHOLD) -> bool:
+    """`is_near_duplicate` on titles already normalised."""
     if not na or not nb:
         return False
     if _conflicting(set(na.split()), set(nb.split())):
@@ -93,3 +159,225 @@ def canonical_url(url: str) -> str:
     query = urlencode(sorted((k, v) for k, v in parse_qsl(parts.query) if not _TRACKING_PARAMS.match(k)))
     path = parts.path.rstrip("/") or "/"
     return urlunsplit(("https" if parts.scheme in ("http", "https", "") else parts.scheme, host, path, query, ""))
+
+
+# Blocking. Two titles of three words or more are compared only when they share two words among the rarest of
+# one of them: `is_near_duplicate` needs most of one title's words in the other, so a pair that shares fewer
+# (or only words common to hundreds of titles) is almost never one story, and skipping it is what turns the
+# all-against-all comparison into a near-linear one. Short titles fall under `is_near_duplicate`'s whole-title
+# rule, which an exact length bound blocks instead.
+_PREFIX_EXTRA = 2  # a title's "rarest" words: half of them plus this many
+_PAIR_WORDS = 12  # pairs of words are taken among this many of a title's rarest words
+_SHORT_WORDS = 3  # below this many words is_near_duplicate compares titles whole (token_sort_ratio)
+# token_sort_ratio(a, b) >= T needs len(b) / len(a) within [T / (200 - T), (200 - T) / T]; one character spare.
+_SHORT_RATIO = (200 - NEAR_DUPLICATE_THRESHOLD) / NEAR_DUPLICATE_THRESHOLD
+
+
+def _rarest(ranks: list[int]) -> list[int]:
+    """A title's rarest words (as ranks, rarest first): half of them and _PREFIX_EXTRA more, at most _PAIR_WORDS."""
+    return ranks[: min(len(ranks) // 2 + _PREFIX_EXTRA, _PAIR_WORDS)]
+
+
+def _length_range(length: int) -> range:
+    return range(max(0, math.floor(length / _SHORT_RATIO) - 1), math.ceil(length * _SHORT_RATIO) + 2)
+
+
+def _lengths_in(by_length: dict[int, list[int]], length: int) -> list[int]:
+    """The lengths present in `by_length` that a title of `length` characters may be compared whole with."""
+    span = _length_range(length)
+    if len(by_length) < len(span):
+        return [n for n in by_length if n in span]
+    return [n for n in span if n in by_length]
+
+
+# A block is keyed by a pair of word ranks and holds one number, or a list once a second one joins: most pairs of
+# rare words belong to one title, and a list per block would be a million objects for the garbage collector.
+Pair = tuple[int, int]
+Blocks = dict[Pair, "int | list[int]"]
+
+
+def _file(blocks: Blocks, keys: Iterable[Pair], number: int) -> None:
+    for key in keys:
+        held = blocks.get(key)
+        if held is None:
+            blocks[key] = number
+        elif held.__class__ is int:
+            blocks[key] = [held, number]
+        else:
+            held.append(number)
+
+
+def _gather(blocks: Blocks, keys: list[Pair], into: set[int]) -> None:
+    if blocks.keys().isdisjoint(keys):  # the usual case, decided in C
+        return
+    for key in keys:
+        held = blocks.get(key)
+        if held is None:
+            continue
+        if held.__class__ is int:
+            into.add(held)
+        else:
+            into.update(held)
+
+
+class StoryMatcher:
+    """Which earlier story does each incoming title retell?
+
+    The answer is the one comparing it with every story would give -- among the stories whose normalised title
+    scores at least NEAR_DUPLICATE_THRESHOLD (rapidfuzz token_set_ratio) and passes `is_near_duplicate`, the best
+    scored, ties to the earliest -- but each title is compared (by rapidfuzz, in C) only with the stories that
+    share a block with it. Stories are numbered: the stored ones first, in the order given, then each incoming
+    title that `add` turns into a story of its own.
+
+    Use: `match_stored(indices)` once, for the incoming titles that will be looked up (it compares them with every
+    stored story in one pass and returns the best stored story of each); then, in order, `find(i)` for incoming
+    title i, and `add(i)` when it is a new story.
+    """
+
+    def __init__(self, *, stored: Sequence[str], incoming: Sequence[str]):
+        self._stored = len(stored)
+        # Word rarity over every title of the run, one order for all, so that two titles' rarest words agree.
+        counts: Counter[str] = Counter()
+        self._norms = normalize_titles([*stored, *incoming], word_counts=counts)
+        self._rank = {word: n for n, word in enumerate(sorted(counts, key=lambda w: (counts[w], w)))}
+        self._best_stored: dict[int, tuple[float, int]] = {}
+        self._last_keys: tuple[int, list[Pair], list[Pair]] = (-1, [], [])  # find's keys, for add
+        self._story_titles: list[int] = list(range(self._stored))  # story number -> title index
+        # The new stories' blocks: by the pairs of their rarest words, by the pairs of all their words, by length.
+        self._rare: Blocks = {}
+        self._every: Blocks = {}
+        self._by_length: defaultdict[int, list[int]] = defaultdict(list)
+        self._short_by_length: defaultdict[int, list[int]] = defaultdict(list)
+
+    def _ranks(self, norm: str) -> list[int]:
+        """A normalised title's distinct words as ranks, rarest first."""
+        return sorted(set(map(self._rank.__getitem__, norm.split())))
+
+    def _keys(self, norm: str) -> tuple[list[Pair], list[Pair]]:
+        """Block keys of a normalised title: (pairs of its rarest words, pairs of its words up to _PAIR_WORDS)."""
+        ranks = self._ranks(norm)
+        return list(combinations(_rarest(ranks), 2)), list(combinations(ranks[:_PAIR_WORDS], 2))
+
+    def _is_short(self, t: int) -> bool:
+        return self._norms[t].count(" ") < _SHORT_WORDS - 1
+
+    def match_stored(self, indices: Iterable[int]) -> dict[int, int]:
+        """Compare these incoming titles with every stored story; returns {incoming index: best stored story}."""
+        wanted = [self._stored + i for i in indices]
+        if not self._stored or not wanted:
+            return {}
+        # The stored side is the large one (a hundred thousand titles): it is the incoming titles that are put
+        # in blocks, and each stored title is checked against them.
+        rare: Blocks = {}
+        every: Blocks = {}
+        short_lengths: set[int] = set()
+        for t in wanted:
+            if self._is_short(t):
+                short_lengths.update(_length_range(len(self._norms[t])))
+            else:
+                rare_keys, every_keys = self._keys(self._norms[t])
+                _file(rare, rare_keys, t)
+                _file(every, every_keys, t)
+        # For each word, the words it is paired with in those blocks: a stored title is looked at closer only when
+        # one of its words has a partner among its other words, a test of a few set operations in C.
+        rare_partners, every_partners = _partners(rare), _partners(every)
+        choices: defaultdict[int, set[int]] = defaultdict(set)
+        by_length: defaultdict[int, list[int]] = defaultdict(list)  # short stories, and any a short title may be
+        rank = self._rank.__getitem__
+        for s, norm in enumerate(self._norms[: self._stored]):
+            words = norm.split()
+            if len(words) < _SHORT_WORDS or len(norm) in short_lengths:
+                by_length[len(norm)].append(s)
+                if len(words) < _SHORT_WORDS:
+                    continue
+            ranks = sorted(set(map(rank, words)))
+            # This story's rare pairs against the incoming titles' pairs, and the other way round: a title mostly
+            # contained in a longer one shares its own rarest words with it, not necessarily the longer one's.
+            head, top = _rarest(ranks), ranks[:_PAIR_WORDS]
+            if _paired(head, every_partners):
+                for t in _gathered(every, list(combinations(head, 2))):
+                    choices[t].add(s)
+            if _paired(top, rare_partners):
+                for t in _gathered(rare, list(combinations(top, 2))):
+                    choices[t].add(s)
+        for t in wanted:
+            short = self._is_short(t)
+            found = choices.get(t, set())
+            for length in _lengths_in(by_length, len(self._norms[t])):
+                found.update(s for s in by_length[length] if short or self._is_short(s))
+            best = self._best(t, found)
+            if best is not None:
+                self._best_stored[t - self._stored] = best
+        return {t: story for t, (_, story) in self._best_stored.items()}
+
+    def find(self, i: int) -> int | None:
+        """The story incoming title i retells (a stored one from `match_stored`, or an earlier new one), or None."""
+        t = self._stored + i
+        norm = self._norms[t]
+        found: set[int] = set()
+        if self._is_short(t):
+            for length in _lengths_in(self._by_length, len(norm)):
+                found.update(self._by_length[length])
+        else:
+            rare_keys, every_keys = self._keys(norm)
+            self._last_keys = (t, rare_keys, every_keys)
+            _gather(self._every, rare_keys, found)
+            _gather(self._rare, every_keys, found)
+            for length in _lengths_in(self._short_by_length, len(norm)):
+                found.update(self._short_by_length[length])
+        matches = [best for best in (self._best_stored.get(i), self._best(t, found)) if best is not None]
+        # Best score first; on a tie the earlier story, as one exhaustive rapidfuzz extract would order them.
+        return min(matches, key=lambda best: (-best[0], best[1]))[1] if matches else None
+
+    def add(self, i: int) -> int:
+        """Incoming title i becomes a story of its own; returns its story number."""
+        t = self._stored + i
+        story = len(self._story_titles)
+        self._story_titles.append(t)
+        norm = self._norms[t]
+        self._by_length[len(norm)].append(story)
+        if self._is_short(t):
+            self._short_by_length[len(norm)].append(story)
+        else:
+            last, rare_keys, every_keys = self._last_keys
+            if last != t:
+                rare_keys, every_keys = self._keys(norm)
+            _file(self._rare, rare_keys, story)
+            _file(self._every, every_keys, story)
+        return story
+
+    def _best(self, t: int, stories: set[int]) -> tuple[float, int] | None:
+        """(score, story) of the first of these stories, best scored first, then earliest, that title t retells."""
+        norm = self._norms[t]
+        if not stories or not norm:
+            return None
+        ordered = sorted(stories)
+        texts = [self._norms[self._story_titles[story]] for story in ordered]
+        for _, score, k in process.extract(
+            norm, texts, scorer=fuzz.token_set_ratio, score_cutoff=NEAR_DUPLICATE_THRESHOLD, limit=None
+        ):
+            if _same_story(norm, texts[k]):
+                return score, ordered[k]
+        return None
+
+
+def _partners(blocks: Blocks) -> dict[int, set[int]]:
+    partners: defaultdict[int, set[int]] = defaultdict(set)
+    for a, b in blocks:
+        partners[a].add(b)
+    return dict(partners)
+
+
+def _paired(ranks: list[int], partners: dict[int, set[int]]) -> bool:
+    """Whether two of these words make a pair that `partners` holds."""
+    for word in ranks:
+        paired = partners.get(word)
+        if paired is not None and not paired.isdisjoint(ranks):
+            return True
+    return False
+
+
+def _gathered(blocks: Blocks, keys: list[Pair]) -> set[int]:
+    found: set[int] = set()
+    _gather(blocks, keys, found)
+    return found

@@ -2,26 +2,27 @@
 from __future__ import annotations
 
 import datetime
+import gc
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from decimal import Decimal
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import QuerySet
 from django.utils import timezone
-from rapidfuzz import fuzz, process
 
-from . import scoring
-from .categorize import categorize_text, topic_text
-from .dedupe import NEAR_DUPLICATE_THRESHOLD, canonical_url, is_near_duplicate, normalize_title
+from . import metering, scoring
+from .categorize import KeywordTable, topic_text
+from .dedupe import StoryMatcher, canonical_url
 from .models import Category, DiscoveryRun, Topic
-from .sources import BudgetRefused, Candidate, SourceError, build_sources
-from .sources.base import SpendHold, SpendMeter, redact
+from .sources import Candidate, SourceError, build_sources
+from .sources.base import redact
 
 logger = logging.getLogger("newsroom.discovery")
 RECENT_DAYS = 30
-RECENT_LIMIT = 20_000
+RECENT_LIMIT = 100_000  # stored topics a run compares titles with: the newest of the window
 SECRET_SETTINGS = ("REDDIT_CLIENT_ID", "REDDIT_CLIENT_SECRET", "PERPLEXITY_API_KEY", "TUBELAB_API_KEY", "APIFY_TOKEN",
                    "ANTHROPIC_API_KEY")
 
@@ -38,31 +39,15 @@ class SourceReport:
     detail: str = ""
 
 
-class NoLedger:
-    """The meter used until an app that keeps the money plugs its own in: every paid call is refused."""
-
-    def reserve(self, *, provider: str, description: str, worst_case_usd: Decimal, idempotency_key: str) -> SpendHold:
-        raise BudgetRefused("no cost ledger is installed, so no paid call can be recorded")
-
-
-# Paid discovery calls go through the cost ledger like drafts do, under the monthly cap when one is set. The ledger
-# belongs to the batches app, which plugs it in when it starts (batches.apps), so topics never imports batches.
-_meter_factory: Callable[[], SpendMeter] = NoLedger
-
-
-def use_meter(factory: Callable[[], SpendMeter]) -> None:
-    """Meter every later discovery run's paid calls with `factory()`."""
-    global _meter_factory
-    _meter_factory = factory
-
-
 @dataclass
 class _Story:
-    """One story in this run: a new topic to create, or an existing one to credit with more sources."""
+    """One story in this run: a new topic to create, or a stored one (`topic_id`) to credit with more sources."""
 
     title: str
     candidates: list[Candidate] = field(default_factory=list)
-    topic: Topic | None = None
+    lead_url: str = ""  # the canonical URL of the first candidate (a new topic's)
+    topic_id: int | None = None
+    topic: Topic | None = None  # loaded only for a stored story a candidate may join
 
 
 def _secrets() -> list[str]:
@@ -73,7 +58,7 @@ def fetch_all(*, names: Sequence[str] | None, limit: int) -> tuple[list[Candidat
     """Ask every source; a failing source is recorded and the others still run."""
     candidates: list[Candidate] = []
     reports: dict[str, SourceReport] = {}
-    meter = _meter_factory()
+    meter = metering.current_meter()
     for source in build_sources(settings, list(names) if names else None):
         report = reports[source.name] = SourceReport(name=source.name, detail=source.describe())
         if not source.is_configured():
@@ -117,40 +102,48 @@ def run_discovery(*, names: Sequence[str] | None = None, limit: int = 50) -> Dis
     return run
 
 
+@contextmanager
+def _without_cycle_collection() -> Iterator[None]:
+    """Python's cyclic garbage collector off for a while (back on after, whatever happens).
+
+    A run of 20,000 candidates allocates some hundred thousand long-lived objects (candidates, blocks, topics for
+    bulk_create) and no reference cycles among them, yet the collector would walk them all again and again: a fifth
+    of the run's time. Everything it allocates is still freed by reference counting meanwhile.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+@_without_cycle_collection()
 def store_candidates(*, candidates: Sequence[Candidate], reports: dict[str, SourceReport]) -> None:
     """Turn candidates into topics: exact and near duplicates merge, new stories are scored and categorised."""
     now = timezone.now()
     known_keys = _existing_keys(candidates)
-    recent = list(
-        Topic.objects.filter(created_at__gte=now - datetime.timedelta(days=RECENT_DAYS))
-        .only("id", "title", "canonical_url", "source", "sources", "score")
-        .order_by("-id")[:RECENT_LIMIT]
-    )
-    by_url: dict[str, _Story] = {}
-    stories: list[_Story] = []
-    for topic in recent + _older_topics_with_urls(candidates, recent):
-        story = _Story(title=topic.title, topic=topic)
-        stories.append(story)
-        if topic.canonical_url:
-            by_url.setdefault(topic.canonical_url, story)
-    norms = [normalize_title(s.title) for s in stories]
-    seen_keys: set[tuple[str, str]] = set()
+    urls = [canonical_url(c.url) for c in candidates]
+    kept = _first_of_each_key(candidates, known_keys)
+    stories = _Stories(_recent_titles(now))
+    by_url = _stored_urls(urls=urls, kept=kept, stories=stories)
+    matcher = StoryMatcher(stored=stories.stored_titles(), incoming=[c.title for c in candidates])
+    best_stored = matcher.match_stored(i for i, keep in enumerate(kept) if keep and urls[i] not in by_url)
+    _load_topics([stories[n] for n in best_stored.values()])
 
-    for candidate in candidates:
+    for i, candidate in enumerate(candidates):
         report = reports.setdefault(candidate.source, SourceReport(name=candidate.source))
-        key = (candidate.source, candidate.external_id)
-        if not candidate.title.strip() or key in known_keys or key in seen_keys:
+        if not kept[i]:
             report.dropped += 1  # empty, or already stored from this source
             continue
-        seen_keys.add(key)
-        url = canonical_url(candidate.url)
+        url = urls[i]
         story = by_url.get(url) if url else None
+        if story is None and (number := matcher.find(i)) is not None:
+            story = stories[number]
         if story is None:
-            story = _near_duplicate(candidate.title, stories=stories, norms=norms)
-        if story is None:
-            story = _Story(title=candidate.title)
-            stories.append(story)
-            norms.append(normalize_title(candidate.title))
+            matcher.add(i)
+            story = stories.add(_Story(title=candidate.title, lead_url=url))
             report.new += 1
         elif story.topic is not None and candidate.source in (story.topic.sources or [story.topic.source]):
             report.dropped += 1  # a stored story this source already told (seen again on a later run)
@@ -160,21 +153,110 @@ def store_candidates(*, candidates: Sequence[Candidate], reports: dict[str, Sour
         story.candidates.append(candidate)
         if url:
             by_url.setdefault(url, story)
-    _write(stories=[s for s in stories if s.candidates], now=now)
+    _write(stories=stories.told(), now=now)
 
 
-def _older_topics_with_urls(candidates: Sequence[Candidate], recent: list[Topic]) -> list[Topic]:
-    """Stored topics outside the recent window that share a canonical URL with a candidate (one story, however old)."""
-    known = {t.canonical_url for t in recent if t.canonical_url}
-    urls = sorted({url for c in candidates if (url := canonical_url(c.url)) and url not in known})
-    found: list[Topic] = []
-    for start in range(0, len(urls), 500):
-        found.extend(
-            Topic.objects.filter(canonical_url__in=urls[start : start + 500])
-            .only("id", "title", "canonical_url", "sources", "score", "source")
-            .order_by("-id")
-        )
-    return found
+class _Stories:
+    """The run's stories by number, as StoryMatcher numbers them: the stored ones first (recent window, then older
+    topics sharing a URL), then the new ones. A stored story's object is made when first asked for: of a hundred
+    thousand, a run joins a few."""
+
+    def __init__(self, recent: list[tuple[int, str]]):
+        self._stored = recent  # (topic id, title)
+        self._made: dict[int, _Story] = {}
+        self._new: list[_Story] = []
+
+    def stored_titles(self) -> list[str]:
+        return [title for _, title in self._stored]
+
+    def position(self, topic_ids: set[int]) -> dict[int, int]:
+        """{topic id: story number} for these stored topics."""
+        return {pk: n for n, (pk, _) in enumerate(self._stored) if pk in topic_ids}
+
+    def add_stored(self, topic: Topic) -> _Story:
+        story = self._made[len(self._stored)] = _Story(title=topic.title, topic_id=topic.pk, topic=topic)
+        self._stored.append((topic.pk, topic.title))
+        return story
+
+    def add(self, story: _Story) -> _Story:
+        self._new.append(story)
+        return story
+
+    def __getitem__(self, number: int) -> _Story:
+        if number >= len(self._stored):
+            return self._new[number - len(self._stored)]
+        if number not in self._made:
+            pk, title = self._stored[number]
+            self._made[number] = _Story(title=title, topic_id=pk)
+        return self._made[number]
+
+    def told(self) -> list[_Story]:
+        """The stories some candidate joined: stored ones to credit, then new ones in the order they came."""
+        return [s for s in self._made.values() if s.candidates] + [s for s in self._new if s.candidates]
+
+
+def _first_of_each_key(candidates: Sequence[Candidate], known_keys: set[tuple[str, str]]) -> list[bool]:
+    """Which candidates are stories at all: a title, not stored yet from its source, first of its id in this run."""
+    seen: set[tuple[str, str]] = set()
+    kept = []
+    for candidate in candidates:
+        key = (candidate.source, candidate.external_id)
+        keep = bool(candidate.title.strip()) and key not in known_keys and key not in seen
+        if keep:
+            seen.add(key)
+        kept.append(keep)
+    return kept
+
+
+def recent_window(*, now: datetime.datetime) -> QuerySet[Topic]:
+    """The stored topics a run compares new titles with: created in the last RECENT_DAYS, newest first, at most
+    RECENT_LIMIT. Read through the (created_at, id) index: a range scan that stops at the limit, whatever the size
+    of the table."""
+    since = now - datetime.timedelta(days=RECENT_DAYS)
+    return Topic.objects.filter(created_at__gte=since).order_by("-created_at", "-id")[:RECENT_LIMIT]
+
+
+def _recent_titles(now: datetime.datetime) -> list[tuple[int, str]]:
+    return list(recent_window(now=now).values_list("id", "title"))
+
+
+def _stored_urls(*, urls: list[str], kept: list[bool], stories: _Stories) -> dict[str, _Story]:
+    """The stored story each candidate URL already belongs to (one story, however old), looked up by index.
+
+    A URL stored in the recent window belongs to the newest such topic; one stored only earlier, to the newest
+    earlier topic, which joins the run's stories (after the recent ones) like today's titles do.
+    """
+    wanted = sorted({url for url, keep in zip(urls, kept, strict=True) if keep and url})
+    found = [
+        row for chunk in _chunks(wanted)
+        for row in Topic.objects.filter(canonical_url__in=chunk).values_list("id", "canonical_url")
+    ]
+    position = stories.position({pk for pk, _ in found}) if found else {}
+    by_url: dict[str, _Story] = {}
+    for pk, url in sorted((row for row in found if row[0] in position), key=lambda row: position[row[0]]):
+        by_url.setdefault(url, stories[position[pk]])
+    older = sorted(pk for pk, url in found if pk not in position and url not in by_url)
+    topics = [topic for chunk in _chunks(older) for topic in Topic.objects.filter(pk__in=chunk).only(*_STORY_FIELDS)]
+    for topic in sorted(topics, key=lambda topic: -topic.pk):
+        by_url.setdefault(topic.canonical_url, stories.add_stored(topic))
+    _load_topics(list(by_url.values()))
+    return by_url
+
+
+_STORY_FIELDS = ("id", "title", "canonical_url", "source", "sources", "score")
+
+
+def _load_topics(stories: Sequence[_Story]) -> None:
+    """Load the stored topics of these stories (the ones candidates may join), in bulk."""
+    missing = {s.topic_id: s for s in stories if s.topic_id is not None and s.topic is None}
+    for chunk in _chunks(sorted(missing)):
+        for topic in Topic.objects.filter(pk__in=chunk).only(*_STORY_FIELDS):
+            missing[topic.pk].topic = topic
+
+
+def _chunks(values: list, size: int = 500) -> Iterator[list]:
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
 
 
 def _existing_keys(candidates: Sequence[Candidate]) -> set[tuple[str, str]]:
@@ -183,33 +265,9 @@ def _existing_keys(candidates: Sequence[Candidate]) -> set[tuple[str, str]]:
     for c in candidates:
         by_source.setdefault(c.source, []).append(c.external_id)
     for source, ids in by_source.items():
-        for start in range(0, len(ids), 500):
-            keys.update(
-                Topic.objects.filter(source=source, external_id__in=ids[start : start + 500]).values_list(
-                    "source", "external_id"
-                )
-            )
+        for chunk in _chunks(ids):
+            keys.update(Topic.objects.filter(source=source, external_id__in=chunk).values_list("source", "external_id"))
     return keys
-
-
-def _near_duplicate(title: str, *, stories: list[_Story], norms: list[str]) -> _Story | None:
-    if not norms:
-        return None
-    # rapidfuzz scans every known title in C; is_near_duplicate then applies the full rule to the best matches.
-    norm = normalize_title(title)
-    match = process.extractOne(norm, norms, scorer=fuzz.token_set_ratio, score_cutoff=NEAR_DUPLICATE_THRESHOLD)
-    if match is None:
-        return None
-    if is_near_duplicate(title, stories[match[2]].title):
-        return stories[match[2]]
-    # The best token-set match can be a short title the full rule compares whole and rejects ("FBA capacity" is a
-    # subset of every FBA-capacity headline); a real near-duplicate may be further down the list.
-    for _, _, index in process.extract(
-        norm, norms, scorer=fuzz.token_set_ratio, score_cutoff=NEAR_DUPLICATE_THRESHOLD, limit=None
-    ):
-        if is_near_duplicate(title, stories[index].title):
-            return stories[index]
-    return None
 
 
 def _story_sources(story: _Story) -> list[str]:
@@ -222,7 +280,7 @@ def _story_sources(story: _Story) -> list[str]:
 
 @transaction.atomic
 def _write(*, stories: list[_Story], now: datetime.datetime) -> None:
-    categories = list(Category.objects.all())
+    keywords = KeywordTable(list(Category.objects.all()))
     new_topics, updated = [], []
     for story in stories:
         sources = _story_sources(story)
@@ -248,7 +306,7 @@ def _write(*, stories: list[_Story], now: datetime.datetime) -> None:
                 title=lead.title[:500],
                 summary=summary,
                 url=lead.url[:1000],
-                canonical_url=canonical_url(lead.url)[:1000],
+                canonical_url=story.lead_url[:1000],
                 source=lead.source,
                 external_id=lead.external_id[:300],
                 sources=sources,
@@ -260,7 +318,7 @@ def _write(*, stories: list[_Story], now: datetime.datetime) -> None:
                     source_count=len(sources),
                     now=now,
                 ),
-                category=categorize_text(text=topic_text(title=lead.title, summary=summary), categories=categories),
+                category=keywords.categorize(topic_text(title=lead.title, summary=summary)),
                 status=Topic.Status.NEW,
                 published_at=max(published) if published else None,
                 created_at=now,

@@ -180,6 +180,37 @@ def test_spend_in_an_earlier_month_does_not_count_against_this_month(settings):
     assert ledger.monthly_remaining() == Decimal("0.1")
 
 
+@pytest.mark.parametrize("cap", ["", "0.3"])
+@pytest.mark.django_db
+def test_reservations_that_add_up_exactly_to_a_budget_are_accepted(settings, cap):
+    # 0.1 + 0.2 is not 0.3 in binary floating point, which is how SQLite keeps these decimals.
+    settings.MONTHLY_BUDGET_USD = cap
+    batch = make_batch("0.3")
+    reserve(batch, "0.1")
+
+    reserve(batch, "0.2")
+
+    assert ledger.batch_spent(batch.pk) == Decimal("0.3")
+    with pytest.raises(ledger.BudgetExhausted):
+        reserve(batch, "0.000001")
+
+
+@pytest.mark.parametrize("cap", ["", "1"])
+@pytest.mark.django_db
+def test_a_reservation_whose_month_has_no_totals_row_starts_it_from_the_month_entries(settings, cap):
+    from batches.models import MonthlySpend
+
+    settings.MONTHLY_BUDGET_USD = cap
+    batch = make_batch("10")
+    reserve(batch, "0.5")
+    MonthlySpend.objects.all().delete()  # as at a month's first reservation, or after a flush
+
+    reserve(batch, "0.25")
+
+    assert ledger.month_spent() == Decimal("0.75")
+    assert ledger.reconcile() == []
+
+
 @pytest.mark.django_db
 def test_no_monthly_cap_means_no_monthly_limit(settings):
     settings.MONTHLY_BUDGET_USD = ""

@@ -105,6 +105,16 @@ def test_the_worst_case_covers_every_way_the_api_can_split_the_input(model):
     assert cost_of(usage=mixed, price=price) <= worst
 
 
+def test_the_batch_worst_case_is_the_one_hour_write_and_max_tokens_at_the_batch_discount():
+    price = price_for("claude-sonnet-4-6")
+
+    worst = worst_case_cost(input_tokens=MILLION, max_tokens=MILLION, price=price, batch_api=True)
+
+    assert worst == Decimal("10.5")  # ($6 one-hour cache write + $15 output) at half price
+    for bucket in ("input_tokens", "cache_write_tokens", "cache_write_1h_tokens", "cache_read_tokens"):
+        assert cost_of(usage=Usage(output_tokens=MILLION, **{bucket: MILLION}), price=price, batch_api=True) <= worst
+
+
 def test_the_worst_case_is_rounded_up_never_down():
     price = price_for("claude-haiku-5-5")  # output $0.50 per million tokens
 

@@ -18,7 +18,7 @@ from django.utils import timezone
 from batches.models import Batch, CostLedgerEntry, Newsletter
 from batches.claude_standin import FakeAnthropicServer
 from batches.sweeper import sweep
-from tests.support import DOWN_BROKER_URL, manage, manage_in_background, service_env
+from tests.support import DOWN_BROKER_URL, manage, manage_in_background, service_env, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("migration_data")]
 
@@ -33,15 +33,6 @@ def slow_api():
     """The fake API taking two seconds per draft, long enough to kill a worker in the middle of calls."""
     with FakeAnthropicServer(latency=2.0) as server:
         yield server
-
-
-def wait_for(condition, *, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    pytest.fail(f"timed out after {timeout} s waiting for {what}")
 
 
 def assert_one_draft_and_one_charge_per_item(batch: Batch) -> None:

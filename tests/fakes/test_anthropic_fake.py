@@ -271,6 +271,18 @@ def test_malformed_and_text_only_faults(server: FakeAnthropicServer, client_for:
     assert [b.type for b in text_only.content] == ["text"] and text_only.stop_reason == "end_turn"
 
 
+def test_each_billed_answer_is_recorded_with_the_ids_the_client_sees(
+    server: FakeAnthropicServer, client_for: ClientFactory
+) -> None:
+    server.enqueue(Fault(status=529))
+    client = client_for(server)
+    with pytest.raises(anthropic.InternalServerError):
+        client.messages.create(**draft_request("Refused"))
+    message = client.messages.create(**draft_request("Answered"))
+    assert [(a["id"], a["request_id"]) for a in server.answers] == [(message.id, message._request_id)]
+    assert server.answers[0]["usage"]["output_tokens"] == message.usage.output_tokens
+
+
 def test_api_key_masked_and_unknown_path(server: FakeAnthropicServer, client_for: ClientFactory) -> None:
     client_for(server).messages.create(**draft_request("Masking"))
     recorded = server.requests[0]

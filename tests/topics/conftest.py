@@ -147,3 +147,21 @@ def discovery_fakes(settings, categories, monkeypatch) -> Iterator[DiscoveryFake
     yield fakes
     for fake in (fakes.reddit, fakes.perplexity, fakes.tubelab, fakes.apify):
         fake.stop()
+
+
+@pytest.fixture
+def keyword_reads(db) -> Iterator[list[str]]:
+    """The slug of each category whose keyword list is read (parsed) while the test runs."""
+    from unittest import mock
+
+    from topics.models import Category
+
+    reads: list[str] = []
+    original = Category.keyword_list.fget
+
+    def counted(category):
+        reads.append(category.slug)
+        return original(category)
+
+    with mock.patch.object(Category, "keyword_list", property(counted)):
+        yield reads

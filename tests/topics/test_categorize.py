@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from topics.categorize import categorize_text, recategorize
+from topics.categorize import KeywordTable, categorize_text, recategorize
 from topics.models import Category, Topic
 
 pytestmark = pytest.mark.django_db
@@ -104,3 +104,20 @@ def test_it_recategorizes_unlocked_topics_next_to_locked_ones(make_topic, catego
     locked.refresh_from_db()
     unlocked.refresh_from_db()
     assert (locked.category.slug, unlocked.category.slug) == ("pricing_margins", "shipping_logistics")
+
+
+def test_a_keyword_table_reads_each_categorys_keywords_once_however_many_texts_it_categorises(
+    categories, keyword_reads
+):
+    table = KeywordTable(list(Category.objects.all()))
+    picked = [table.categorize(text).slug for text in ["USPS raises parcel rates", "Klaviyo email flow"] * 50]
+
+    assert sorted(keyword_reads) == sorted(categories)
+    assert picked[:2] == ["shipping_logistics", "customer_retention"]
+
+
+def test_a_keyword_table_picks_what_categorize_text_picks(categories):
+    table = KeywordTable(list(categories.values()))
+    texts = ["The tariff hits checkout", "A completely unrelated headline", "inventory, inventory: tariffs eat margin"]
+
+    assert [table.categorize(text).slug for text in texts] == [pick(text) for text in texts]

@@ -2,7 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from topics.dedupe import canonical_url, is_near_duplicate
+from bench.discovery_bench import blocked_decisions, exhaustive_decisions, make_candidates
+from topics.dedupe import canonical_url, is_near_duplicate, normalize_title, normalize_titles
 
 SAME_STORY = [
     (
@@ -99,3 +100,80 @@ def test_it_keeps_a_non_default_port():
 
 def test_it_leaves_an_empty_url_empty():
     assert canonical_url("") == ""
+
+
+# --- bulk normalisation and blocked matching (issue 12) ------------------------------------------------------
+
+TRICKY_TITLES = [
+    *[title for pair in SAME_STORY + DIFFERENT_STORIES for title in pair],
+    "", "   ", "?", "Is it? yes - no", "U.S. sellers... 7.8%. BFCM!", "Ünïcödé café — straße: 3 ways to ship",
+    "KELVIN \u212a and \u0130stanbul", "Tabs\tand\nnewlines - in titles? here", "a title with a \x00 separator in it",
+    "Shipping - how are you handling it?", "FBA capacity",
+]
+
+
+def test_bulk_normalisation_gives_what_normalising_one_title_at_a_time_gives():
+    assert normalize_titles(TRICKY_TITLES) == [normalize_title(t) for t in TRICKY_TITLES]
+
+
+def test_bulk_normalisation_of_no_titles_is_empty():
+    assert normalize_titles([]) == []
+
+
+def matched(*, stored: list[str], incoming: list[str]) -> list[int | None]:
+    """What StoryMatcher decides for each incoming title: the story number it joins, None for a new story."""
+    return blocked_decisions(stored, incoming)
+
+
+def exhaustive(*, stored: list[str], incoming: list[str]) -> list[int | None]:
+    """The same decided by comparing with every story (the reference kept in the benchmark)."""
+    return exhaustive_decisions(stored, incoming)
+
+
+def test_the_matcher_finds_each_same_story_pair_whichever_side_is_stored():
+    for a, b in SAME_STORY:
+        assert matched(stored=[a], incoming=[b]) == [0]
+        assert matched(stored=[], incoming=[b, a]) == [None, 0]
+
+
+def test_the_matcher_keeps_clearly_different_stories_apart():
+    for a, b in DIFFERENT_STORIES:
+        assert matched(stored=[a], incoming=[b]) == [None]
+
+
+def test_a_title_contained_in_a_longer_one_is_found_however_rare_the_longer_ones_other_words():
+    short = "Klaviyo winback flow template"
+    long = "Klaviyo winback flow template zephyr quokka marzipan obsidian trellis"
+
+    assert matched(stored=[long], incoming=[short]) == [0]
+    assert matched(stored=[short], incoming=[long]) == [0]
+
+
+def test_short_titles_are_compared_whole_as_is_near_duplicate_does():
+    stored = ["Dead stock liquidation: 5 marketplaces that buy overstock in bulk", "Dead stock"]
+
+    assert matched(stored=stored, incoming=["Dead stock?", "Deadstock"]) == exhaustive(
+        stored=stored, incoming=["Dead stock?", "Deadstock"]
+    ) == [1, 1]
+
+
+def test_of_two_equally_good_stories_the_earlier_one_is_chosen():
+    stored = ["USPS Ground Advantage rates going up 7.8% in January",
+              "USPS Ground Advantage rates going up 7.8% in Jan"]
+
+    assert matched(stored=stored, incoming=["USPS ground advantage rates up 7.8% january - thoughts?"]) == [0]
+
+
+def test_a_stored_story_wins_a_tie_with_a_story_new_in_this_run():
+    stored = ["Meta ads CPM spiked 40% this week before Black Friday"]
+    incoming = ["Meta ads CPMs spike 40% ahead of Black Friday", "Meta ads CPM spike 40% before Black Friday"]
+
+    assert matched(stored=stored, incoming=incoming) == exhaustive(stored=stored, incoming=incoming)
+
+
+def test_the_matcher_decides_as_exhaustive_comparison_does_on_a_generated_corpus():
+    candidates, _ = make_candidates(600, near_duplicate_share=0.3, seed=21)
+    titles = [c.title for c in candidates]
+    stored, incoming = titles[:200], titles[200:] + [SAME_STORY[0][1], SAME_STORY[3][0], "FBA capacity"]
+
+    assert matched(stored=stored, incoming=incoming) == exhaustive(stored=stored, incoming=incoming)

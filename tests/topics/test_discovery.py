@@ -7,6 +7,7 @@ import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from decimal import Decimal
+from unittest import mock
 
 import pytest
 from django.core.management import CommandError, call_command
@@ -828,3 +829,51 @@ def test_a_second_identical_run_of_300_candidates_creates_no_topics(categories) 
     assert sorted(Topic.objects.values_list("pk", "sources", "score")) == before
     assert (again.created, again.merged, again.dropped) == (0, 0, 300)
 
+
+
+# --- at scale: the work per candidate (issue 12) ---------------------------------------------------------------
+
+
+def test_each_candidates_url_is_canonicalised_once(categories) -> None:
+    from topics import discovery
+
+    candidates, stories = make_candidates(20, near_duplicate_share=0.3, seed=9)
+
+    with mock.patch.object(discovery, "canonical_url", wraps=discovery.canonical_url) as canonicalise:
+        store(*candidates)
+
+    assert canonicalise.call_count == 20
+    assert Topic.objects.count() == stories
+    assert not Topic.objects.filter(canonical_url__contains="utm_").exists()
+
+
+def test_a_run_reads_each_categorys_keywords_once(categories, keyword_reads) -> None:
+    store(*make_candidates(30, near_duplicate_share=0, seed=9)[0])
+
+    assert Topic.objects.count() == 30
+    assert sorted(keyword_reads) == sorted(categories)
+
+
+def test_the_recent_window_is_read_through_the_created_at_index(db) -> None:
+    from django.db import connection
+
+    from topics.discovery import recent_window
+
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:  # a tiny table: make the planner show whether the index can serve
+            cursor.execute("SET LOCAL enable_seqscan = off")
+            cursor.execute("SET LOCAL enable_sort = off")
+    plan = recent_window(now=NOW).explain()
+
+    assert "topic_created_id" in plan
+
+
+def test_the_lookup_of_already_stored_candidates_uses_the_unique_source_and_id_index(db) -> None:
+    from django.db import connection
+
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SET LOCAL enable_seqscan = off")
+    plan = Topic.objects.filter(source="reddit", external_id__in=[f"t3_{n}" for n in range(300)]).explain()
+
+    assert "topic_unique_source_external_id" in plan or "sqlite_autoindex_topics_topic_1" in plan

@@ -8,7 +8,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('topics', '0004_topic_import_hash'),
+        ('topics', '0005_topic_list_indexes'),
     ]
 
     operations = [

@@ -110,6 +110,15 @@ class Command(ContractCommand):
         parser.add_argument("--resume", type=int, default=None, metavar="BATCH",
                             help="Continue a stopped, failed or stranded batch without drafting an item twice.")
         parser.add_argument("--json", action="store_true", dest="as_json", help="Print one JSON object.")
+        # --- economy batches (Message Batches API) ---
+        delivery = parser.add_mutually_exclusive_group()
+        delivery.add_argument("--economy", action="store_const", const="economy", dest="delivery",
+                              help="Draft through the Message Batches API at half price (results within 24 h); "
+                                   "returns once submitted, or follows it to the end with --wait.")
+        delivery.add_argument("--now", action="store_const", const="now", dest="delivery",
+                              help="Draft through the Messages API right away (the default unless BATCH_DELIVERY=economy).")
+        parser.add_argument("--cancel", type=int, default=None, metavar="BATCH",
+                            help="Cancel an economy batch: finished requests are still settled, the rest released.")
 
     def handle(self, *args, **opts):
         self.as_json = opts["as_json"]
@@ -117,7 +126,8 @@ class Command(ContractCommand):
         size = parse_size(opts["size"] if opts["size"] is not None else settings.BATCH_SIZE)
         budget = self.budget = parse_budget(opts["budget"] if opts["budget"] is not None else settings.BATCH_BUDGET_USD)
         timeout = DEFAULT_TIMEOUT if opts["timeout"] is None else parse_timeout(opts["timeout"])
-        if opts["wait"] and not opts["queue"]:
+        economy = self.delivery(opts) == "economy" and not (opts["dry_run"] or opts["discover_only"] or opts["resume"])
+        if opts["wait"] and not (opts["queue"] or economy):
             raise CommandError("--wait only goes with --queue", returncode=EXIT_ERROR)
         if opts["timeout"] is not None and not opts["wait"]:
             raise CommandError("--timeout only goes with --wait", returncode=EXIT_ERROR)
@@ -131,6 +141,10 @@ class Command(ContractCommand):
             ) from None
 
     def run(self, opts, *, size: int, budget: Decimal, timeout: float):
+        if opts["cancel"] is not None:
+            return self.cancel_economy(opts["cancel"])
+        if self.delivery(opts) == "economy" and not (opts["dry_run"] or opts["discover_only"] or opts["resume"]):
+            return self.economy(opts, size=size, budget=budget, timeout=timeout)
         if opts["resume"] is not None:
             return self.resume(opts["resume"], queue=opts["queue"], wait=opts["wait"], timeout=timeout)
         if opts["discover_only"]:
@@ -284,6 +298,62 @@ class Command(ContractCommand):
                     returncode=EXIT_ERROR,
                 )
             time.sleep(POLL_SECONDS)
+
+    # --- economy batches ---------------------------------------------------------------------------
+
+    @staticmethod
+    def delivery(opts) -> str:
+        return opts.get("delivery") or settings.BATCH_DELIVERY
+
+    def economy(self, opts, *, size: int, budget: Decimal, timeout: float):
+        """Submit one Message Batch (in this process, or through the workers with --queue); with --wait, follow
+        it here to the end, polling with backoff (no broker needed)."""
+        from batches import economy
+
+        self.require_preflight()
+        batch = running.create_batch(size=size, budget_usd=budget, include_new=opts["include_new"],
+                                     delivery=Batch.Delivery.ECONOMY)
+        if opts["queue"]:
+            try:
+                running.enqueue_batch(batch=batch)
+            except running.BrokerUnavailable as exc:
+                raise CommandError(f"Batch #{batch.pk} failed: {exc}", returncode=EXIT_ERROR) from None
+            self.say(f"Batch #{batch.pk} queued for the workers, to be submitted as one Message Batch.")
+        else:
+            batch = economy.submit(batch_id=batch.pk)
+            shown = economy.progress(batch_id=batch.pk)
+            if shown is not None and shown.anthropic_batch_id:
+                self.say(f"Batch #{batch.pk}: {shown.total} request(s) with Anthropic as {shown.anthropic_batch_id} "
+                         f"(half price; results by {shown.expires_at:%Y-%m-%d %H:%M} UTC at the latest).")
+        if batch.is_finished:
+            return self.finish(batch)
+        if not opts["wait"]:
+            if self.as_json:
+                self.write_json(self.report(batch))
+            else:
+                self.stdout.write(f"Follow it with `runbatch --economy --wait` or on the batch page; cancel it with "
+                                  f"`runbatch --cancel {batch.pk}`.")
+            return
+        try:
+            batch = economy.follow(batch_id=batch.pk, on_item=self.show_item, timeout=timeout)
+        except TimeoutError:
+            raise CommandError(
+                f"Stopped following batch #{batch.pk} after {timeout:g} s; it goes on with Anthropic and is collected "
+                "by the periodic poll. Follow it on the batch page.", returncode=EXIT_ERROR) from None
+        return self.finish(batch)
+
+    def cancel_economy(self, batch_id: int):
+        from batches import economy
+
+        try:
+            batch = economy.cancel(batch_id=batch_id)
+        except economy.NotCancelable as exc:
+            raise CommandError(str(exc), returncode=EXIT_ERROR) from None
+        if self.as_json:
+            self.write_json(self.report(batch))
+        else:
+            self.stdout.write(f"Batch #{batch.pk}: cancel sent. Requests already answered are still settled when "
+                              "the results come in; the rest are released.")
 
     # --- output -----------------------------------------------------------------------------------
 

@@ -1,0 +1,88 @@
+"""The desk's side of economy batches: both deliveries on the confirmation page, the batch page's line at Anthropic
+and its Cancel button (run_batch permission, POST, CSRF)."""
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+from django.urls import reverse
+from django.utils import timezone
+
+from batches import economy, running
+from batches.models import Batch, EconomySubmission
+from tests.admin.conftest import csrf_client
+from tests.admin.test_run_batch import RUN_URL, confirm_data, preview
+from batches.claude_standin_batches import batches_of
+
+
+@pytest.fixture
+def api(fake_anthropic, settings):
+    settings.ECONOMY_POLL_MIN_SECONDS = settings.ECONOMY_POLL_MAX_SECONDS = 0
+    batches = batches_of(fake_anthropic)
+    batches.processing_seconds = 3600
+    return batches
+
+
+def submitted_batch() -> Batch:
+    batch = running.create_batch(size=8, budget_usd=Decimal("40"), delivery=Batch.Delivery.ECONOMY)
+    return economy.submit(batch_id=batch.pk)
+
+
+def test_the_confirmation_page_offers_both_deliveries_with_both_estimates(editor_client, topics_in_every_category):
+    response = preview(editor_client)
+
+    now, cheap = response.context["deliveries"]
+    assert (now["value"], cheap["value"]) == ("now", "economy")
+    assert now["estimate"] == response.context["plan"].estimated_cost_usd
+    assert cheap["estimate"] <= now["estimate"] * Decimal("0.5") + Decimal("0.0001") * 8
+    html = response.content.decode()
+    assert 'name="delivery" value="economy"' in html and f"${cheap['estimate']:.2f}" in html
+
+
+def test_confirming_economy_queues_an_economy_batch(editor_client, post_form, topics_in_every_category,
+                                                   redis_broker, settings):
+    settings.ANTHROPIC_API_KEY = "sk-ant-test-0000000000000000wxyz"  # the Run page refuses what cannot authenticate
+    page = preview(editor_client)
+
+    post_form(editor_client, RUN_URL, confirm_data(page, delivery="economy"), page=RUN_URL)
+
+    assert Batch.objects.get().delivery == Batch.Delivery.ECONOMY
+
+
+def test_the_batch_page_shows_where_the_economy_batch_stands_at_anthropic(editor_client, api,
+                                                                           topics_in_every_category):
+    batch = submitted_batch()
+    submitted_at = timezone.localtime(batch.economy.submitted_at)
+
+    response = editor_client.get(reverse("admin:batches_batch_change", args=[batch.pk]))
+
+    line = response.context["economy_line"]
+    assert line == (f"with Anthropic since {submitted_at:%H:%M} · 0 of 8 back · expires tomorrow "
+                    f"{timezone.localtime(batch.economy.expires_at):%H:%M}")
+    assert line in response.content.decode()
+    assert 'id="desk-economy-cancel"' in response.content.decode()
+
+
+def test_the_cancel_button_cancels_with_anthropic(editor_client, post_form, api, topics_in_every_category):
+    batch = submitted_batch()
+    page = reverse("admin:batches_batch_change", args=[batch.pk])
+
+    response = post_form(editor_client, reverse("admin:batches_batch_cancel_economy", args=[batch.pk]), {},
+                         page=page)
+
+    assert response.status_code == 302
+    assert api.calls["cancel"] == 1
+    assert EconomySubmission.objects.get(batch=batch).cancel_requested_at is not None
+
+
+def test_cancel_is_refused_without_the_permission_a_get_or_a_csrf_token(viewer_client, editor, api,
+                                                                        topics_in_every_category):
+    batch = submitted_batch()
+    url = reverse("admin:batches_batch_cancel_economy", args=[batch.pk])
+
+    assert viewer_client.post(url).status_code == 403
+    assert csrf_client(editor).get(url).status_code == 405
+    assert csrf_client(editor).post(url).status_code == 403  # no CSRF token
+    assert api.calls["cancel"] == 0
+    assert "desk-economy-cancel" not in viewer_client.get(reverse("admin:batches_batch_change",
+                                                                  args=[batch.pk])).content.decode()

@@ -1,0 +1,156 @@
+"""The desk's long lists (topics, cost ledger, drafts): a fixed number of queries however long the table, no count
+of the whole table, and filters that read no whole table (issue 12)."""
+from __future__ import annotations
+
+import re
+from decimal import Decimal
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.urls import reverse
+
+from batches.models import Batch, CostLedgerEntry, Newsletter
+from newsroom.admin_lists import EstimatedCountPaginator
+from topics.models import Topic
+
+TOPICS = reverse("admin:topics_topic_changelist")
+LEDGER = reverse("admin:batches_costledgerentry_changelist")
+DRAFTS = reverse("admin:batches_newsletter_changelist")
+SOURCES = ("reddit", "perplexity", "tubelab", "apify", "import")
+
+
+def add_topics(categories, count: int, *, start: int = 0) -> None:
+    category = list(categories.values())
+    Topic.objects.bulk_create(
+        Topic(title=f"Bench topic {n}", source=SOURCES[n % len(SOURCES)], external_id=f"t{n}", score=n % 97,
+              category=category[n % len(category)], status="approved" if n % 3 else "new")
+        for n in range(start, start + count)
+    )
+
+
+def add_ledger_entries(count: int, *, start: int = 0) -> None:
+    CostLedgerEntry.objects.bulk_create(
+        CostLedgerEntry(idempotency_key=f"k{n}", provider=("anthropic", "perplexity")[n % 2],
+                        model=("claude-sonnet-4-5", "sonar")[n % 2], status="settled",
+                        reserved_usd=Decimal("0.02"), amount_usd=Decimal("0.01"))
+        for n in range(start, start + count)
+    )
+
+
+def queries_for(client, url: str) -> list[str]:
+    with CaptureQueriesContext(connection) as queries:
+        assert client.get(url).status_code == 200
+    return [query["sql"] for query in queries.captured_queries]
+
+
+def whole_table_counts(sql: list[str], table: str) -> list[str]:
+    """COUNT queries over `table` that no LIMIT bounds."""
+    return [q for q in sql if re.search(r"COUNT\(", q, re.I) and f'"{table}"' in q and " LIMIT " not in q.upper()]
+
+
+@pytest.fixture
+def bounded(monkeypatch):
+    """Lists count exactly only up to 5 rows, so a few dozen rows stand for a large table."""
+    monkeypatch.setattr(EstimatedCountPaginator, "exact_up_to", 5)
+
+
+@pytest.mark.parametrize("query", ["", "?status__exact=new", "?source=reddit", "?category_locked__exact=1", "?p=2"])
+def test_the_topic_list_makes_as_many_queries_with_300_topics_as_with_30(admin_client, categories, bounded, query):
+    add_topics(categories, 30)
+    admin_client.get(TOPICS + query)
+    few = len(queries_for(admin_client, TOPICS + query))
+
+    add_topics(categories, 270, start=30)
+
+    assert len(queries_for(admin_client, TOPICS + query)) == few
+
+
+@pytest.mark.parametrize("query", ["", "?status__exact=approved", "?source=apify", "?category__id__exact=1"])
+def test_the_topic_list_never_counts_the_whole_topic_table(admin_client, categories, bounded, query):
+    add_topics(categories, 120)
+
+    sql = queries_for(admin_client, TOPICS + query)
+
+    assert any(re.search(r"COUNT\(", q) and '"topics_topic"' in q for q in sql)  # the bounded count is there
+    assert whole_table_counts(sql, "topics_topic") == []
+
+
+def test_a_topic_list_longer_than_the_bound_says_how_many_it_knows_of(admin_client, categories, bounded):
+    add_topics(categories, 60)
+
+    page = admin_client.get(TOPICS).content.decode()
+
+    assert "more than 5 topics" in page or re.search(r"about [\d,]+ topics", page)
+
+
+def test_a_short_topic_list_gives_its_exact_count(admin_client, categories):
+    add_topics(categories, 12)
+
+    assert "12 topics" in admin_client.get(TOPICS).content.decode()
+
+
+def test_the_source_filter_offers_each_source_once_and_filters_by_it(admin_client, categories):
+    add_topics(categories, 25)
+
+    page = admin_client.get(TOPICS).content.decode()
+    filtered = admin_client.get(TOPICS + "?source=tubelab").context["cl"].result_list
+
+    for source in SOURCES:
+        assert page.count(f'href="?source={source}"') == 1
+    assert {topic.source for topic in filtered} == {"tubelab"}
+    assert len(filtered) == 5
+
+
+def test_the_ledger_list_keeps_its_query_count_and_never_counts_the_whole_ledger(admin_client, bounded):
+    add_ledger_entries(30)
+    admin_client.get(LEDGER)
+    few = queries_for(admin_client, LEDGER)
+
+    add_ledger_entries(270, start=30)
+    many = queries_for(admin_client, LEDGER)
+
+    assert len(many) == len(few)
+    assert whole_table_counts(many, "batches_costledgerentry") == []
+    assert not any("DISTINCT" in q and "batches_costledgerentry" in q for q in many)
+
+
+def test_the_ledger_list_filters_by_provider(admin_client):
+    add_ledger_entries(10)
+
+    page = admin_client.get(LEDGER).content.decode()
+    shown = admin_client.get(LEDGER + "?provider=perplexity").context["cl"].result_list
+
+    assert 'href="?provider=perplexity"' in page and 'href="?model=sonar"' in page
+    assert {entry.provider for entry in shown} == {"perplexity"}
+
+
+def test_the_draft_list_offers_the_newest_batches_and_the_one_chosen(admin_client, categories):
+    add_topics(categories, 30)
+    batches = Batch.objects.bulk_create(Batch(budget_usd=Decimal("40"), model="m") for _ in range(25))
+    topics = list(Topic.objects.order_by("pk"))
+    Newsletter.objects.bulk_create(Newsletter(batch=b, topic=t) for b, t in zip(batches, topics, strict=False))
+    oldest = batches[0].pk
+
+    page = admin_client.get(DRAFTS).content.decode()
+    chosen = admin_client.get(DRAFTS + f"?batch__id__exact={oldest}")
+
+    assert f'href="?batch__id__exact={batches[-1].pk}"' in page
+    assert f'href="?batch__id__exact={oldest}"' not in page  # not among the 20 newest
+    assert f'href="?batch__id__exact={oldest}"' in chosen.content.decode()
+    assert [n.batch_id for n in chosen.context["cl"].result_list] == [oldest]
+
+
+def test_the_draft_list_keeps_its_query_count_and_never_counts_the_whole_table(admin_client, categories, bounded):
+    add_topics(categories, 200)
+    topics = list(Topic.objects.order_by("pk"))
+    batch = Batch.objects.create(budget_usd=Decimal("40"), model="m")
+    Newsletter.objects.bulk_create(Newsletter(batch=batch, topic=t, position=n) for n, t in enumerate(topics[:30]))
+    admin_client.get(DRAFTS)
+    few = queries_for(admin_client, DRAFTS)
+
+    Newsletter.objects.bulk_create(Newsletter(batch=batch, topic=t, position=n) for n, t in enumerate(topics[30:]))
+    many = queries_for(admin_client, DRAFTS)
+
+    assert len(many) == len(few)
+    assert whole_table_counts(many, "batches_newsletter") == []

@@ -1,0 +1,23 @@
+"""Discovery's paid calls are metered by the ledger the batches app plugs in; without one they are refused."""
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+from topics import metering
+from topics.sources import BudgetRefused
+
+
+def test_discovery_meters_paid_calls_with_the_ledger_of_the_batches_app():
+    from batches.metering import LedgerMeter
+
+    assert isinstance(metering.current_meter(), LedgerMeter)
+
+
+def test_without_a_ledger_plugged_in_every_paid_call_is_refused(monkeypatch):
+    monkeypatch.setattr(metering, "_meter_path", None)
+
+    with pytest.raises(BudgetRefused, match="no cost ledger"):
+        metering.current_meter().reserve(provider="perplexity", description="search", worst_case_usd=Decimal("0.01"),
+                                         idempotency_key="k")
