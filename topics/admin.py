@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin.widgets import RelatedFieldWidgetWrapper
 from django.db import models
 from django.db.models import Count
 from django.http import HttpResponseRedirect
@@ -9,7 +10,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from batches.forms import MAX_POOL_IDS
-from newsroom.admin_lists import DistinctValuesFilter, EstimatedCountPaginator
+from newsroom.admin_lists import DistinctValuesFilter, EstimatedCountPaginator, RenderedOncePerValue
 
 from .categorize import recategorize
 from .models import Category, DiscoveryRun, Topic
@@ -78,6 +79,15 @@ class TopicAdmin(admin.ModelAdmin):
             if not hasattr(request, "_category_choices"):
                 request._category_choices = list(field.choices)
             field.choices = request._category_choices
+        return field
+
+    def formfield_for_dbfield(self, db_field, request, **kwargs):
+        field = super().formfield_for_dbfield(db_field, request, **kwargs)
+        if db_field.name == "category" and isinstance(getattr(field, "widget", None), RelatedFieldWidgetWrapper):
+            # The editable category column: one rendering per category for the whole page, not one per row.
+            field.widget = RenderedOncePerValue.wrapping(
+                field.widget, rendered=request.__dict__.setdefault("_category_widget_html", {})
+            )
         return field
 
     def save_model(self, request, obj: Topic, form, change):
