@@ -189,4 +189,4 @@ class RenderedOncePerValue(RelatedFieldWidgetWrapper):
         key = "" if value is None else str(value)
         if key not in self.rendered:
             self.rendered[key] = str(super().render(self._ROW, value, {"id": f"id_{self._ROW}"}, renderer))
-        return mark_safe(self.rendered[key].replace(self._ROW, name))  # noqa: S308 - the widget's own HTML
+        return mark_safe(self.rendered[key].replace(self._ROW, name))  # the widget's own HTML, escaped by it

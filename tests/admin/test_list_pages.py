@@ -47,7 +47,7 @@ def queries_for(client, url: str) -> list[str]:
 
 def whole_table_counts(sql: list[str], table: str) -> list[str]:
     """COUNT queries over `table` that no LIMIT bounds."""
-    return [q for q in sql if re.search(r"COUNT\(", q, re.I) and f'"{table}"' in q and " LIMIT " not in q.upper()]
+    return [q for q in sql if re.search(r"COUNT\(", q, re.IGNORECASE) and f'"{table}"' in q and " LIMIT " not in q.upper()]
 
 
 @pytest.fixture
@@ -128,7 +128,7 @@ def test_the_ledger_list_filters_by_provider(admin_client):
 
 def test_the_draft_list_offers_the_newest_batches_and_the_one_chosen(admin_client, categories):
     add_topics(categories, 30)
-    batches = Batch.objects.bulk_create(Batch(budget_usd=Decimal("40"), model="m") for _ in range(25))
+    batches = Batch.objects.bulk_create(Batch(budget_usd=Decimal(40), model="m") for _ in range(25))
     topics = list(Topic.objects.order_by("pk"))
     Newsletter.objects.bulk_create(Newsletter(batch=b, topic=t) for b, t in zip(batches, topics, strict=False))
     oldest = batches[0].pk
@@ -145,7 +145,7 @@ def test_the_draft_list_offers_the_newest_batches_and_the_one_chosen(admin_clien
 def test_the_draft_list_keeps_its_query_count_and_never_counts_the_whole_table(admin_client, categories, bounded):
     add_topics(categories, 200)
     topics = list(Topic.objects.order_by("pk"))
-    batch = Batch.objects.create(budget_usd=Decimal("40"), model="m")
+    batch = Batch.objects.create(budget_usd=Decimal(40), model="m")
     Newsletter.objects.bulk_create(Newsletter(batch=batch, topic=t, position=n) for n, t in enumerate(topics[:30]))
     admin_client.get(DRAFTS)
     few = queries_for(admin_client, DRAFTS)
