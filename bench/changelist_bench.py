@@ -142,8 +142,8 @@ def run(database_url: str) -> int:
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
             cursor.execute("ANALYZE")
-        print("  after ANALYZE (planner statistics present):")
-        for label, url, target in pages[:1]:
+        print("  after ANALYZE (planner statistics present, as autovacuum keeps them in production):")
+        for label, url, target in pages:
             ok = report(client, label, url, target=target) and ok
     return 0 if ok else 1
 

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin.widgets import RelatedFieldWidgetWrapper
 from django.db import models
 from django.db.models import Count
 from django.http import HttpResponseRedirect
@@ -14,7 +15,7 @@ from django.utils.html import format_html
 from django.utils.text import Truncator
 from rapidfuzz import fuzz, process
 
-from newsroom.admin_lists import DistinctValuesFilter, EstimatedCountPaginator
+from newsroom.admin_lists import DistinctValuesFilter, EstimatedCountPaginator, RenderedOncePerValue
 
 from .categorize import recategorize
 from .dedupe import NEAR_DUPLICATE_THRESHOLD, is_near_duplicate, normalize_title
@@ -209,6 +210,15 @@ class TopicAdmin(admin.ModelAdmin):
             if not hasattr(request, "_category_choices"):
                 request._category_choices = list(field.choices)
             field.choices = request._category_choices
+        return field
+
+    def formfield_for_dbfield(self, db_field, request, **kwargs):
+        field = super().formfield_for_dbfield(db_field, request, **kwargs)
+        if db_field.name == "category" and isinstance(getattr(field, "widget", None), RelatedFieldWidgetWrapper):
+            # The editable category column: one rendering per category for the whole page, not one per row.
+            field.widget = RenderedOncePerValue.wrapping(
+                field.widget, rendered=request.__dict__.setdefault("_category_widget_html", {})
+            )
         return field
 
     def save_model(self, request, obj: Topic, form, change):

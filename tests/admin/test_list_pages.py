@@ -6,12 +6,13 @@ import re
 from decimal import Decimal
 
 import pytest
+from django.contrib.admin.widgets import RelatedFieldWidgetWrapper
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from batches.models import Batch, CostLedgerEntry, Newsletter
-from newsroom.admin_lists import EstimatedCountPaginator
+from newsroom.admin_lists import EstimatedCountPaginator, RenderedOncePerValue
 from topics.models import Topic
 
 TOPICS = reverse("admin:topics_topic_changelist")
@@ -46,7 +47,7 @@ def queries_for(client, url: str) -> list[str]:
 
 def whole_table_counts(sql: list[str], table: str) -> list[str]:
     """COUNT queries over `table` that no LIMIT bounds."""
-    return [q for q in sql if re.search(r"COUNT\(", q, re.I) and f'"{table}"' in q and " LIMIT " not in q.upper()]
+    return [q for q in sql if re.search(r"COUNT\(", q, re.IGNORECASE) and f'"{table}"' in q and " LIMIT " not in q.upper()]
 
 
 @pytest.fixture
@@ -127,7 +128,7 @@ def test_the_ledger_list_filters_by_provider(admin_client):
 
 def test_the_draft_list_offers_the_newest_batches_and_the_one_chosen(admin_client, categories):
     add_topics(categories, 30)
-    batches = Batch.objects.bulk_create(Batch(budget_usd=Decimal("40"), model="m") for _ in range(25))
+    batches = Batch.objects.bulk_create(Batch(budget_usd=Decimal(40), model="m") for _ in range(25))
     topics = list(Topic.objects.order_by("pk"))
     Newsletter.objects.bulk_create(Newsletter(batch=b, topic=t) for b, t in zip(batches, topics, strict=False))
     oldest = batches[0].pk
@@ -144,7 +145,7 @@ def test_the_draft_list_offers_the_newest_batches_and_the_one_chosen(admin_clien
 def test_the_draft_list_keeps_its_query_count_and_never_counts_the_whole_table(admin_client, categories, bounded):
     add_topics(categories, 200)
     topics = list(Topic.objects.order_by("pk"))
-    batch = Batch.objects.create(budget_usd=Decimal("40"), model="m")
+    batch = Batch.objects.create(budget_usd=Decimal(40), model="m")
     Newsletter.objects.bulk_create(Newsletter(batch=batch, topic=t, position=n) for n, t in enumerate(topics[:30]))
     admin_client.get(DRAFTS)
     few = queries_for(admin_client, DRAFTS)
@@ -154,3 +155,36 @@ def test_the_draft_list_keeps_its_query_count_and_never_counts_the_whole_table(a
 
     assert len(many) == len(few)
     assert whole_table_counts(many, "batches_newsletter") == []
+
+
+def without_tokens(html: str) -> str:
+    return re.sub(r'name="csrfmiddlewaretoken" value="[^"]+"', "", html)
+
+
+def test_the_editable_category_column_renders_as_each_rows_own_select_would(admin_client, categories, monkeypatch):
+    add_topics(categories, 30)
+    shared = without_tokens(admin_client.get(TOPICS).content.decode())
+
+    monkeypatch.setattr(RenderedOncePerValue, "render", RelatedFieldWidgetWrapper.render)
+    one_by_one = without_tokens(admin_client.get(TOPICS).content.decode())
+
+    assert shared == one_by_one
+    assert shared.count('<select name="form-') == 30
+
+
+def test_a_category_changed_in_the_list_is_saved_and_locked(admin_client, categories):
+    add_topics(categories, 3)
+    topics = list(Topic.objects.order_by("-score", "-id"))
+    data = {"form-TOTAL_FORMS": "3", "form-INITIAL_FORMS": "3", "form-MIN_NUM_FORMS": "0",
+            "form-MAX_NUM_FORMS": "1000", "_save": "Save"}
+    for n, topic in enumerate(topics):
+        data[f"form-{n}-id"] = str(topic.pk)
+        data[f"form-{n}-category"] = str(topic.category_id)
+    data["form-1-category"] = str(categories["product_sourcing"].pk)
+
+    response = admin_client.post(TOPICS, data)
+
+    assert response.status_code == 302
+    changed = Topic.objects.get(pk=topics[1].pk)
+    assert (changed.category.slug, changed.category_locked) == ("product_sourcing", True)
+    assert not Topic.objects.get(pk=topics[0].pk).category_locked
