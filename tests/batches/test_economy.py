@@ -371,6 +371,7 @@ def test_batch_delivery_economy_makes_economy_the_default(api, topics_in_every_c
 
 
 @pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("migration_data")  # a transactional test starts from a flushed database: seed it again
 def test_economy_and_now_batches_racing_on_one_monthly_cap_never_cross_it(
     fake_anthropic, topics_in_every_category, make_topic, settings, migration_data
 ):
