@@ -6,25 +6,33 @@ then the batch's) by an UPDATE that applies only when the reservation fits, so r
 are serialised across every worker process and machine: on PostgreSQL by the row lock that UPDATE takes and
 holds to the end of the transaction, on SQLite by the IMMEDIATE transaction mode set in settings, which takes
 the database write lock at BEGIN.
+
+Settlements and releases only give money back, so they do not queue on those rows: each writes what it gives
+back to its process's LedgerTally slot of the budget (see the model), and a budget's totals are its row plus its
+few tallies. A reservation's commit is then the only one that waits on a budget's row.
 """
 from __future__ import annotations
 
 import datetime
 import functools
 import logging
+import os
 from dataclasses import dataclass
 from decimal import Decimal
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
-from django.db.models import F, Q, Sum
+from django.db.models import F, Q, Subquery, Sum
 from django.utils import timezone
 
-from .models import Batch, BudgetLock, CostLedgerEntry, MonthlySpend
+from .models import Batch, BudgetLock, CostLedgerEntry, LedgerTally, MonthlySpend
 from .pricing import Usage, to_money
 
 logger = logging.getLogger("newsroom.ledger")
 ZERO = Decimal("0")
+# Tally rows per budget: a settlement writes to the slot of its process, so two worker processes settling at
+# once rarely wait on each other, and a budget's totals stay a sum over at most this many rows.
+TALLY_SLOTS = 16
 
 
 class BudgetExhausted(Exception):
@@ -52,16 +60,47 @@ def month_key(moment: datetime.datetime | None = None) -> str:
     return f"{timezone.localtime(moment or timezone.now()):%Y-%m}"
 
 
+def batch_scope(batch_id: int) -> str:
+    return f"batch:{batch_id}"
+
+
+def month_scope(key: str) -> str:
+    return f"month:{key}"
+
+
+def tallied(scope: str) -> tuple[Decimal, Decimal]:
+    """What settlements and releases gave back to a budget: (total, reserved), both zero or negative."""
+    sums = LedgerTally.objects.filter(scope=scope).aggregate(total=Sum("total_usd"), reserved=Sum("reserved_usd"))
+    return to_money(sums["total"] or ZERO), to_money(sums["reserved"] or ZERO)
+
+
+def _row_plus_tallies(row: tuple[Decimal, Decimal] | None, scope: str) -> tuple[Decimal, Decimal]:
+    if row is None:
+        return ZERO, ZERO
+    total, reserved = tallied(scope)
+    return to_money(row[0] + total), to_money(row[1] + reserved)
+
+
+def batch_totals(batch_id: int) -> tuple[Decimal, Decimal]:
+    """The batch's ledger total (settled spend plus open reservations) and the open reservations in it."""
+    row = Batch.objects.filter(pk=batch_id).values_list("ledger_total_usd", "reserved_open_usd").first()
+    return _row_plus_tallies(row, batch_scope(batch_id))
+
+
+def month_totals(key: str) -> tuple[Decimal, Decimal]:
+    """The month's ledger total across all batches and discovery, and the open reservations in it."""
+    row = MonthlySpend.objects.filter(month=key).values_list("total_usd", "reserved_usd").first()
+    return _row_plus_tallies(row, month_scope(key))
+
+
 def month_spent(moment: datetime.datetime | None = None) -> Decimal:
-    """Spend this calendar month across all batches and discovery, open reservations included (one row read)."""
-    total = MonthlySpend.objects.filter(month=month_key(moment)).values_list("total_usd", flat=True).first()
-    return total if total is not None else ZERO
+    """Spend this calendar month across all batches and discovery, open reservations included."""
+    return month_totals(month_key(moment))[0]
 
 
 def batch_spent(batch_id: int) -> Decimal:
-    """The batch's ledger total, open reservations included (one row read)."""
-    total = Batch.objects.filter(pk=batch_id).values_list("ledger_total_usd", flat=True).first()
-    return total if total is not None else ZERO
+    """The batch's ledger total, open reservations included."""
+    return batch_totals(batch_id)[0]
 
 
 def newsletter_spent(newsletter_id: int) -> Decimal:
@@ -83,6 +122,13 @@ def _month_sums(key: str) -> dict[str, Decimal]:
     return {"total_usd": sums["total"] or ZERO, "reserved_usd": sums["reserved"] or ZERO}
 
 
+def _month_row_values(key: str) -> dict[str, Decimal]:
+    """What the month's row must hold for row + tallies to equal the month's entries."""
+    sums = _month_sums(key)
+    total, reserved = tallied(month_scope(key))
+    return {"total_usd": sums["total_usd"] - total, "reserved_usd": sums["reserved_usd"] - reserved}
+
+
 def _ensure_month(key: str) -> None:
     """Create the month's totals row (from the month's committed entries) outside any transaction that moves it,
     so that two workers creating it at once cost one of them an IntegrityError here rather than a reservation."""
@@ -90,7 +136,7 @@ def _ensure_month(key: str) -> None:
         return
     try:
         with transaction.atomic():
-            MonthlySpend.objects.create(month=key, **_month_sums(key))
+            MonthlySpend.objects.create(month=key, **_month_row_values(key))
     except IntegrityError:
         pass  # another worker created it meanwhile
 
@@ -98,7 +144,7 @@ def _ensure_month(key: str) -> None:
 def _recreate_month(key: str) -> MonthlySpend:
     """The row went missing (a flushed database): start it again from the entries as they stand now, this
     transaction's included, so nothing more is added to it afterwards."""
-    row, _ = MonthlySpend.objects.update_or_create(month=key, defaults=_month_sums(key))
+    row, _ = MonthlySpend.objects.update_or_create(month=key, defaults=_month_row_values(key))
     return row
 
 
@@ -108,7 +154,7 @@ class _MonthRowMissing(RuntimeError):
 
 @functools.cache
 def _totals_sql(vendor: str) -> dict[str, str]:
-    """The statements that move the running totals, built once per process.
+    """The statements that write ledger entries and move the running totals, built once per process.
 
     They are plain SQL, not QuerySet.update(), because every reservation, settlement and release runs them while
     it holds the budget rows' locks, and compiling the ORM's F() expressions took more CPU than the database
@@ -125,11 +171,35 @@ def _totals_sql(vendor: str) -> dict[str, str]:
                   f"{q('reserved_usd')} = {q('reserved_usd')} + {money} WHERE {q('month')} = %s")
     move_batch = (f"UPDATE {q(Batch._meta.db_table)} SET {q('ledger_total_usd')} = {q('ledger_total_usd')} + {money}, "
                   f"{q('reserved_open_usd')} = {q('reserved_open_usd')} + {money} WHERE {q('id')} = %s")
+    tally = q(LedgerTally._meta.db_table)
+    # What settlements gave back (zero or negative): read with the statement's snapshot, so a tally written since
+    # is missed and the total looks higher than it is, never lower.
+    given_back = f"COALESCE((SELECT SUM({q('total_usd')}) FROM {tally} WHERE {q('scope')} = %s), 0)"
+    entries = q(CostLedgerEntry._meta.db_table)
+    columns = ("idempotency_key", "created_at", "provider", "model", "description", "batch_id", "newsletter_id",
+               "status", "reserved_usd", "amount_usd", "input_tokens", "output_tokens", "cache_write_tokens",
+               "cache_read_tokens", "request_id", "note")
+    values = ", ".join(money if name.endswith("_usd") else "%s" for name in columns)
+    closes = ("status", "amount_usd", "settled_at", "input_tokens", "output_tokens", "cache_write_tokens",
+              "cache_read_tokens", "request_id", "note")
     return {
+        "create entry": (f"INSERT INTO {entries} ({', '.join(q(c) for c in columns)}) VALUES ({values}) "
+                         f"RETURNING {q('id')}"),
+        "lock entry": (f"SELECT {q('reserved_usd')}, {q('status')}, {q('batch_id')}, {q('created_at')} FROM {entries} "
+                       f"WHERE {q('id')} = %s" + (" FOR UPDATE" if vendor == "postgresql" else "")),
+        "close entry": (f"UPDATE {entries} SET "
+                        + ", ".join(f"{q(c)} = {money if c.endswith('_usd') else '%s'}" for c in closes)
+                        + f" WHERE {q('id')} = %s"),
         "month": move_month,
-        "month within cap": f"{move_month} AND ROUND({q('total_usd')} + {money}, 6) <= {money}",
+        "month within cap": f"{move_month} AND ROUND({q('total_usd')} + {given_back} + {money}, 6) <= {money}",
         "batch": move_batch,
-        "batch within budget": f"{move_batch} AND ROUND({q('ledger_total_usd')} + {money}, 6) <= {q('budget_usd')}",
+        "batch within budget": (f"{move_batch} AND ROUND({q('ledger_total_usd')} + {given_back} + {money}, 6) "
+                                f"<= {q('budget_usd')}"),
+        # Two slots (the month's, then the batch's, in that order everywhere) or one, moved in one statement.
+        "tally": (f"INSERT INTO {tally} ({q('scope')}, {q('slot')}, {q('total_usd')}, {q('reserved_usd')}) "
+                  f"VALUES (%s, %s, {money}, {money}){{more}} ON CONFLICT ({q('scope')}, {q('slot')}) DO UPDATE SET "
+                  f"{q('total_usd')} = {tally}.{q('total_usd')} + excluded.{q('total_usd')}, "
+                  f"{q('reserved_usd')} = {tally}.{q('reserved_usd')} + excluded.{q('reserved_usd')}"),
     }
 
 
@@ -140,12 +210,28 @@ def _move(statement: str, params: list) -> bool:
         return cursor.rowcount > 0
 
 
-def _add_to_totals(*, batch_id: int | None, key: str, total: Decimal, reserved: Decimal) -> None:
-    """Move the running totals of the entry's month and batch, in the caller's transaction (month, then batch)."""
-    if not _move("month", [total, reserved, key]):
+def _give_back(*, batch_id: int | None, key: str, total: Decimal, reserved: Decimal) -> None:
+    """Take a settled or released entry's change off its month's and batch's totals, in the caller's transaction,
+    on this process's tally slots: `total` and `reserved` are zero or negative, so no budget row is locked."""
+    if total > ZERO or reserved > ZERO:
+        raise ValueError("a tally only gives back; what is added goes on the budget's row")
+    slot = os.getpid() % TALLY_SLOTS
+    rows = [[month_scope(key), slot, total, reserved]]
+    if batch_id is not None:
+        rows.append([batch_scope(batch_id), slot, total, reserved])
+    statement = _totals_sql(connection.vendor)["tally"].replace(
+        "{more}", ", (%s, %s, CAST(%s AS NUMERIC), CAST(%s AS NUMERIC))" * (len(rows) - 1))
+    with connection.cursor() as cursor:
+        cursor.execute(statement, [value for row in rows for value in row])
+
+
+def _add_overrun(*, batch_id: int | None, key: str, amount: Decimal) -> None:
+    """What a call cost beyond its reservation, added to the budgets' rows (month, then batch) under their locks:
+    a tally only ever gives back, so a reservation reading it a moment late can never see too little."""
+    if not _move("month", [amount, ZERO, key]):
         _recreate_month(key)
     if batch_id is not None:
-        _move("batch", [total, reserved, batch_id])
+        _move("batch", [amount, ZERO, batch_id])
 
 
 def _take_from_month(*, key: str, amount: Decimal, cap: Decimal | None) -> None:
@@ -154,13 +240,14 @@ def _take_from_month(*, key: str, amount: Decimal, cap: Decimal | None) -> None:
         if not _move("month", [amount, amount, key]):
             raise _MonthRowMissing(key)
         return
-    if _move("month within cap", [amount, amount, key, amount, cap]):
+    if _move("month within cap", [amount, amount, key, month_scope(key), amount, cap]):
         return
     # Refused, or no row: look again with the row locked, so a refusal is exact (a settlement may have made room
     # since the statement above) and its message tells the truth.
-    spent = MonthlySpend.objects.select_for_update().filter(month=key).values_list("total_usd", flat=True).first()
-    if spent is None:
+    row = MonthlySpend.objects.select_for_update().filter(month=key).values_list("total_usd", flat=True).first()
+    if row is None:
         raise _MonthRowMissing(key)
+    spent = to_money(row + tallied(month_scope(key))[0])
     if spent + amount > cap:
         raise BudgetExhausted(
             f"Monthly cap reached: ${spent} spent or reserved of ${cap} this month "
@@ -172,10 +259,10 @@ def _take_from_month(*, key: str, amount: Decimal, cap: Decimal | None) -> None:
 
 def _take_from_batch(*, batch_id: int, amount: Decimal) -> None:
     """Add a reservation to the batch's totals in the caller's transaction, only if it stays within the budget."""
-    if _move("batch within budget", [amount, amount, batch_id, amount]):
+    if _move("batch within budget", [amount, amount, batch_id, batch_scope(batch_id), amount]):
         return
     batch = Batch.objects.select_for_update().only("budget_usd", "ledger_total_usd").get(pk=batch_id)
-    spent = batch.ledger_total_usd
+    spent = to_money(batch.ledger_total_usd + tallied(batch_scope(batch_id))[0])
     if spent + amount > batch.budget_usd:
         raise BudgetExhausted(
             f"Batch budget reached: ${spent} spent or reserved of ${batch.budget_usd} "
@@ -226,36 +313,37 @@ def reserve(
     now = timezone.now()
     key = month_key(now)
 
-    def attempt() -> CostLedgerEntry:
+    row = [idempotency_key, connection.ops.adapt_datetimefield_value(now), provider, model, description[:300],
+           batch_id, newsletter_id, CostLedgerEntry.Status.RESERVED, worst_case_usd, worst_case_usd, 0, 0, 0, 0, "", ""]
+
+    def attempt() -> int:
         with transaction.atomic():
             # The entry is written before any budget row is locked, so the locks are held for as short a time as
             # possible; if the budget refuses, the transaction takes the entry back with it.
-            entry = CostLedgerEntry.objects.create(
-                idempotency_key=idempotency_key, created_at=now, provider=provider, model=model,
-                description=description[:300], batch_id=batch_id, newsletter_id=newsletter_id,
-                status=CostLedgerEntry.Status.RESERVED, reserved_usd=worst_case_usd, amount_usd=worst_case_usd,
-            )
-            # Lock order is always month, then batch (here, in settle and in release), so two reservations can
-            # never wait on each other in a cycle.
+            with connection.cursor() as cursor:
+                cursor.execute(_totals_sql(connection.vendor)["create entry"], row)
+                entry_id = cursor.fetchone()[0]
+            # Lock order is always month, then batch (here and for an overrun), so two reservations can never
+            # wait on each other in a cycle.
             _take_from_month(key=key, amount=worst_case_usd, cap=cap)
             if batch_id is not None:
                 _take_from_batch(batch_id=batch_id, amount=worst_case_usd)
-        return entry
+        return entry_id
 
     try:
         try:
-            entry = attempt()
+            entry_id = attempt()
         except _MonthRowMissing:
             # The month's first reservation (or its row vanished): create the row outside the transaction, where
             # two workers creating it at once is harmless, and reserve again.
             _ensure_month(key)
-            entry = attempt()
+            entry_id = attempt()
     except IntegrityError:
         existing = CostLedgerEntry.objects.filter(idempotency_key=idempotency_key).first()
         if existing is None:
             raise
         return Reservation(entry_id=existing.pk, amount_usd=existing.amount_usd, created=False)
-    return Reservation(entry_id=entry.pk, amount_usd=worst_case_usd, created=True)
+    return Reservation(entry_id=entry_id, amount_usd=worst_case_usd, created=True)
 
 
 def settle(
@@ -269,9 +357,8 @@ def settle(
     """
     actual_usd = to_money(actual_usd)
     with transaction.atomic():
-        entry = (CostLedgerEntry.objects.select_for_update()
-                 .only("reserved_usd", "status", "batch_id", "created_at").get(pk=entry_id))
-        if entry.status != CostLedgerEntry.Status.RESERVED:
+        entry = _open_entry(entry_id)
+        if entry is None:
             return False
         note, usage = "", usage or Usage()
         if usage_missing:
@@ -281,22 +368,15 @@ def settle(
             note = CostLedgerEntry.Note.OVERRUN
             logger.error("ledger entry %s: actual cost %s exceeds its reservation %s", entry_id, actual_usd,
                          entry.reserved_usd)
-        CostLedgerEntry.objects.filter(pk=entry_id).update(
-            status=CostLedgerEntry.Status.SETTLED,
-            amount_usd=actual_usd,
-            settled_at=timezone.now(),
-            input_tokens=usage.input_tokens,
-            output_tokens=usage.output_tokens,
-            cache_write_tokens=usage.cache_write_tokens + usage.cache_write_1h_tokens,
-            cache_read_tokens=usage.cache_read_tokens,
-            request_id=request_id[:120],
-            note=note,
-        )
-        _add_to_totals(batch_id=entry.batch_id, key=month_key(entry.created_at),
-                       total=actual_usd - entry.reserved_usd, reserved=-entry.reserved_usd)
+        _close_entry(entry_id, status=CostLedgerEntry.Status.SETTLED, amount=actual_usd, usage=usage,
+                     request_id=request_id, note=note)
+        key, beyond = month_key(entry.created_at), actual_usd - entry.reserved_usd
+        _give_back(batch_id=entry.batch_id, key=key, total=min(beyond, ZERO), reserved=-entry.reserved_usd)
+        if beyond > ZERO:
+            _add_overrun(batch_id=entry.batch_id, key=key, amount=beyond)
         if note == CostLedgerEntry.Note.OVERRUN and entry.batch_id is not None:
             Batch.objects.filter(pk=entry.batch_id).update(
-                budget_stopped=True, overrun_usd=F("overrun_usd") + (actual_usd - entry.reserved_usd)
+                budget_stopped=True, overrun_usd=F("overrun_usd") + beyond
             )
     return True
 
@@ -304,16 +384,45 @@ def settle(
 def release(*, entry_id: int) -> bool:
     """Release a reservation whose call certainly cost nothing (it was refused before any work was done)."""
     with transaction.atomic():
-        entry = (CostLedgerEntry.objects.select_for_update()
-                 .only("reserved_usd", "status", "batch_id", "created_at").get(pk=entry_id))
-        if entry.status != CostLedgerEntry.Status.RESERVED:
+        entry = _open_entry(entry_id)
+        if entry is None:
             return False
-        CostLedgerEntry.objects.filter(pk=entry_id).update(
-            status=CostLedgerEntry.Status.RELEASED, amount_usd=ZERO, settled_at=timezone.now()
-        )
-        _add_to_totals(batch_id=entry.batch_id, key=month_key(entry.created_at),
-                       total=-entry.reserved_usd, reserved=-entry.reserved_usd)
+        _close_entry(entry_id, status=CostLedgerEntry.Status.RELEASED, amount=ZERO)
+        _give_back(batch_id=entry.batch_id, key=month_key(entry.created_at),
+                   total=-entry.reserved_usd, reserved=-entry.reserved_usd)
     return True
+
+
+@dataclass(frozen=True)
+class _OpenEntry:
+    reserved_usd: Decimal
+    batch_id: int | None
+    created_at: datetime.datetime
+
+
+def _open_entry(entry_id: int) -> _OpenEntry | None:
+    """Lock the entry for the caller's transaction; None when it is settled or released already."""
+    with connection.cursor() as cursor:
+        cursor.execute(_totals_sql(connection.vendor)["lock entry"], [entry_id])
+        row = cursor.fetchone()
+    if row is None:
+        raise CostLedgerEntry.DoesNotExist(f"no ledger entry {entry_id}")
+    reserved, status, batch_id, created_at = row
+    if status != CostLedgerEntry.Status.RESERVED:
+        return None
+    if not isinstance(created_at, datetime.datetime) or timezone.is_naive(created_at):  # as SQLite returns it
+        created_at = connection.ops.convert_datetimefield_value(created_at, None, connection)
+    return _OpenEntry(reserved_usd=to_money(Decimal(str(reserved))), batch_id=batch_id, created_at=created_at)
+
+
+def _close_entry(entry_id: int, *, status: str, amount: Decimal, usage: Usage | None = None, request_id: str = "",
+                 note: str = "") -> None:
+    usage = usage or Usage()
+    with connection.cursor() as cursor:
+        cursor.execute(_totals_sql(connection.vendor)["close entry"], [
+            status, amount, connection.ops.adapt_datetimefield_value(timezone.now()), usage.input_tokens,
+            usage.output_tokens, usage.cache_write_tokens + usage.cache_write_1h_tokens, usage.cache_read_tokens,
+            request_id[:120], note, entry_id])
 
 
 @dataclass(frozen=True)
@@ -326,14 +435,44 @@ class Drift:
     summed: Decimal
 
 
+def _tallies_by_scope() -> dict[str, tuple[Decimal, Decimal]]:
+    rows = LedgerTally.objects.values("scope").annotate(total=Sum("total_usd"), reserved=Sum("reserved_usd")).order_by()
+    return {row["scope"]: (to_money(row["total"] or ZERO), to_money(row["reserved"] or ZERO)) for row in rows}
+
+
+def _fix_batch(batch_id: int) -> None:
+    """Set the batch's row so that row + tallies equal its entries, under the lock reservations take. The entries
+    and the tallies are summed in one statement (one snapshot): a settlement changes both in one transaction, so
+    their difference is exact even while settlements go on."""
+    reserved = Q(status=CostLedgerEntry.Status.RESERVED)
+    with transaction.atomic():
+        Batch.objects.select_for_update().filter(pk=batch_id).first()
+        scope = LedgerTally.objects.filter(scope=batch_scope(batch_id))
+        row = Batch.objects.filter(pk=batch_id).annotate(
+            entries_total=Subquery(CostLedgerEntry.objects.filter(batch_id=batch_id).values("batch_id")
+                                   .annotate(t=Sum("amount_usd")).values("t")),
+            entries_open=Subquery(CostLedgerEntry.objects.filter(reserved, batch_id=batch_id).values("batch_id")
+                                  .annotate(t=Sum("amount_usd")).values("t")),
+            tally_total=Subquery(scope.values("scope").annotate(t=Sum("total_usd")).values("t")),
+            tally_open=Subquery(scope.values("scope").annotate(t=Sum("reserved_usd")).values("t")),
+        ).values("entries_total", "entries_open", "tally_total", "tally_open").get()
+        Batch.objects.filter(pk=batch_id).update(
+            ledger_total_usd=to_money((row["entries_total"] or ZERO) - (row["tally_total"] or ZERO)),
+            reserved_open_usd=to_money((row["entries_open"] or ZERO) - (row["tally_open"] or ZERO)),
+        )
+
+
 def reconcile(*, fix: bool = False) -> list[Drift]:
-    """Compare every running total (batches, months) with the sum of its ledger entries; with `fix`, correct them
-    under the same locks reservations take. An empty list means they all agree."""
+    """Compare every running total (batches, months: row plus tallies) with the sum of its ledger entries; with
+    `fix`, correct them under the same locks reservations take. An empty list means they all agree."""
     drifts: list[Drift] = []
     reserved = Q(status=CostLedgerEntry.Status.RESERVED)
+    tallies = _tallies_by_scope()
     sums = {row["batch_id"]: row for row in CostLedgerEntry.objects.filter(batch__isnull=False).values("batch_id")
             .annotate(total=Sum("amount_usd"), open=Sum("amount_usd", filter=reserved)).order_by()}
-    for batch_id, kept_total, kept_open in Batch.objects.values_list("pk", "ledger_total_usd", "reserved_open_usd"):
+    for batch_id, row_total, row_open in Batch.objects.values_list("pk", "ledger_total_usd", "reserved_open_usd"):
+        given_total, given_open = tallies.get(batch_scope(batch_id), (ZERO, ZERO))
+        kept_total, kept_open = to_money(row_total + given_total), to_money(row_open + given_open)
         row = sums.get(batch_id, {})
         summed_total, summed_open = to_money(row.get("total") or ZERO), to_money(row.get("open") or ZERO)
         for field, kept, summed in (("ledger_total_usd", kept_total, summed_total),
@@ -341,12 +480,7 @@ def reconcile(*, fix: bool = False) -> list[Drift]:
             if kept != summed:
                 drifts.append(Drift(scope=f"batch #{batch_id}", field=field, kept=kept, summed=summed))
         if fix and (kept_total != summed_total or kept_open != summed_open):
-            with transaction.atomic():
-                Batch.objects.select_for_update().filter(pk=batch_id).first()
-                again = CostLedgerEntry.objects.filter(batch_id=batch_id).aggregate(
-                    total=Sum("amount_usd"), open=Sum("amount_usd", filter=reserved))
-                Batch.objects.filter(pk=batch_id).update(ledger_total_usd=again["total"] or ZERO,
-                                                         reserved_open_usd=again["open"] or ZERO)
+            _fix_batch(batch_id)
     months: dict[str, dict[str, Decimal]] = {}
     for created_at, amount, status in CostLedgerEntry.objects.values_list("created_at", "amount_usd", "status").iterator():
         month = months.setdefault(month_key(created_at), {"total": ZERO, "open": ZERO})
@@ -357,10 +491,11 @@ def reconcile(*, fix: bool = False) -> list[Drift]:
     for key in sorted(set(months) | set(kept_months)):
         summed = months.get(key, {"total": ZERO, "open": ZERO})
         row = kept_months.get(key)
-        kept_total, kept_open = (row.total_usd, row.reserved_usd) if row else (ZERO, ZERO)
+        given_total, given_open = tallies.get(month_scope(key), (ZERO, ZERO))
+        kept_total, kept_open = (row.total_usd + given_total, row.reserved_usd + given_open) if row else (ZERO, ZERO)
         for field, kept, total in (("total_usd", kept_total, summed["total"]), ("reserved_usd", kept_open, summed["open"])):
             if to_money(kept) != to_money(total):
-                drifts.append(Drift(scope=f"month {key}", field=field, kept=kept, summed=to_money(total)))
+                drifts.append(Drift(scope=f"month {key}", field=field, kept=to_money(kept), summed=to_money(total)))
         if fix and (to_money(kept_total) != to_money(summed["total"]) or to_money(kept_open) != to_money(summed["open"])):
             with transaction.atomic():
                 MonthlySpend.objects.select_for_update().filter(month=key).first()

@@ -78,7 +78,9 @@ class Batch(models.Model):
         default=False, help_text="Set when the budget refused a call: items not yet started are skipped."
     )
     # Running totals of this batch's ledger entries, kept in the same transaction as each entry so a reservation
-    # reads this one (locked) row instead of summing the ledger. `manage.py reconcile_ledger` checks them.
+    # reads this one (locked) row instead of summing the ledger; what settlements gave back is in LedgerTally
+    # (the totals are these plus the batch's tallies: batches.ledger.batch_totals). `manage.py reconcile_ledger`
+    # checks them.
     ledger_total_usd = models.DecimalField(
         default=Decimal("0"), **MONEY, help_text="Sum of the batch's ledger entries: settled spend plus open reservations."
     )
@@ -210,6 +212,34 @@ class MonthlySpend(models.Model):
 
     def __str__(self) -> str:
         return f"{self.month}: {self.total_usd} USD"
+
+
+class LedgerTally(models.Model):
+    """What settlements and releases took off a budget's running totals, spread over a few rows per budget.
+
+    A reservation must lock its budget's row (the batch's, the month's) to check and take from it; a settlement
+    or a release only ever gives back (what a call cost beyond its reservation is added to the locked row
+    instead), so it writes here, on the slot of its worker process, and never waits on the rows reservations
+    queue on. A budget's totals are its row plus its tallies: a few rows whatever the size of the ledger. A
+    reservation that reads a tally a moment old sees a total higher than the true one, never lower, so the
+    budget can refuse a call a moment early, never let one through that crosses it.
+    """
+
+    scope = models.CharField(max_length=24, help_text="batch:<id> or month:<YYYY-MM>.")
+    slot = models.PositiveSmallIntegerField()
+    total_usd = models.DecimalField(default=Decimal("0"), **MONEY)
+    reserved_usd = models.DecimalField(default=Decimal("0"), **MONEY)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["scope", "slot"], name="ledger_tally_slot"),
+            # The budgets' safety rests on this: a tally read a moment late can only overstate what was spent.
+            models.CheckConstraint(condition=Q(total_usd__lte=0) & Q(reserved_usd__lte=0),
+                                   name="ledger_tally_only_gives_back"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.scope} #{self.slot}: {self.total_usd} USD"
 
 
 class BudgetLock(models.Model):

@@ -454,7 +454,7 @@ def profile(vendor: str, calls: int = 400) -> None:
         wall, cpu = (time.perf_counter() - wall) * 1000 / calls, (time.process_time() - cpu) * 1000 / calls
         print(f"profile of {calls} reserve + settle calls on {vendor}, under cProfile: {wall:.2f} ms a call, "
               f"{cpu:.2f} ms of it CPU in this process; {machine_load()}")
-        pstats.Stats(profiler, stream=sys.stdout).sort_stats("cumulative").print_stats(25)
+        pstats.Stats(profiler, stream=sys.stdout).sort_stats(os.environ.get("BENCH_PROFILE_SORT", "cumulative")).print_stats(25)
 
 
 def main() -> int:

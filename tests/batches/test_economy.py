@@ -103,7 +103,7 @@ def test_an_ended_batch_is_collected_and_each_line_settled_once_at_the_batch_pri
                       cache_read_tokens=entry.cache_read_tokens, cache_write_1h_tokens=entry.cache_write_tokens)
         assert entry.amount_usd == cost_of(usage=usage, price=price, batch_api=True)
         assert entry.amount_usd < entry.reserved_usd
-    assert batch.ledger_total_usd == sum(e.amount_usd for e in CostLedgerEntry.objects.filter(batch=batch))
+    assert ledger.batch_spent(batch.pk) == sum(e.amount_usd for e in CostLedgerEntry.objects.filter(batch=batch))
     assert ledger.reconcile() == []
 
 
@@ -199,7 +199,7 @@ def test_a_create_refused_outright_releases_every_reservation_and_fails_the_item
 
     assert batch.status == Batch.Status.FAILED
     assert set(CostLedgerEntry.objects.filter(batch=batch).values_list("status", flat=True)) == {"released"}
-    assert batch.ledger_total_usd == 0
+    assert ledger.batch_spent(batch.pk) == 0
     assert set(batch.newsletters.values_list("status", flat=True)) == {Newsletter.Status.FAILED}
 
 
@@ -219,7 +219,7 @@ def test_a_budget_that_fits_only_some_requests_submits_only_those(api, topics_in
     assert not sent_ids & {economy.custom_id_for(n.pk) for n in skipped}
     batch = poll_to_the_end(batch)
     assert batch.status == Batch.Status.BUDGET_EXHAUSTED
-    assert batch.ledger_total_usd <= batch.budget_usd
+    assert ledger.batch_spent(batch.pk) <= batch.budget_usd
 
 
 def test_cancel_settles_requests_already_answered_and_releases_the_rest(api, topics_in_every_category):
