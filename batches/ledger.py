@@ -249,11 +249,7 @@ def _take_from_month(*, key: str, amount: Decimal, cap: Decimal | None) -> None:
         raise _MonthRowMissing(key)
     spent = to_money(row + tallied(month_scope(key))[0])
     if spent + amount > cap:
-        raise BudgetExhausted(
-            f"Monthly cap reached: ${spent} spent or reserved of ${cap} this month "
-            f"(${max(cap - spent, ZERO)} left); the next call could cost up to ${amount}.",
-            scope="month",
-        )
+        raise _refusal(scope="month", spent=spent, limit=cap, amount=amount)
     _move("month", [amount, amount, key])
 
 
@@ -264,12 +260,17 @@ def _take_from_batch(*, batch_id: int, amount: Decimal) -> None:
     batch = Batch.objects.select_for_update().only("budget_usd", "ledger_total_usd").get(pk=batch_id)
     spent = to_money(batch.ledger_total_usd + tallied(batch_scope(batch_id))[0])
     if spent + amount > batch.budget_usd:
-        raise BudgetExhausted(
-            f"Batch budget reached: ${spent} spent or reserved of ${batch.budget_usd} "
-            f"(${max(batch.budget_usd - spent, ZERO)} left); the next call could cost up to ${amount}.",
-            scope="batch",
-        )
+        raise _refusal(scope="batch", spent=spent, limit=batch.budget_usd, amount=amount)
     _move("batch", [amount, amount, batch_id])
+
+
+def _refusal(*, scope: str, spent: Decimal, limit: Decimal, amount: Decimal) -> BudgetExhausted:
+    spent, limit, left = to_money(spent), to_money(limit), to_money(max(limit - spent, ZERO))
+    if scope == "month":
+        return BudgetExhausted(f"Monthly cap reached: ${spent} spent or reserved of ${limit} this month (${left} left); "
+                               f"the next call could cost up to ${amount}.", scope="month")
+    return BudgetExhausted(f"Batch budget reached: ${spent} spent or reserved of ${limit} (${left} left); the next "
+                           f"call could cost up to ${amount}.", scope="batch")
 
 
 def lock(key: str) -> None:
@@ -317,6 +318,10 @@ def reserve(
            batch_id, newsletter_id, CostLedgerEntry.Status.RESERVED, worst_case_usd, worst_case_usd, 0, 0, 0, 0, "", ""]
 
     def attempt() -> int:
+        if connection.vendor == "postgresql":
+            return _reserve_in_postgresql(key=idempotency_key, now=now, provider=provider, model=model,
+                                          description=description[:300], batch_id=batch_id,
+                                          newsletter_id=newsletter_id, amount=worst_case_usd, month=key, cap=cap)
         with transaction.atomic():
             # The entry is written before any budget row is locked, so the locks are held for as short a time as
             # possible; if the budget refuses, the transaction takes the entry back with it.
@@ -355,19 +360,24 @@ def settle(
     have cost) and marked, never at $0. A cost above the reservation is recorded as it was (the money was spent)
     and marked as an overrun; it stops further calls in the batch and shows on the batch page.
     """
-    actual_usd = to_money(actual_usd)
+    actual_usd, usage = to_money(actual_usd), usage or Usage()
+    if connection.vendor == "postgresql":
+        closed, reserved, amount, note = _close_in_postgresql(
+            entry_id, status=CostLedgerEntry.Status.SETTLED, actual=actual_usd, usage=usage, request_id=request_id,
+            usage_missing=usage_missing)
+        if closed:
+            _log_settlement(entry_id, note=note, reserved=reserved, amount=amount)
+        return closed
     with transaction.atomic():
         entry = _open_entry(entry_id)
         if entry is None:
             return False
-        note, usage = "", usage or Usage()
+        note = ""
         if usage_missing:
             actual_usd, note = entry.reserved_usd, CostLedgerEntry.Note.USAGE_MISSING
-            logger.warning("ledger entry %s: the answer carried no usage; settled at its reservation", entry_id)
         elif actual_usd > entry.reserved_usd:
             note = CostLedgerEntry.Note.OVERRUN
-            logger.error("ledger entry %s: actual cost %s exceeds its reservation %s", entry_id, actual_usd,
-                         entry.reserved_usd)
+        _log_settlement(entry_id, note=note, reserved=entry.reserved_usd, amount=actual_usd)
         _close_entry(entry_id, status=CostLedgerEntry.Status.SETTLED, amount=actual_usd, usage=usage,
                      request_id=request_id, note=note)
         key, beyond = month_key(entry.created_at), actual_usd - entry.reserved_usd
@@ -383,6 +393,8 @@ def settle(
 
 def release(*, entry_id: int) -> bool:
     """Release a reservation whose call certainly cost nothing (it was refused before any work was done)."""
+    if connection.vendor == "postgresql":
+        return _close_in_postgresql(entry_id, status=CostLedgerEntry.Status.RELEASED, actual=ZERO, usage=Usage())[0]
     with transaction.atomic():
         entry = _open_entry(entry_id)
         if entry is None:
@@ -391,6 +403,52 @@ def release(*, entry_id: int) -> bool:
         _give_back(batch_id=entry.batch_id, key=month_key(entry.created_at),
                    total=-entry.reserved_usd, reserved=-entry.reserved_usd)
     return True
+
+
+def _reserve_in_postgresql(*, key: str, now: datetime.datetime, provider: str, model: str, description: str,
+                           batch_id: int | None, newsletter_id: int | None, amount: Decimal, month: str,
+                           cap: Decimal | None) -> int:
+    """The reservation as one statement (batches migration 0013 holds the function: the same rules as the SQLite
+    path above, with one round trip and the budget rows locked only while it runs). Alone it is its own
+    transaction; inside the caller's, a savepoint keeps a refused or repeated key from breaking it."""
+    def call() -> tuple:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT * FROM newsroom_ledger_reserve(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                           [key, now, provider, model, description, batch_id, newsletter_id, amount, month, cap])
+            return cursor.fetchone()
+
+    if connection.in_atomic_block:
+        with transaction.atomic():
+            entry_id, refused, spent, limit = call()
+    else:
+        entry_id, refused, spent, limit = call()
+    if refused == "month row missing":
+        raise _MonthRowMissing(month)
+    if refused:
+        raise _refusal(scope=refused, spent=spent, limit=limit, amount=amount)
+    return entry_id
+
+
+def _close_in_postgresql(entry_id: int, *, status: str, actual: Decimal, usage: Usage, request_id: str = "",
+                         usage_missing: bool = False) -> tuple[bool, Decimal, Decimal, str]:
+    """Settle or release as one statement (the function in batches migration 0013): (closed, reserved, amount,
+    note); closed is False when the entry was settled or released already."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT * FROM newsroom_ledger_close(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)", [
+            entry_id, status, actual, usage_missing, usage.input_tokens, usage.output_tokens,
+            usage.cache_write_tokens + usage.cache_write_1h_tokens, usage.cache_read_tokens, request_id[:120],
+            timezone.now(), os.getpid() % TALLY_SLOTS, timezone.get_current_timezone_name()])
+        closed, reserved, amount, note, month, month_missing = cursor.fetchone()
+    if month_missing:
+        _recreate_month(month)  # an overrun in a month whose row went missing: start it again from the entries
+    return closed, reserved, amount, note
+
+
+def _log_settlement(entry_id: int, *, note: str, reserved: Decimal, amount: Decimal) -> None:
+    if note == CostLedgerEntry.Note.USAGE_MISSING:
+        logger.warning("ledger entry %s: the answer carried no usage; settled at its reservation", entry_id)
+    elif note == CostLedgerEntry.Note.OVERRUN:
+        logger.error("ledger entry %s: actual cost %s exceeds its reservation %s", entry_id, amount, reserved)
 
 
 @dataclass(frozen=True)

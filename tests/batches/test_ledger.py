@@ -446,3 +446,25 @@ def test_a_settlement_does_not_wait_for_a_reservation_holding_the_batch_row():
         holder.join(timeout=30)
     assert ledger.batch_totals(batch.pk) == (Decimal("0.1"), Decimal("0"))
     assert ledger.reconcile() == []
+
+
+@pytest.mark.django_db
+def test_on_postgresql_a_reservation_and_a_settlement_are_one_statement_each():
+    """One round trip each, so the budget rows are held only while the function runs (batches migration 0013)."""
+    from django.test.utils import CaptureQueriesContext
+
+    if connection.vendor != "postgresql":
+        pytest.skip("the functions are PostgreSQL's; SQLite runs the same rules statement by statement")
+    batch = make_batch("10")
+    reserve(batch, "0.1")  # the month's row exists from here on
+
+    with CaptureQueriesContext(connection) as reserving:
+        entry = reserve(batch, "0.5")
+    with CaptureQueriesContext(connection) as settling:
+        ledger.settle(entry_id=entry.entry_id, actual_usd=Decimal("0.2"))
+
+    statements = [q["sql"].split("(")[0] for q in reserving.captured_queries + settling.captured_queries
+                  if "SAVEPOINT" not in q["sql"]]  # the test's own transaction makes the reservation take one
+    assert statements == ["SELECT * FROM newsroom_ledger_reserve", "SELECT * FROM newsroom_ledger_close"]
+    assert ledger.batch_totals(batch.pk) == (Decimal("0.3"), Decimal("0.1"))
+    assert ledger.reconcile() == []
