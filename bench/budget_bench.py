@@ -26,7 +26,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from bench.common import ROOT, percentile, setup_django
 from bench.fresh import connected_to, fresh_database, machine_load, postgres_reachable, spread, verdict
@@ -49,24 +49,6 @@ CAP_COST_TARGET = 0.20
 FLAT_TARGET = 1.20  # "flat": the figure at 100,000 entries within 20% of the empty ledger's
 
 Op = Callable[[], bool]  # one unit of work; False means "refused, stop"
-
-
-def bench_database_url() -> str | None:
-    """For the other benchmarks: BENCH_DATABASE_URL; else, when DATABASE_URL is PostgreSQL, a dedicated
-    `newsroom_bench` database on that server (created if missing); else None (SQLite)."""
-    if os.environ.get("BENCH_DATABASE_URL"):
-        return os.environ["BENCH_DATABASE_URL"]
-    url = os.environ.get("DATABASE_URL", "")
-    if not url.startswith(("postgres://", "postgresql://", "pgsql://")):
-        return None
-    import psycopg
-
-    parts = urlsplit(url)
-    admin = urlunsplit(("postgresql", parts.netloc, "/postgres", parts.query, ""))
-    with psycopg.connect(admin, autocommit=True) as conn:
-        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", ["newsroom_bench"]).fetchone():
-            conn.execute('CREATE DATABASE "newsroom_bench"')
-    return urlunsplit((parts.scheme, parts.netloc, "/newsroom_bench", parts.query, ""))
 
 
 # --- the floor: the least a serialised budget update can cost on this database -------------------------------

@@ -5,10 +5,8 @@ import math
 import os
 import statistics
 import sys
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -37,42 +35,7 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
-# --- fresh databases and fast filling (issue 12: every figure from a database the benchmark made itself) ---------
-
-POSTGRES_ADMIN_URL = os.environ.get("BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-
-
-def temporary_sqlite_url(directory: str, name: str) -> str:
-    """A SQLite database in `directory` (a temporary directory the benchmark removes afterwards)."""
-    return f"sqlite:///{Path(directory) / name}.sqlite3"
-
-
-def postgres_reachable() -> bool:
-    try:
-        import psycopg
-
-        with psycopg.connect(POSTGRES_ADMIN_URL, connect_timeout=3):
-            return True
-    except Exception:  # noqa: BLE001 - any failure means: no PostgreSQL for this run
-        return False
-
-
-@contextmanager
-def fresh_postgres_database(prefix: str) -> Iterator[str]:
-    """A new, empty PostgreSQL database (`prefix` plus this process id) on BENCH_POSTGRES_URL's server, dropped on
-    the way out; yields its URL."""
-    import psycopg
-
-    name = f"{prefix}_{os.getpid()}"
-    parts = urlsplit(POSTGRES_ADMIN_URL)
-    with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, ""))
-    finally:
-        with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+# --- fast filling (issue 12: every figure from a database the benchmark made itself, see bench.fresh) ------------
 
 
 def _column_defaults(model, given: Iterable[str]) -> tuple[list[str], list]:
@@ -167,19 +130,19 @@ def n_log_n_slope(smallest: float, largest: float) -> float:
 
 
 def run_on_fresh_databases(module: str, *, sqlite_flag: str = "--database", postgres_flag: str = "--database") -> int:
-    """Run `python -m module FLAG URL` on a temporary SQLite file, then on a fresh PostgreSQL database (created and
-    dropped) when BENCH_POSTGRES_URL's server answers; 1 when either run failed."""
+    """Run `python -m module FLAG URL` on a fresh SQLite database, then on a fresh PostgreSQL one when
+    BENCH_POSTGRES_URL's server answers (both made and removed by bench.fresh); 1 when either run failed."""
     import subprocess
-    import tempfile
 
-    failures = 0
-    with tempfile.TemporaryDirectory(prefix="newsroom-bench-") as directory:
-        url = temporary_sqlite_url(directory, module.rsplit(".", 1)[-1])
+    from bench.fresh import fresh_database, postgres_reachable
+
+    name, failures = module.rsplit(".", 1)[-1], 0
+    with fresh_database(vendor="sqlite", purpose=name) as url:
         failures += subprocess.run([sys.executable, "-m", module, sqlite_flag, url], cwd=ROOT, check=False).returncode
-    if postgres_reachable():
-        with fresh_postgres_database(f"newsroom_{module.rsplit('.', 1)[-1]}") as url:
+    if (why := postgres_reachable()) is None:
+        with fresh_database(vendor="postgresql", purpose=name) as url:
             failures += subprocess.run([sys.executable, "-m", module, postgres_flag, url], cwd=ROOT,
                                        check=False).returncode
     else:
-        print(f"{module}: no PostgreSQL at BENCH_POSTGRES_URL; measured on SQLite only")
+        print(f"{module}: no PostgreSQL at BENCH_POSTGRES_URL ({why}); measured on SQLite only")
     return 1 if failures else 0

@@ -10,8 +10,8 @@ import time
 from decimal import Decimal
 from pathlib import Path
 
-from bench.budget_bench import bench_database_url
 from bench.common import setup_django
+from bench.fresh import fresh_database, preferred_vendor
 from bench.parallel_bench import fresh_topics
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,16 +30,19 @@ def per_newsletter(batch) -> Decimal:
 
 def cost_now_and_economy(fake) -> tuple[Decimal, Decimal, str]:
     from batches import economy, running
-    from batches.models import Batch, Newsletter
     from batches.claude_standin_batches import batches_of
+    from batches.models import Batch, Newsletter
+    from topics.models import Topic
 
     topic_ids = fresh_topics(SIZE)
     now_batch = running.run_inline(batch=running.create_batch(size=SIZE, budget_usd=Decimal("40"),
                                                               topic_ids=topic_ids))
     assert now_batch.status == "done", now_batch.status_reason
     now_cost = per_newsletter(now_batch)
-    # The same topics once more: free them (a failed item frees its topic) and start from a cold prompt cache.
+    # The same topics once more: as if never drafted (the first batch's items failed, its topics unused), and
+    # from a cold prompt cache.
     Newsletter.objects.filter(batch=now_batch).update(status=Newsletter.Status.FAILED)
+    Topic.objects.filter(pk__in=topic_ids).update(usage=Topic.Usage.UNUSED, used_at=None, drafted_at=None)
     fake.clear_cache()
     batches_of(fake).processing_seconds = 0
     batch = economy.submit(batch_id=running.create_batch(size=SIZE, budget_usd=Decimal("40"), topic_ids=topic_ids,
@@ -59,8 +62,8 @@ def polling_cost(fake) -> dict[str, float]:
     from django.utils import timezone
 
     from batches import economy, running
-    from batches.models import Batch
     from batches.claude_standin_batches import batches_of
+    from batches.models import Batch
 
     api = batches_of(fake)
     api.processing_seconds = 10**6
@@ -94,12 +97,17 @@ def polling_cost(fake) -> dict[str, float]:
 
 def main() -> None:
     sys.path.insert(0, str(ROOT))
-    from batches.claude_standin import FakeAnthropicServer
-
     os.environ.setdefault("DJANGO_DEBUG", "1")
-    setup_django(database_url=bench_database_url())
+    with fresh_database(vendor=preferred_vendor(), purpose="economy") as url:
+        setup_django(database_url=url)
+        measure()
+
+
+def measure() -> None:
     from django.conf import settings
     from django.test import override_settings
+
+    from batches.claude_standin import FakeAnthropicServer
 
     vendor = settings.DATABASES["default"]["ENGINE"].rsplit(".", 1)[-1]
     with FakeAnthropicServer() as fake, override_settings(ANTHROPIC_BASE_URL=fake.base_url,
@@ -109,7 +117,7 @@ def main() -> None:
         polling = polling_cost(fake)
         elapsed = time.perf_counter() - started
     ratio = economy_cost / now_cost
-    print(f"economy bench on {vendor}: a batch of {SIZE} with {model} ({elapsed:.1f} s)")
+    print(f"economy bench on {vendor} (a fresh database): a batch of {SIZE} with {model} ({elapsed:.1f} s)")
     print(f"  cost per newsletter: now ${now_cost}, economy ${economy_cost} = {ratio:.1%} of now "
           f"(target <= {TARGET:.0%}: {'met' if ratio <= TARGET else 'MISSED'})")
     print(f"  waiting {WAIT_MINUTES} min for a Message Batch (beat every minute, backoff "

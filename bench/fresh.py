@@ -30,6 +30,11 @@ def postgres_reachable() -> str | None:
         return f"{exc.__class__.__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
 
 
+def preferred_vendor() -> str:
+    """PostgreSQL (production's database) when BENCH_POSTGRES_URL's server answers, else SQLite."""
+    return "postgresql" if postgres_reachable() is None else "sqlite"
+
+
 @contextmanager
 def fresh_database(*, vendor: str, purpose: str, copy_of: str | None = None) -> Iterator[str]:
     """A new database for `purpose` ("postgresql" or "sqlite"), empty or a copy of the database at `copy_of`

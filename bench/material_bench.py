@@ -15,10 +15,10 @@ import uuid
 from decimal import Decimal
 from pathlib import Path
 
-from bench.budget_bench import bench_database_url
 from bench.caching_bench import describe
 from bench.common import setup_django
 from bench.demo_pages import PageServer
+from bench.fresh import fresh_database, preferred_vendor
 from bench.parallel_bench import REDIS_URL, TITLES, start_worker, stop_worker
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -154,20 +154,25 @@ def main() -> int:
     import redis
 
     sys.path.insert(0, str(ROOT))
-    from batches.claude_standin import FakeAnthropicServer
-
     try:
         redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).flushdb()
     except redis.RedisError as exc:
         print(f"material bench needs Redis at {REDIS_URL} (BENCH_REDIS_URL): {exc}")
         return 1
+    with fresh_database(vendor=preferred_vendor(), purpose="material") as url:
+        return measure(url)
+
+
+def measure(url: str) -> int:
+    from batches.claude_standin import FakeAnthropicServer
+
     # Claude answers in seconds: the drafting after a topic's gathering waits on it instead of taking the CPU
     # that the other slots' gathering needs (as with the real API).
     with FakeAnthropicServer(latency=2.0) as fake, PageServer(latency=PAGE_SECONDS) as slow_pages:
         os.environ.update(CELERY_BROKER_URL=REDIS_URL, ANTHROPIC_BASE_URL=fake.base_url,
                           ANTHROPIC_API_KEY="bench-key-not-a-secret", SOURCE_FETCH_ALLOW_PRIVATE="1",
                           DJANGO_DEBUG=os.environ.get("DJANGO_DEBUG", "1"))
-        setup_django(database_url=bench_database_url())
+        setup_django(database_url=url)
         from django.conf import settings
 
         vendor = settings.DATABASES["default"]["ENGINE"].rsplit(".", 1)[-1]
