@@ -32,7 +32,7 @@ from bench.common import ROOT, percentile, setup_django
 from bench.fresh import connected_to, fresh_database, machine_load, postgres_reachable, spread, verdict
 
 WORKER_COUNTS = {"postgresql": (1, 2, 4, 8, 16, 32), "sqlite": (1, 4)}
-REPEATS = 3
+REPEATS = 5
 TRIAL_SECONDS = 1.0
 LATENCY_ROUNDS = 8
 LATENCY_CALLS = 20
