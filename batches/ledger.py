@@ -22,7 +22,7 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
-from django.db.models import F, Q, Subquery, Sum
+from django.db.models import F, Q, Sum
 from django.utils import timezone
 
 from .models import Batch, BudgetLock, CostLedgerEntry, LedgerTally, MonthlySpend
@@ -498,26 +498,44 @@ def _tallies_by_scope() -> dict[str, tuple[Decimal, Decimal]]:
     return {row["scope"]: (to_money(row["total"] or ZERO), to_money(row["reserved"] or ZERO)) for row in rows}
 
 
-def _fix_batch(batch_id: int) -> None:
-    """Set the batch's row so that row + tallies equal its entries, under the lock reservations take. The entries
-    and the tallies are summed in one statement (one snapshot): a settlement changes both in one transaction, so
+def _entries_less_tallies(*, where: str, params: list, scope: str) -> tuple[Decimal, Decimal]:
+    """What a budget's row must hold for row + tallies to equal its entries: (total, open reservations). The entries
+    and the tallies are summed in one statement, one snapshot: a settlement changes both in one transaction, so
     their difference is exact even while settlements go on."""
-    reserved = Q(status=CostLedgerEntry.Status.RESERVED)
+    q = connection.ops.quote_name
+    entries, tally = q(CostLedgerEntry._meta.db_table), q(LedgerTally._meta.db_table)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT (SELECT SUM({q('amount_usd')}) FROM {entries} WHERE {where}), "
+            f"(SELECT SUM({q('amount_usd')}) FROM {entries} WHERE {where} AND {q('status')} = %s), "
+            f"(SELECT SUM({q('total_usd')}) FROM {tally} WHERE {q('scope')} = %s), "
+            f"(SELECT SUM({q('reserved_usd')}) FROM {tally} WHERE {q('scope')} = %s)",
+            [*params, *params, CostLedgerEntry.Status.RESERVED, scope, scope])
+        total, open_, given_total, given_open = (Decimal(str(v or 0)) for v in cursor.fetchone())
+    return to_money(total - given_total), to_money(open_ - given_open)
+
+
+def _fix_batch(batch_id: int) -> None:
+    """Set the batch's row so that row + tallies equal its entries, under the lock reservations take."""
     with transaction.atomic():
         Batch.objects.select_for_update().filter(pk=batch_id).first()
-        scope = LedgerTally.objects.filter(scope=batch_scope(batch_id))
-        row = Batch.objects.filter(pk=batch_id).annotate(
-            entries_total=Subquery(CostLedgerEntry.objects.filter(batch_id=batch_id).values("batch_id")
-                                   .annotate(t=Sum("amount_usd")).values("t")),
-            entries_open=Subquery(CostLedgerEntry.objects.filter(reserved, batch_id=batch_id).values("batch_id")
-                                  .annotate(t=Sum("amount_usd")).values("t")),
-            tally_total=Subquery(scope.values("scope").annotate(t=Sum("total_usd")).values("t")),
-            tally_open=Subquery(scope.values("scope").annotate(t=Sum("reserved_usd")).values("t")),
-        ).values("entries_total", "entries_open", "tally_total", "tally_open").get()
-        Batch.objects.filter(pk=batch_id).update(
-            ledger_total_usd=to_money((row["entries_total"] or ZERO) - (row["tally_total"] or ZERO)),
-            reserved_open_usd=to_money((row["entries_open"] or ZERO) - (row["tally_open"] or ZERO)),
-        )
+        total, open_ = _entries_less_tallies(where=f"{connection.ops.quote_name('batch_id')} = %s", params=[batch_id],
+                                             scope=batch_scope(batch_id))
+        Batch.objects.filter(pk=batch_id).update(ledger_total_usd=total, reserved_open_usd=open_)
+
+
+def _fix_month(key: str) -> None:
+    """The same for a month's row (created if it went missing)."""
+    _ensure_month(key)
+    start = timezone.make_aware(datetime.datetime.strptime(key, "%Y-%m"))
+    end = (start + datetime.timedelta(days=32)).replace(day=1)
+    created = connection.ops.quote_name("created_at")
+    with transaction.atomic():
+        MonthlySpend.objects.select_for_update().filter(month=key).first()
+        total, open_ = _entries_less_tallies(
+            where=f"{created} >= %s AND {created} < %s", scope=month_scope(key),
+            params=[connection.ops.adapt_datetimefield_value(start), connection.ops.adapt_datetimefield_value(end)])
+        MonthlySpend.objects.filter(month=key).update(total_usd=total, reserved_usd=open_)
 
 
 def reconcile(*, fix: bool = False) -> list[Drift]:
@@ -555,7 +573,5 @@ def reconcile(*, fix: bool = False) -> list[Drift]:
             if to_money(kept) != to_money(total):
                 drifts.append(Drift(scope=f"month {key}", field=field, kept=to_money(kept), summed=to_money(total)))
         if fix and (to_money(kept_total) != to_money(summed["total"]) or to_money(kept_open) != to_money(summed["open"])):
-            with transaction.atomic():
-                MonthlySpend.objects.select_for_update().filter(month=key).first()
-                _recreate_month(key)
+            _fix_month(key)
     return drifts

@@ -12,7 +12,7 @@ from django.db import connection
 from django.db.models import Sum
 
 from batches import ledger
-from batches.models import Batch, CostLedgerEntry, LedgerTally
+from batches.models import Batch, CostLedgerEntry, LedgerTally, MonthlySpend
 from batches.pricing import Usage
 
 WORKERS = 16
@@ -198,7 +198,6 @@ def test_reservations_that_add_up_exactly_to_a_budget_are_accepted(settings, cap
 @pytest.mark.parametrize("cap", ["", "1"])
 @pytest.mark.django_db
 def test_a_reservation_whose_month_has_no_totals_row_starts_it_from_the_month_entries(settings, cap):
-    from batches.models import MonthlySpend
 
     settings.MONTHLY_BUDGET_USD = cap
     batch = make_batch("10")
@@ -403,11 +402,13 @@ def test_reconcile_fix_keeps_what_settlements_gave_back():
     ledger.release(entry_id=reserve(batch, "0.5").entry_id)
     reserve(batch, "0.5")
     Batch.objects.filter(pk=batch.pk).update(ledger_total_usd=Decimal("7"), reserved_open_usd=Decimal("3"))
+    MonthlySpend.objects.update(total_usd=Decimal("9"))
 
-    assert {d.field for d in ledger.reconcile(fix=True)} == {"ledger_total_usd", "reserved_open_usd"}
+    assert {d.field for d in ledger.reconcile(fix=True)} == {"ledger_total_usd", "reserved_open_usd", "total_usd"}
 
     assert ledger.reconcile() == []
     assert ledger.batch_totals(batch.pk) == (Decimal("0.53"), Decimal("0.5"))
+    assert ledger.month_totals(ledger.month_key()) == (Decimal("0.53"), Decimal("0.5"))
 
 
 @pytest.mark.django_db(transaction=True)
