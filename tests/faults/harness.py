@@ -519,7 +519,7 @@ def check_invariants(
       has an open reservation standing for it;
     - no open reservation except for calls whose outcome is truly unknown: `unknown` is either the ids of the
       entries allowed to stay open (those in flight when a worker was killed), or how many may;
-    - each batch's ledger total is within its budget;
+    - each batch's ledger total is within its budget, and its running total (row plus tallies) agrees with it;
     - nothing is left in the answer `spool` (every answer spooled during an outage has been replayed).
     """
     db = Database(database_url)
@@ -580,6 +580,12 @@ def check_invariants(
         spent_by_batch[pk] = total
         if total > budget:
             problems.append(f"batch {pk} spent {total}, over its budget of {budget}")
+    for pk, kept in db.rows(  # the running total a reservation reads: the batch's row plus its tallies (issue 12)
+        "SELECT b.id, b.ledger_total_usd + COALESCE((SELECT SUM(t.total_usd) FROM batches_ledgertally t "
+        "WHERE t.scope = 'batch:' || b.id), 0) FROM batches_batch b"
+    ):
+        if Decimal(str(kept)).quantize(Decimal("0.000001")) != spent_by_batch[pk]:
+            problems.append(f"batch {pk}'s running total is {kept} but its ledger entries total {spent_by_batch[pk]}")
 
     left_in_spool = sorted(str(f.relative_to(spool)) for f in spool.rglob("*") if f.is_file()) if spool else []
     if left_in_spool:
