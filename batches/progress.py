@@ -22,6 +22,9 @@ _WORST_CASE = re.compile(r"up to \$\s?([0-9][0-9,]*(?:\.[0-9]+)?)")
 
 # (pattern in the technical error, what an editor should read). First match wins.
 _EXPLANATIONS: list[tuple[re.Pattern[str], str]] = [
+    (re.compile(r"no longer knows the Message Batch", re.I),
+     "Anthropic kept answering that it does not know this economy batch (404), so it was given up. The request may "
+     "still have been billed, so its reservation stays counted as spent. Resume the batch to draft it now."),
     (re.compile(r"not a readable answer", re.I),
      "Claude's answers kept arriving garbled (a proxy's error page, an empty or broken reply); any charge for them "
      "stays in the ledger. Resume the batch to try again."),
@@ -330,6 +333,11 @@ def economy_status(*, batch: Batch, now: datetime.datetime | None = None) -> dic
     elif shown.state in ("preparing", "creating"):
         parts.append("being submitted to Anthropic")
     parts.append(f"{shown.back} of {shown.total} back")
+    if shown.state == "gone":
+        parts.append("given up: Anthropic answered 404 for it from "
+                     f"{_clock(shown.not_found_since or now, now)}; reservations kept")
+    elif shown.not_found_since and shown.state == "submitted":
+        parts.append(f"Anthropic has answered 404 since {_clock(shown.not_found_since, now)}")
     if shown.expires_at and not batch.is_finished:
         parts.append(f"expires {_clock(shown.expires_at, now)}")
     return {

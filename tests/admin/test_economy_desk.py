@@ -109,7 +109,8 @@ def test_the_progress_json_the_page_polls_carries_the_economy_line_as_it_moves(e
         made.not_found_left = 1  # the next retrieve answers 404: the page shows the last poll's error
     economy.poll(batch_id=batch.pk, force=True)
     polled = progress_json(editor_client, batch)["economy"]
-    assert "404" in polled["last_error"] and polled["line"] == page_line
+    assert "404" in polled["last_error"]
+    assert polled["line"].startswith(page_line.split(" · expires")[0] + " · Anthropic has answered 404 since ")
 
     for made in api.created():
         made.ends_at = 0  # Anthropic has finished it
@@ -140,3 +141,27 @@ def test_a_now_batch_has_no_economy_part_in_the_progress_json(editor_client, top
     assert 'id="desk-economy"' not in editor_client.get(
         reverse("admin:batches_batch_change", args=[batch.pk])).content.decode()
 
+
+def test_a_batch_given_up_after_a_lasting_404_says_so_plainly_on_the_desk(editor_client, api, settings,
+                                                                         topics_in_every_category):
+    import datetime
+
+    settings.ECONOMY_GONE_AFTER_SECONDS = 3600
+    batch = submitted_batch()
+    [made] = api.created()
+    made.not_found_left = 10**6
+    start = timezone.now()
+    economy.poll(batch_id=batch.pk, force=True, now=start)
+    assert "Anthropic has answered 404 since" in progress_json(editor_client, batch)["economy"]["line"]
+
+    economy.poll(batch_id=batch.pk, force=True, now=start + datetime.timedelta(hours=2))
+
+    data = progress_json(editor_client, batch)
+    assert "given up: Anthropic answered 404 for it from" in data["economy"]["line"]
+    assert "reservations kept" in data["economy"]["line"] and data["economy"]["cancelable"] is False
+    assert "no longer knows the Message Batch" in data["status_reason"]
+    # The editor reads what happened, not the 404 explanation meant for an unknown model.
+    assert {item["problem"] for item in data["items"]} == {
+        "Anthropic kept answering that it does not know this economy batch (404), so it was given up. The request "
+        "may still have been billed, so its reservation stays counted as spent. Resume the batch to draft it now."}
+    assert data["reserved_usd"] == data["spent_usd"] != "0.000000"
