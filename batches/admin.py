@@ -137,8 +137,7 @@ class BatchAdmin(admin.ModelAdmin):
     def change_view(self, request, object_id, form_url="", extra_context=None):
         batch = self.get_object(request, object_id)
         if batch is not None and self.has_view_permission(request, batch):
-            extra_context = {**(extra_context or {}), **views.batch_page_context(request, batch),
-                             **views.economy_page_context(request, batch)}
+            extra_context = {**(extra_context or {}), **views.batch_page_context(request, batch)}
         return super().change_view(request, object_id, form_url, extra_context=extra_context)
 
     @admin.action(description="Run batch (resume a failed or stopped one)…", permissions=["run"])

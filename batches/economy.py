@@ -11,7 +11,9 @@ The life of an economy batch, every step written to the database before the next
 4. once ended, read the results as a stream and match them by custom_id: a succeeded line is settled at the
    batch price from its usage and its draft saved in the same transaction; errored, canceled, expired and
    missing lines are released and their items fail with a plain reason. Each line is settled or released once,
-   under a lock on its request row, so a poller killed half-way is finished by the next one.
+   under a lock on its request row, so a poller killed half-way is finished by the next one;
+5. a Message Batch Anthropic answers 404 for ECONOMY_GONE_AFTER_SECONDS on end is given up: it may have run and
+   been billed, so its open requests keep their reservations as spent (outcome unknown) and their items fail.
 
 Economy items have no lease: they are `generating` with no `lease_expires_at`, so neither claim() nor the sweeper
 ever takes one back and drafts it as a `now` item.
@@ -64,6 +66,8 @@ FAILURE_REASONS = {
     EconomyRequest.State.MISSING: "The Message Batch's results had no line for this request; its reservation was "
                                   "released.",
     EconomyRequest.State.NOT_SENT: "{detail}",
+    EconomyRequest.State.UNKNOWN: "{detail} It may still have been processed and billed, so its reservation stays "
+                                  "in the ledger as spent.",
 }
 AGAIN = " Resume the batch to draft it now, or choose the topic for a new economy batch."
 
@@ -278,7 +282,7 @@ def _record_created(*, submission_id: int, created, sent: Iterable[str], client:
         Batch.objects.filter(pk=submission.batch_id, status__in=Batch.ACTIVE_STATUSES).update(
             status=Batch.Status.SUBMITTED)
     # A request reserved after the create was claimed (a second run racing this one) was never sent.
-    _release_open(submission=submission, states=[EconomyRequest.State.RESERVED], outcome=EconomyRequest.State.NOT_SENT,
+    _resolve_open(submission=submission, states=[EconomyRequest.State.RESERVED], outcome=EconomyRequest.State.NOT_SENT,
                   detail="Not sent: it was reserved after the Message Batch had been created.")
     if submission.cancel_requested_at is not None:
         _send_cancel(submission=submission, client=client)
@@ -410,23 +414,59 @@ def poll(*, batch_id: int, client: anthropic.Anthropic | None = None, force: boo
     try:
         status = client.messages.batches.retrieve(submission.anthropic_batch_id)
     except anthropic.NotFoundError as exc:
-        # Right after the create, and again around the end, the API can answer 404 for a batch that exists.
-        EconomySubmission.objects.filter(pk=submission.pk).update(last_error=_describe(exc))
-        return "not_found"
+        return _not_found(submission, exc, now=now)
     except anthropic.APIError as exc:
         EconomySubmission.objects.filter(pk=submission.pk).update(last_error=_describe(exc))
         return "error"
     if status.processing_status != "ended":
-        EconomySubmission.objects.filter(pk=submission.pk).update(last_error="")
+        EconomySubmission.objects.filter(pk=submission.pk).update(last_error="", not_found_since=None)
         if submission.cancel_requested_at is not None and status.processing_status == "in_progress":
             _send_cancel(submission=submission, client=client)  # the first cancel did not get through
         return status.processing_status
     try:
         collect(submission_id=submission.pk, client=client)
     except anthropic.NotFoundError as exc:
-        EconomySubmission.objects.filter(pk=submission.pk).update(last_error=_describe(exc))
-        return "not_found"
+        return _not_found(submission, exc, now=now)  # an ended batch whose results cannot be had
     return "ended"
+
+
+def _not_found(submission: EconomySubmission, error: anthropic.NotFoundError, *, now: datetime.datetime) -> str:
+    """A 404 for our Message Batch or its results. Right after the create, and again around the end, the API can
+    answer 404 for a batch that exists, so it is asked again at the next poll; only a 404 that has lasted
+    ECONOMY_GONE_AFTER_SECONDS (counted from the first of an unbroken run of them) gives the batch up."""
+    since = submission.not_found_since or now
+    EconomySubmission.objects.filter(pk=submission.pk).update(last_error=_describe(error), not_found_since=since)
+    if (now - since).total_seconds() < settings.ECONOMY_GONE_AFTER_SECONDS:
+        return "not_found"
+    _give_up_gone(submission_id=submission.pk, now=now)
+    return "gone"
+
+
+def _give_up_gone(*, submission_id: int, now: datetime.datetime | None = None) -> None:
+    """End a Message Batch that Anthropic no longer knows, without ever under-counting money.
+
+    A batch that existed may have run, and been billed, before it became unknown to us (deleted at Anthropic, a key
+    of another workspace, results past their 29 days): which of its requests were billed cannot be known. So every
+    request still open keeps its worst-case reservation as spent (its outcome is unknown, as for a `now` call that
+    timed out) instead of being released; its item fails with the reason and can be drafted again.
+    """
+    now = now or timezone.now()
+    submission = EconomySubmission.objects.get(pk=submission_id)
+    hours = (now - (submission.not_found_since or now)).total_seconds() / 3600
+    detail = (f"Anthropic no longer knows the Message Batch {submission.anthropic_batch_id}: every poll for "
+              f"{hours:.1f} h was answered 404 not found, so it was given up.")
+    claimed = EconomySubmission.objects.filter(pk=submission.pk, state=EconomySubmission.State.SUBMITTED).update(
+        state=EconomySubmission.State.GONE, ended_at=now, next_poll_at=None)
+    if not claimed:
+        return  # another poller gave it up (or collected it) first
+    logger.warning("economy batch %s: %s", submission.batch_id, detail)
+    _resolve_open(submission=submission, states=EconomyRequest.OPEN_STATES, outcome=EconomyRequest.State.UNKNOWN,
+                  detail=detail)
+    running.finalize_batch(batch_id=submission.batch_id)
+    batch = Batch.objects.get(pk=submission.batch_id)
+    note = f"{detail} Its reservations stay in the ledger as spent: those requests may have been billed."
+    if note not in batch.status_reason:
+        Batch.objects.filter(pk=batch.pk).update(status_reason=f"{batch.status_reason} {note}".strip())
 
 
 def collect(*, submission_id: int, client: anthropic.Anthropic) -> None:
@@ -444,9 +484,10 @@ def collect(*, submission_id: int, client: anthropic.Anthropic) -> None:
                         line.custom_id)
     # Only after the whole stream was read: a poller killed half-way must not call the unread lines missing.
     for custom_id in set(open_rows) - seen:
-        _resolve_released(request_id=open_rows[custom_id], outcome=EconomyRequest.State.MISSING, detail="")
+        _resolve_unanswered(request_id=open_rows[custom_id], outcome=EconomyRequest.State.MISSING, detail="")
     EconomySubmission.objects.filter(pk=submission.pk).update(
-        state=EconomySubmission.State.ENDED, ended_at=timezone.now(), next_poll_at=None, last_error="")
+        state=EconomySubmission.State.ENDED, ended_at=timezone.now(), next_poll_at=None, last_error="",
+        not_found_since=None)
     running.finalize_batch(batch_id=submission.batch_id)
 
 
@@ -460,7 +501,7 @@ def settle_line(*, request_id: int, line, price) -> bool:
             detail = f"{getattr(error, 'type', 'error')}: {getattr(error, 'message', '')}".strip(": ")
         outcome = {"errored": EconomyRequest.State.ERRORED, "canceled": EconomyRequest.State.CANCELED,
                    "expired": EconomyRequest.State.EXPIRED}.get(kind, EconomyRequest.State.ERRORED)
-        return _resolve_released(request_id=request_id, outcome=outcome, detail=detail or kind)
+        return _resolve_unanswered(request_id=request_id, outcome=outcome, detail=detail or kind)
     message = line.result.message
     with transaction.atomic():
         row = EconomyRequest.objects.select_for_update().select_related("newsletter__batch").get(pk=request_id)
@@ -477,13 +518,14 @@ def settle_line(*, request_id: int, line, price) -> bool:
     return True
 
 
-def _resolve_released(*, request_id: int, outcome: str, detail: str) -> bool:
-    """Release the request's reservation (it was not billed) and fail its item, in one transaction."""
+def _resolve_unanswered(*, request_id: int, outcome: str, detail: str) -> bool:
+    """Release the request's reservation (it was not billed) and fail its item, in one transaction. An `unknown`
+    outcome (it may have been billed) keeps the reservation as spent instead."""
     with transaction.atomic():
         row = EconomyRequest.objects.select_for_update().select_related("newsletter").get(pk=request_id)
         if row.state not in EconomyRequest.OPEN_STATES:
             return False
-        if row.entry_id is not None:
+        if row.entry_id is not None and outcome != EconomyRequest.State.UNKNOWN:
             ledger.release(entry_id=row.entry_id)
         reason = FAILURE_REASONS[outcome].format(detail=detail) + AGAIN
         Newsletter.objects.filter(pk=row.newsletter_id, status=Newsletter.Status.GENERATING,
@@ -495,14 +537,14 @@ def _resolve_released(*, request_id: int, outcome: str, detail: str) -> bool:
     return True
 
 
-def _release_open(*, submission: EconomySubmission, states, outcome: str, detail: str) -> None:
+def _resolve_open(*, submission: EconomySubmission, states, outcome: str, detail: str) -> None:
     for pk in submission.requests.filter(state__in=states).values_list("pk", flat=True):
-        _resolve_released(request_id=pk, outcome=outcome, detail=detail)
+        _resolve_unanswered(request_id=pk, outcome=outcome, detail=detail)
 
 
 def _fail_unsent(*, submission: EconomySubmission, reason: str) -> None:
     """Nothing (more) will be sent: release every reservation still waiting and fail the items never reserved."""
-    _release_open(submission=submission, states=[EconomyRequest.State.RESERVED], outcome=EconomyRequest.State.NOT_SENT,
+    _resolve_open(submission=submission, states=[EconomyRequest.State.RESERVED], outcome=EconomyRequest.State.NOT_SENT,
                   detail=reason)
     unsent = Newsletter.objects.filter(batch_id=submission.batch_id, status=Newsletter.Status.PENDING)
     topic_ids = list(unsent.values_list("topic_id", flat=True))
@@ -531,7 +573,8 @@ def cancel(*, batch_id: int, client: anthropic.Anthropic | None = None) -> Batch
     submission = EconomySubmission.objects.filter(batch=batch).first()
     if batch.delivery != Batch.Delivery.ECONOMY or submission is None:
         raise NotCancelable(f"Batch #{batch_id} is not an economy batch with Anthropic: there is nothing to cancel.")
-    if submission.state in (EconomySubmission.State.ENDED, EconomySubmission.State.NOT_CREATED) or batch.is_finished:
+    if submission.state in (EconomySubmission.State.ENDED, EconomySubmission.State.NOT_CREATED,
+                            EconomySubmission.State.GONE) or batch.is_finished:
         raise NotCancelable(f"Batch #{batch_id} has already ended: there is nothing left to cancel.")
     EconomySubmission.objects.filter(pk=submission.pk, cancel_requested_at__isnull=True).update(
         cancel_requested_at=timezone.now())
@@ -559,6 +602,7 @@ class EconomyProgress:
     total: int
     cancel_requested: bool
     last_error: str
+    not_found_since: datetime.datetime | None = None  # every poll since then met a 404
 
 
 def progress(*, batch_id: int) -> EconomyProgress | None:
@@ -566,11 +610,12 @@ def progress(*, batch_id: int) -> EconomyProgress | None:
     if submission is None:
         return None
     states = list(submission.requests.values_list("state", flat=True))
-    back = sum(1 for s in states if s not in EconomyRequest.OPEN_STATES)
+    not_back = (*EconomyRequest.OPEN_STATES, EconomyRequest.State.UNKNOWN)
+    back = sum(1 for s in states if s not in not_back)
     return EconomyProgress(state=submission.state, anthropic_batch_id=submission.anthropic_batch_id,
                            submitted_at=submission.submitted_at, expires_at=submission.expires_at, back=back,
                            total=len(states), cancel_requested=submission.cancel_requested_at is not None,
-                           last_error=submission.last_error)
+                           last_error=submission.last_error, not_found_since=submission.not_found_since)
 
 
 def follow(*, batch_id: int, on_item: Callable[[Newsletter], None] | None = None, timeout: float,

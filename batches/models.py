@@ -391,6 +391,7 @@ class EconomySubmission(models.Model):
         SUBMITTED = "submitted", "With Anthropic"
         ENDED = "ended", "Results collected"
         NOT_CREATED = "not_created", "Never created"
+        GONE = "gone", "Unknown to Anthropic (404) for too long: given up, reservations kept"
 
     batch = models.OneToOneField(Batch, on_delete=models.CASCADE, related_name="economy")
     state = models.CharField(max_length=12, choices=State.choices, default=State.PREPARING)
@@ -409,6 +410,9 @@ class EconomySubmission(models.Model):
     poll_interval_seconds = models.PositiveIntegerField(default=0)
     polls = models.PositiveIntegerField(default=0)
     last_error = models.TextField(blank=True)
+    not_found_since = models.DateTimeField(
+        null=True, blank=True, help_text="Since when every poll has met a 404 (cleared by any answer that moves on)."
+    )
 
     class Meta:
         indexes = [models.Index(fields=["state", "next_poll_at"], name="economy_state_next_poll")]
@@ -429,6 +433,7 @@ class EconomyRequest(models.Model):
         EXPIRED = "expired", "Expired (released)"
         MISSING = "missing", "Missing from the results (released)"
         NOT_SENT = "not_sent", "Never sent (released)"
+        UNKNOWN = "unknown", "Outcome unknown (reservation kept)"
 
     OPEN_STATES = (State.RESERVED, State.SUBMITTED)
 

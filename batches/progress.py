@@ -22,6 +22,9 @@ _WORST_CASE = re.compile(r"up to \$\s?([0-9][0-9,]*(?:\.[0-9]+)?)")
 
 # (pattern in the technical error, what an editor should read). First match wins.
 _EXPLANATIONS: list[tuple[re.Pattern[str], str]] = [
+    (re.compile(r"no longer knows the Message Batch", re.I),
+     "Anthropic kept answering that it does not know this economy batch (404), so it was given up. The request may "
+     "still have been billed, so its reservation stays counted as spent. Resume the batch to draft it now."),
     (re.compile(r"not a readable answer", re.I),
      "Claude's answers kept arriving garbled (a proxy's error page, an empty or broken reply); any charge for them "
      "stays in the ledger. Resume the batch to try again."),
@@ -127,6 +130,7 @@ class BatchProgress:
     spent_usd: Decimal  # what counts against the budget: settled costs plus open reservations
     reserved_usd: Decimal = ZERO  # open reservations: calls in flight, or whose outcome is unknown
     worker_missing: bool = False  # set by batch_progress when the batch waits and no worker answers
+    economy: dict | None = None  # an economy batch: where it stands at Anthropic (economy_status)
 
     def _count(self, statuses) -> int:
         return sum(1 for item in self.items if item.status in statuses)
@@ -252,6 +256,7 @@ class BatchProgress:
             "budget_percent": self.budget_percent,
             "overrun_usd": str(batch.overrun_usd),
             "budget_bar": self.budget_bar,
+            "economy": self.economy,
             "shown": {
                 "spent": format_usd(self.spent_usd),
                 "settled": format_usd(self.settled_usd),
@@ -301,6 +306,52 @@ def waiting_since(*, batch: Batch, items: list[ItemProgress]) -> datetime.dateti
     return None
 
 
+def _clock(moment: datetime.datetime, now: datetime.datetime) -> str:
+    """"10:42" today, "tomorrow 10:42", else "03 Dec 10:42", in the desk's time zone."""
+    local, today = timezone.localtime(moment), timezone.localtime(now).date()
+    day = {today: "", today + datetime.timedelta(days=1): "tomorrow "}.get(local.date(), f"{local:%d %b} ")
+    return f"{day}{local:%H:%M}"
+
+
+def economy_status(*, batch: Batch, now: datetime.datetime | None = None) -> dict | None:
+    """Where an economy batch stands at Anthropic, JSON-ready for the page and its polling: the line ("with
+    Anthropic since 10:42 · 3 of 8 back · expires tomorrow 10:42"), the cancel and last-poll notes, and whether
+    Cancel still applies. None for a `now` batch."""
+    if batch.delivery != Batch.Delivery.ECONOMY:
+        return None
+    from .economy import progress as economy_progress  # the Anthropic SDK, only for economy batches
+
+    now = now or timezone.now()
+    shown = economy_progress(batch_id=batch.pk)
+    if shown is None:
+        line = "never submitted to Anthropic" if batch.is_finished else "waiting for a worker to submit it to Anthropic"
+        return {"line": line, "state": None, "back": 0, "total": 0, "cancel_requested": False, "last_error": "",
+                "cancelable": False}
+    parts = []
+    if shown.submitted_at:
+        parts.append(f"with Anthropic since {_clock(shown.submitted_at, now)}")
+    elif shown.state in ("preparing", "creating"):
+        parts.append("being submitted to Anthropic")
+    parts.append(f"{shown.back} of {shown.total} back")
+    if shown.state == "gone":
+        parts.append("given up: Anthropic answered 404 for it from "
+                     f"{_clock(shown.not_found_since or now, now)}; reservations kept")
+    elif shown.not_found_since and shown.state == "submitted":
+        parts.append(f"Anthropic has answered 404 since {_clock(shown.not_found_since, now)}")
+    if shown.expires_at and not batch.is_finished:
+        parts.append(f"expires {_clock(shown.expires_at, now)}")
+    return {
+        "line": " · ".join(parts),
+        "state": shown.state,
+        "back": shown.back,
+        "total": shown.total,
+        "cancel_requested": shown.cancel_requested,
+        "last_error": shown.last_error,
+        "cancelable": not batch.is_finished and not shown.cancel_requested
+        and shown.state in ("preparing", "creating", "submitted"),
+    }
+
+
 def batch_progress(*, batch: Batch) -> BatchProgress:
     """The batch's items with their live cost, in two queries whatever the number of items (plus a cached worker
     ping when the batch has waited a minute for one)."""
@@ -346,4 +397,4 @@ def batch_progress(*, batch: Batch) -> BatchProgress:
 
         worker_missing = not worker_status().alive
     return BatchProgress(batch=batch, items=items, spent_usd=spent, reserved_usd=to_money(reserved),
-                         worker_missing=worker_missing)
+                         worker_missing=worker_missing, economy=economy_status(batch=batch, now=now))

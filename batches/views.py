@@ -5,7 +5,6 @@ in launching.py, progress.py, review.py, export.py and dashboard.py.
 """
 from __future__ import annotations
 
-import datetime
 from decimal import Decimal
 
 from django.conf import settings
@@ -242,6 +241,7 @@ def batch_page_context(request: HttpRequest, batch: Batch) -> dict:
         "is_stuck": is_stuck(batch),
         "approved_count": sum(1 for item in progress.items if item.status == Newsletter.Status.APPROVED),
         "not_deleted": NOT_DELETED,
+        **economy_page_context(request, batch, progress.economy),
     }
 
 
@@ -574,34 +574,16 @@ def economy_delivery_context(*, plan: Plan | None, options: RunOptions | None) -
     ], "delivery": options.delivery if options else settings.BATCH_DELIVERY}
 
 
-def _clock(moment, now) -> str:
-    local, today = timezone.localtime(moment), timezone.localtime(now).date()
-    day = {today: "", today + datetime.timedelta(days=1): "tomorrow "}.get(local.date(), f"{local:%d %b} ")
-    return f"{day}{local:%H:%M}"
-
-
-def economy_page_context(request: HttpRequest, batch: Batch) -> dict:
-    """What the batch page shows of an economy batch: where it stands at Anthropic, and its Cancel button."""
-    from .economy import progress as economy_progress
-
-    shown = economy_progress(batch_id=batch.pk) if batch.delivery == Batch.Delivery.ECONOMY else None
-    if shown is None:
+def economy_page_context(request: HttpRequest, batch: Batch, status: dict | None) -> dict:
+    """What the batch page shows of an economy batch (`status`: progress.economy_status): where it stands at
+    Anthropic, and its Cancel button. The page's polling refreshes the same figures from the progress JSON."""
+    if status is None:
         return {}
-    now = timezone.now()
-    parts = []
-    if shown.submitted_at:
-        parts.append(f"with Anthropic since {_clock(shown.submitted_at, now)}")
-    elif shown.state in ("preparing", "creating"):
-        parts.append("being submitted to Anthropic")
-    parts.append(f"{shown.back} of {shown.total} back")
-    if shown.expires_at and not batch.is_finished:
-        parts.append(f"expires {_clock(shown.expires_at, now)}")
     return {
-        "economy": shown,
-        "economy_line": " · ".join(parts),
+        "economy": status,
+        "economy_line": status["line"],
         "economy_cancel_url": reverse("admin:batches_batch_cancel_economy", args=[batch.pk]),
-        "economy_cancelable": can_run(request) and not batch.is_finished and not shown.cancel_requested
-        and shown.state in ("preparing", "creating", "submitted"),
+        "economy_cancelable": can_run(request) and status["cancelable"],
     }
 
 

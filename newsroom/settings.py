@@ -364,3 +364,8 @@ ECONOMY_POLL_MAX_SECONDS = env_number("ECONOMY_POLL_MAX_SECONDS", default=600.0,
 # was sent is taken as never created, and sent again.
 ECONOMY_ABSENT_AFTER_SECONDS = env_number("ECONOMY_ABSENT_AFTER_SECONDS", default=900.0, minimum=0, maximum=7 * 86400,
                                           kind=float)
+# A submitted Message Batch (or its results) that Anthropic answers 404 for this long without a break is given up:
+# its open requests keep their reservations as spent (they may have been billed) and their items fail. Shorter
+# 404s (right after the create, around the end) are asked about again. At least a minute; at most 30 days.
+ECONOMY_GONE_AFTER_SECONDS = env_number("ECONOMY_GONE_AFTER_SECONDS", default=86400.0, minimum=60, maximum=30 * 86400,
+                                        kind=float)

@@ -128,6 +128,9 @@ BAD_NUMBERS = [
     ("PERPLEXITY_USD_PER_REQUEST", "sNaN", "is not a finite number"),
     ("TUBELAB_USD_PER_CREDIT", "1e309", "is out of range"),
     ("APIFY_MAX_CHARGE_USD", "0", "is out of range"),
+    ("ECONOMY_GONE_AFTER_SECONDS", "30", "is out of range: it must be a number from 60 to 2,592,000."),
+    ("ECONOMY_GONE_AFTER_SECONDS", "nan", "is not a finite number"),
+    ("ECONOMY_GONE_AFTER_SECONDS", "a day", "is not a number"),
 ]
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from batches import economy, running
+from batches.claude_standin_batches import batches_of
 from batches.models import Batch, Newsletter
 from tests.admin.test_browser_desk import screenshot
 
@@ -144,3 +146,67 @@ def test_at_390_px_the_topic_pages_need_no_sideways_scrolling(phone_page, log_in
         fits_a_phone(phone_page)
     phone_page.goto("/admin/topics/topic/")
     screenshot(phone_page, "topics-390")
+
+
+def economy_batch_page(page, log_in, fake_anthropic):
+    """An economy batch submitted to the fake Anthropic (an hour of processing), its page open as the editor."""
+    from decimal import Decimal
+
+    api = batches_of(fake_anthropic)
+    api.processing_seconds = 3600
+    batch = running.create_batch(size=8, budget_usd=Decimal("40"), delivery=Batch.Delivery.ECONOMY)
+    economy.submit(batch_id=batch.pk)
+    log_in(page, "editor")
+    page.goto(f"/admin/batches/batch/{batch.pk}/change/")
+    return api, batch
+
+
+@pytest.mark.usefixtures("migration_data")
+def test_the_economy_line_keeps_up_with_anthropic_without_a_reload(desk_page, log_in, editor, fake_anthropic,
+                                                                   topics_in_every_category, settings):
+    from playwright.sync_api import expect
+
+    settings.ECONOMY_POLL_MIN_SECONDS = settings.ECONOMY_POLL_MAX_SECONDS = 0
+    page = desk_page
+    api, batch = economy_batch_page(page, log_in, fake_anthropic)
+    line = page.locator("#desk-economy-line")
+    expect(line).to_contain_text("0 of 8 back · expires tomorrow")
+    expect(page.locator("#desk-economy-error")).to_be_hidden()
+    expect(page.locator("#desk-economy-cancel")).to_be_visible()
+    page.evaluate("window.__deskLoadedOnce = true")
+
+    # A poll meets a 404 (as the API can answer around the end): the page says so by itself.
+    for made in api.created():
+        made.not_found_left = 1
+    economy.poll(batch_id=batch.pk, force=True)
+    expect(page.locator("#desk-economy-error")).to_contain_text("404")
+
+    # Anthropic finishes the batch and the next poll collects it: the line, the note and the button follow.
+    for made in api.created():
+        made.ends_at = 0
+    economy.poll(batch_id=batch.pk, force=True)
+    expect(line).to_contain_text("8 of 8 back")
+    expect(line).not_to_contain_text("expires")
+    expect(page.locator("#desk-economy-error")).to_be_hidden()
+    expect(page.locator("#desk-economy-cancel")).to_have_count(0)
+    expect(page.locator("#desk-status")).to_have_text("Done")
+    assert page.evaluate("window.__deskLoadedOnce") is True, "the page reloaded instead of updating itself"
+
+
+@pytest.mark.usefixtures("migration_data")
+def test_the_economy_cancel_button_cancels_with_anthropic_in_a_browser(desk_page, log_in, editor, fake_anthropic,
+                                                                       topics_in_every_category):
+    from playwright.sync_api import expect
+
+    from batches.models import EconomySubmission
+
+    page = desk_page
+    api, batch = economy_batch_page(page, log_in, fake_anthropic)
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.click("#desk-economy-cancel")  # the card is inside the admin's form: the button must post its own form
+
+    expect(page.locator(".messagelist")).to_contain_text("cancel sent")
+    assert api.calls["cancel"] == 1
+    assert EconomySubmission.objects.get(batch=batch).cancel_requested_at is not None
+    expect(page.locator("#desk-economy-canceling")).to_be_visible()
+    expect(page.locator("#desk-economy-cancel")).to_have_count(0)

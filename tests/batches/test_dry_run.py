@@ -141,6 +141,70 @@ def test_it_includes_unreviewed_topics_when_asked(make_topic):
     assert [item["topic"] for item in dry_run_json("--include-new")["items"]] == [new.pk]
 
 
+# --- both deliveries ---------------------------------------------------------------------------------
+
+
+DELIVERY_LINE = re.compile(r"^Delivery: (?P<chosen>now|economy) \(.*\), up to \$(?P<cost>[\d.]+); "
+                           r"(?P<other>now|economy) \(.*\) would be up to \$(?P<other_cost>[\d.]+)\.$")
+
+
+def delivery_line(output: str) -> re.Match:
+    [line] = [m for m in map(DELIVERY_LINE.match, output.splitlines()) if m]
+    return line
+
+
+def test_an_economy_dry_run_shows_the_economy_estimate_beside_the_now_one(pool):
+    output = dry_run("--economy")
+
+    line = delivery_line(output)
+    assert (line["chosen"], line["other"]) == ("economy", "now")
+    economy, now = Decimal(line["cost"]), Decimal(line["other_cost"])
+    assert 0 < economy <= now * Decimal("0.55")
+    # The estimate and the items are the economy ones: they add up to the economy figure.
+    assert Decimal(re.search(r"Estimated cost: \$([\d.]+) \(upper bound, economy\)", output)[1]) == economy
+    item_costs = [Decimal(m["cost"]) for m in map(ITEM_LINE.match, output.splitlines()) if m]
+    assert abs(economy - sum(item_costs)) <= Decimal("0.00005") * len(item_costs)
+
+
+def test_a_now_dry_run_shows_what_economy_would_cost_too(pool):
+    line = delivery_line(dry_run())
+
+    assert (line["chosen"], line["other"]) == ("now", "economy")
+    assert Decimal(line["other_cost"]) < Decimal(line["cost"])
+
+
+def test_an_economy_dry_run_reports_both_estimates_in_json_and_the_batch_price_one_as_the_estimate(pool, settings):
+    from batches.planning import estimate_topics
+
+    now, economy = dry_run_json(), dry_run_json("--economy")
+
+    assert (now["delivery"], economy["delivery"]) == ("now", "economy")
+    assert now["estimates_usd"] == economy["estimates_usd"]
+    assert economy["estimated_cost_usd"] == economy["estimates_usd"]["economy"]
+    assert now["estimated_cost_usd"] == now["estimates_usd"]["now"]
+    topics = [Topic.objects.get(pk=item["topic"]) for item in economy["items"]]
+    expected = estimate_topics(topics=topics, model=settings.ANTHROPIC_MODEL, max_tokens=settings.ANTHROPIC_MAX_TOKENS,
+                               batch_api=True)
+    assert economy["estimated_cost_usd"] == str(expected.estimated_cost_usd)
+    assert [item["cost_usd"] for item in economy["items"]] == [str(i.estimated_cost_usd) for i in expected.items]
+    assert [item["topic"] for item in economy["items"]] == [item["topic"] for item in now["items"]]
+
+
+def test_batch_delivery_economy_makes_the_dry_run_an_economy_one_unless_now_is_asked(pool, settings):
+    settings.BATCH_DELIVERY = "economy"
+
+    assert dry_run_json()["delivery"] == "economy"
+    assert dry_run_json("--now")["delivery"] == "now"
+
+
+def test_an_economy_dry_run_calls_nothing_and_creates_nothing(pool, fake_anthropic, no_network):
+    dry_run("--economy")
+    dry_run_json("--economy")
+
+    assert no_network == [] and fake_anthropic.requests == []
+    assert (Batch.objects.count(), Newsletter.objects.count(), CostLedgerEntry.objects.count()) == (0, 0, 0)
+
+
 # --- what it does not do ---------------------------------------------------------------------------
 
 
@@ -186,7 +250,7 @@ def test_it_reports_the_contracts_keys_in_json(pool):
     report = dry_run_json()
 
     assert set(report) == {"batch", "dry_run", "status", "budget_usd", "spent_usd", "estimated_cost_usd", "items",
-                           "left_out"}
+                           "left_out", "delivery", "estimates_usd"}
     assert all(
         set(item) == {"topic", "title", "category", "score", "status", "cost_usd", "subject", "sources", "flags"}
         for item in report["items"]

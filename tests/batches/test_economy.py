@@ -6,11 +6,13 @@ import json
 import re
 import threading
 from collections import Counter
+from datetime import timedelta
 from decimal import Decimal
 
 import pytest
 from django.conf import settings as django_settings
 from django.db import connection
+from django.utils import timezone
 
 from batches import economy, launching, ledger, running
 from batches.generation import make_client, reservation_tokens
@@ -155,6 +157,84 @@ def test_a_404_on_the_results_after_the_end_is_retried(api, topics_in_every_cate
     assert economy.poll(batch_id=batch.pk, force=True) == "not_found"
     assert poll_to_the_end(batch).status == Batch.Status.DONE
     assert len(settled_per_item(batch)) == 8
+
+
+NOT_FOUND_FOR_EVER = 10**6
+
+
+def reserved_total(batch: Batch) -> Decimal:
+    return sum(CostLedgerEntry.objects.filter(batch=batch, status="reserved").values_list("amount_usd", flat=True),
+               Decimal(0))
+
+
+@pytest.fixture
+def gone_after_an_hour(settings):
+    settings.ECONOMY_GONE_AFTER_SECONDS = 3600
+
+
+def poll_at(batch: Batch, start, **later: int) -> str:
+    """One poll as if `later` (timedelta's keywords) had passed since `start`."""
+    return economy.poll(batch_id=batch.pk, force=True, now=start + timedelta(**later))
+
+
+@pytest.mark.parametrize("lost", ["the batch", "its results"])
+def test_a_404_that_lasts_past_the_bound_gives_the_batch_up_and_keeps_every_reservation_as_spent(
+    api, topics_in_every_category, gone_after_an_hour, lost
+):
+    if lost == "the batch":
+        api.not_found_after_create = NOT_FOUND_FOR_EVER
+    else:
+        api.not_found_results = NOT_FOUND_FOR_EVER  # it ended, but its results cannot be had
+    batch = submitted()
+    held = reserved_total(batch)
+    start = timezone.now()
+
+    assert poll_at(batch, start) == "not_found"
+    assert poll_at(batch, start, minutes=59) == "not_found"
+    batch.refresh_from_db()
+    assert batch.status == Batch.Status.SUBMITTED and reserved_total(batch) == held
+
+    assert poll_at(batch, start, minutes=61) == "gone"
+
+    batch.refresh_from_db()
+    assert batch.status == Batch.Status.FAILED
+    assert "no longer knows the Message Batch" in batch.status_reason
+    assert "reservations stay in the ledger as spent" in batch.status_reason
+    assert batch.economy.state == EconomySubmission.State.GONE
+    assert set(EconomyRequest.objects.values_list("state", flat=True)) == {EconomyRequest.State.UNKNOWN}
+    # Nothing released, nothing settled: the requests may have been billed, so their worst cases stay counted.
+    assert not settled_per_item(batch)
+    assert CostLedgerEntry.objects.filter(batch=batch).exclude(status="reserved").count() == 0
+    assert reserved_total(batch) == held == batch.spent_usd()
+    for item in batch.newsletters.all():
+        assert item.status == Newsletter.Status.FAILED
+        assert "may still have been processed and billed" in item.error
+        assert item.cost_usd > 0  # its kept reservation
+    assert ledger.reconcile() == []
+    # Given up for good: the periodic poll no longer asks about it, and there is nothing left to cancel.
+    retrieves = api.calls["retrieve"]
+    assert batch.pk not in economy.due_submissions(now=start + timedelta(days=2))
+    assert economy.poll(batch_id=batch.pk, force=True) == EconomySubmission.State.GONE
+    assert api.calls["retrieve"] == retrieves
+    with pytest.raises(economy.NotCancelable):
+        economy.cancel(batch_id=batch.pk)
+
+
+def test_any_answer_between_two_404s_starts_the_bound_again(api, topics_in_every_category, gone_after_an_hour):
+    api.processing_seconds = 86400
+    api.not_found_after_create = 1
+    batch = submitted()
+    start = timezone.now()
+
+    assert poll_at(batch, start) == "not_found"
+    assert poll_at(batch, start, minutes=50) == "in_progress"
+    assert EconomySubmission.objects.get(batch=batch).not_found_since is None
+    [made] = api.created()
+    made.not_found_left = NOT_FOUND_FOR_EVER
+
+    assert poll_at(batch, start, hours=2) == "not_found"
+    assert poll_at(batch, start, hours=2, minutes=59) == "not_found"
+    assert poll_at(batch, start, hours=3, minutes=1) == "gone"
 
 
 def test_a_create_that_timed_out_keeps_its_reservations_and_is_found_by_listing_never_sent_twice(

@@ -3,6 +3,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+from dataclasses import replace
 from decimal import Decimal, InvalidOperation
 
 from django.conf import settings
@@ -17,7 +18,7 @@ from batches.grounding import cited_sources
 from batches.ledger import monthly_remaining
 from batches.models import Batch, Newsletter
 from batches.money import format_usd
-from batches.planning import plan_batch
+from batches.planning import estimate_topics, plan_batch
 from batches.preflight import ERROR, run_checks
 from batches.pricing import PriceMissing, to_money
 
@@ -33,6 +34,12 @@ EXIT_CODES = """exit codes:
 
 With --json every outcome, errors included, prints exactly one JSON object on stdout;
 an error's object has "status": "error" and "error": the message."""
+
+
+DELIVERY_NOTES = {
+    "now": "now (Messages API, drafts within minutes)",
+    "economy": "economy (one Message Batch at half price, results within 24 h)",
+}
 
 
 def first_line(error: Exception) -> str:
@@ -150,7 +157,8 @@ class Command(ContractCommand):
         if opts["discover_only"]:
             return self.discover()
         if opts["dry_run"]:
-            return self.dry_run(size=size, budget=budget, include_new=opts["include_new"])
+            return self.dry_run(size=size, budget=budget, include_new=opts["include_new"],
+                                delivery=self.delivery(opts))
         self.require_preflight()
         batch = self.batch = running.create_batch(size=size, budget_usd=budget, include_new=opts["include_new"])
         if opts["queue"]:
@@ -210,11 +218,19 @@ class Command(ContractCommand):
         if problem := run_problem(run):
             raise CommandError(f"discovery failed: {problem}", returncode=EXIT_ERROR)
 
-    def dry_run(self, *, size: int, budget: Decimal, include_new: bool):
+    def dry_run(self, *, size: int, budget: Decimal, include_new: bool, delivery: str):
         try:
-            plan = plan_batch(size=size, include_new=include_new)
+            now_plan = plan_batch(size=size, include_new=include_new)
+            # Both deliveries' estimates, as the confirmation page shows them; the chosen one is the estimate.
+            economy_plan = replace(
+                estimate_topics(topics=now_plan.topics, model=now_plan.model,
+                                max_tokens=settings.ANTHROPIC_MAX_TOKENS, batch_api=True),
+                left_out=now_plan.left_out)
         except PriceMissing as exc:
             raise CommandError(str(exc), returncode=EXIT_ERROR) from None
+        plan = economy_plan if delivery == Batch.Delivery.ECONOMY else now_plan
+        estimates = {Batch.Delivery.NOW: now_plan.estimated_cost_usd,
+                     Batch.Delivery.ECONOMY: economy_plan.estimated_cost_usd}
         if not plan.items:
             raise CommandError(
                 "Nothing to select: no approved topic is left that no draft has used yet "
@@ -231,6 +247,8 @@ class Command(ContractCommand):
                     "budget_usd": money(budget),
                     "spent_usd": money(Decimal(0)),
                     "estimated_cost_usd": money(plan.estimated_cost_usd),
+                    "delivery": str(delivery),
+                    "estimates_usd": {str(kind): money(value) for kind, value in estimates.items()},
                     "items": [
                         {
                             "topic": item.topic.pk,
@@ -260,8 +278,11 @@ class Command(ContractCommand):
         self.stdout.write(f"Candidates: {plan.left_out.describe()}")
         self.stdout.write(material_note(plan))
         remaining = monthly_remaining()
-        self.stdout.write(f"Estimated cost: {format_usd(plan.estimated_cost_usd)} (upper bound) of a "
+        self.stdout.write(f"Estimated cost: {format_usd(plan.estimated_cost_usd)} (upper bound, {delivery}) of a "
                           f"{format_usd(budget)} budget; {format_usd(budget - plan.estimated_cost_usd)} would remain.")
+        other = Batch.Delivery.NOW if delivery == Batch.Delivery.ECONOMY else Batch.Delivery.ECONOMY
+        self.stdout.write(f"Delivery: {DELIVERY_NOTES[delivery]}, up to {format_usd(estimates[delivery])}; "
+                          f"{DELIVERY_NOTES[other]} would be up to {format_usd(estimates[other])}.")
         if remaining is not None:
             self.stdout.write(f"Monthly cap: {format_usd(remaining)} left this month.")
 
