@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('batches', '0011_economy'),
+        ('batches', '0013_ledger_functions'),
     ]
 
     operations = [
