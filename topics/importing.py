@@ -32,7 +32,7 @@ from django.db import DatabaseError, IntegrityError, reset_queries, transaction
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from .categorize import categorize_text, topic_text
+from .categorize import KeywordTable, topic_text
 from .dedupe import canonical_url
 from .models import Category, Topic
 
@@ -515,8 +515,21 @@ def record_key(record: Any) -> tuple[str, str] | None:
         external_id = str(external_id)
     if not isinstance(external_id, str) or not (source is None or isinstance(source, str)):
         return None
-    external_id = external_id.strip()
-    return ((source or "").strip() or "import", external_id) if external_id else None
+    external_id, source = external_id.strip(), (source or "").strip() or "import"
+    # A key no database can store (validation refuses it) is not looked up: the database would refuse the query.
+    return (source, external_id) if external_id and _storable(external_id) and _storable(source) else None
+
+
+def _storable(text: str) -> bool:
+    if "\x00" in text:
+        return False
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate
+        return False
+    return True
 
 
 # --- the two passes -------------------------------------------------------------------------------
@@ -669,6 +682,7 @@ def import_topics(
         # Every valid row was imported before exactly as it is now: there is nothing to write, so no second pass.
         result.unchanged = len(invalid) - checked.error_count
         return result
+    keywords = KeywordTable(all_categories)  # every category's keywords parsed once for the whole run
     try:
         # One transaction: a failure anywhere in the second pass leaves the database as it was.
         with transaction.atomic():
@@ -687,7 +701,7 @@ def import_topics(
                         rows.append(validate_record(number=item.number, record=item.record, categories=categories))
                     except ValueError:
                         raise _changed() from None
-                _write(rows=rows, categories=all_categories, result=result)
+                _write(rows=rows, keywords=keywords, result=result)
             if second_pass.digest != first_pass.digest:
                 raise _changed()
     except IntegrityError as exc:
@@ -707,7 +721,7 @@ def _changed() -> ImportFailed:
 _CONTENT_FIELDS = ("title", "summary", "url", "canonical_url", "score", "published_at")
 
 
-def _write(*, rows: list[TopicRow], categories: list[Category], result: ImportResult) -> None:
+def _write(*, rows: list[TopicRow], keywords: KeywordTable, result: ImportResult) -> None:
     """Write one chunk of new or changed rows: create the new topics, refresh the others."""
     existing: dict[tuple[str, str], Topic] = {}
     by_source: dict[str, list[str]] = {}
@@ -729,7 +743,7 @@ def _write(*, rows: list[TopicRow], categories: list[Category], result: ImportRe
             to_create.append(Topic(
                 title=row.title, summary=row.summary, url=row.url, canonical_url=row.canonical_url, source=row.source,
                 external_id=row.external_id, sources=[row.source], score=row.score,
-                category=row.category or _categorize(row, categories),
+                category=row.category or _categorize(row, keywords),
                 category_locked=row.category is not None, status=row.status, published_at=row.published_at,
                 import_hash=row.import_hash,
             ))
@@ -740,7 +754,7 @@ def _write(*, rows: list[TopicRow], categories: list[Category], result: ImportRe
         for name in _CONTENT_FIELDS:
             setattr(topic, name, getattr(row, name))
         if not topic.category_locked:
-            topic.category = row.category or _categorize(row, categories)
+            topic.category = row.category or _categorize(row, keywords)
         topic.import_hash = row.import_hash
         if [getattr(topic, f) for f in _CONTENT_FIELDS] + [topic.category_id] == before:
             result.unchanged += 1  # written differently (CSV instead of JSON, 7 instead of 7.0), same content
@@ -757,5 +771,5 @@ def _write(*, rows: list[TopicRow], categories: list[Category], result: ImportRe
     reset_queries()
 
 
-def _categorize(row: TopicRow, categories: list[Category]) -> Category:
-    return categorize_text(text=topic_text(title=row.title, summary=row.summary), categories=categories)
+def _categorize(row: TopicRow, keywords: KeywordTable) -> Category:
+    return keywords.categorize(topic_text(title=row.title, summary=row.summary))

@@ -269,6 +269,16 @@ BAD_JSON_ROWS = {
     "url that cannot be parsed": ({"title": "B", "url": "http://[::1/post"}, "url is not a valid http(s) URL"),
     "summary too long": ({"title": "B", "summary": "b" * 10_001}, "summary is longer than 10,000 characters"),
     "title with a lone surrogate": ({"title": "B \ud800"}, "title contains an invalid character"),
+    # The key is looked up before validation (an unchanged row is not validated again): a key no database can
+    # store must still become a row error, not a database error.
+    "external_id with a NUL": ({"title": "B", "external_id": "k\x00"}, "external_id contains a NUL"),
+    "source with a NUL": ({"title": "B", "source": "s\x00", "external_id": "k"}, "source contains a NUL"),
+    "external_id with a lone surrogate": (
+        {"title": "B", "external_id": "k \ud800"}, "external_id contains an invalid character"
+    ),
+    "source with a lone surrogate": (
+        {"title": "B", "source": "s \ud800", "external_id": "k"}, "source contains an invalid character"
+    ),
 }
 
 
@@ -566,6 +576,15 @@ def test_it_refuses_a_json_item_larger_than_the_item_limit(tmp_path, categories,
 # --- streaming in chunks ---------------------------------------------------------------------------
 
 
+def test_it_parses_each_categorys_keywords_once_however_many_rows_it_categorizes(tmp_path, categories, keyword_reads):
+    path = write_json(tmp_path / "t.json", [{"title": f"USPS parcel rates, part {n}"} for n in range(5)])
+
+    result = import_topics(path=path, chunk_rows=2)
+
+    assert result.created == 5
+    assert sorted(keyword_reads) == sorted(categories)  # once each, not once a row
+
+
 def test_it_writes_every_row_when_the_file_spans_many_chunks(tmp_path, categories):
     path = write_json(tmp_path / "t.json", [{"title": f"Story {n}", "external_id": f"s-{n}"} for n in range(7)])
 
@@ -708,3 +727,4 @@ def test_it_hashes_records_that_import_alike_alike_and_others_apart():
     assert importing.record_hash(row) != importing.record_hash({"title": "A", "summary": "b", "score": 8})
     assert importing.record_hash({"title": "A", "summary": "b"}) != importing.record_hash({"title": "A\x00b"})
     assert importing.record_hash({"title": ["A"]}) == ""
+
