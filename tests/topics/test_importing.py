@@ -720,6 +720,32 @@ def test_it_writes_the_changed_row_of_a_file_that_is_otherwise_unchanged(tmp_pat
     assert Topic.objects.get(external_id="s-1").title == "Story one, corrected"
 
 
+def test_it_tells_unchanged_changed_and_new_rows_apart_across_many_chunks(tmp_path, categories):
+    records = [{"title": f"Story {n}", "external_id": f"s-{n}"} for n in range(7)]
+    import_topics(path=write_json(tmp_path / "a.json", records), chunk_rows=2)
+    records[3]["title"] = "Story three, corrected"
+    records += [{"title": "New story", "external_id": "s-7"}, {"title": "Another", "external_id": "s-8"}]
+
+    result = import_topics(path=write_json(tmp_path / "b.json", records), chunk_rows=2)
+
+    assert (result.created, result.updated, result.unchanged) == (2, 1, 6)
+    assert Topic.objects.get(external_id="s-3").title == "Story three, corrected"
+
+
+def test_it_reports_a_broken_row_met_while_earlier_rows_are_being_looked_up(tmp_path, categories):
+    rows = "".join(f"Story {n},s-{n}\n" for n in range(6))
+    path = tmp_path / "t.csv"
+    path.write_text("title,external_id\n" + rows, encoding="utf-8")
+    import_topics(path=path, chunk_rows=2)
+    path.write_text("title,external_id\n" + rows + '"Broken,s-9\n', encoding="utf-8")
+
+    with pytest.raises(ImportFailed) as excinfo:
+        import_topics(path=path, chunk_rows=2)
+
+    assert "row 8: malformed CSV" in str(excinfo.value)
+    assert Topic.objects.count() == 6  # and the connection still answers
+
+
 def test_it_hashes_records_that_import_alike_alike_and_others_apart():
     row = {"title": "A", "summary": "b", "score": 7}
 
