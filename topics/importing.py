@@ -561,15 +561,30 @@ def _stored(keys: list[tuple[str, str]], column: str) -> dict[tuple[str, str], A
         return {}
     if connection.vendor == "postgresql":
         return _stored_postgresql(keys, column)
+    # SQLite plans "source = ? AND external_id IN (...)" on both columns of the unique index (a test checks it).
+    # Written in SQL: the ORM's preparation of each value was a fifth of the CPU of an unchanged re-import.
+    table, value = _quoted(column)
     by_source: dict[str, list[str]] = {}
     for source, external_id in keys:
         by_source.setdefault(source, []).append(external_id)
     stored: dict[tuple[str, str], Any] = {}
-    for source, external_ids in by_source.items():
-        for start in range(0, len(external_ids), 500):
-            found = Topic.objects.filter(source=source, external_id__in=external_ids[start : start + 500]).order_by()
-            stored.update(((source, e), value) for e, value in found.values_list("external_id", column))
+    with connection.cursor() as cursor:
+        for source, external_ids in by_source.items():
+            for start in range(0, len(external_ids), 500):
+                part = external_ids[start : start + 500]
+                cursor.execute(
+                    f"SELECT external_id, {value} FROM {table} WHERE source = %s AND external_id IN "
+                    f"({', '.join(['%s'] * len(part))})",
+                    [source, *part],
+                )
+                stored.update(((source, e), found) for e, found in cursor.fetchall())
     return stored
+
+
+def _quoted(column: str) -> tuple[str, str]:
+    """The topic table's name and `column`'s, quoted for SQL."""
+    quote = connection.ops.quote_name
+    return quote(Topic._meta.db_table), quote(Topic._meta.get_field(column).column)
 
 
 def _stored_postgresql(keys: list[tuple[str, str]], column: str) -> dict[tuple[str, str], Any]:
@@ -585,8 +600,7 @@ def _stored_postgresql_query(keys: list[tuple[str, str]], column: str) -> tuple[
     # spent 20 s in these lookups, 100 ms each). The LIMIT keeps the subquery a subquery, so each key is looked up on
     # its own through both columns of the unique index, a plan that needs no statistics. The keys travel as one JSON
     # text, which costs a fifth of the CPU of two text arrays.
-    table = connection.ops.quote_name(Topic._meta.db_table)
-    value = connection.ops.quote_name(Topic._meta.get_field(column).column)
+    table, value = _quoted(column)
     sql = (
         f"SELECT k.n, t.value FROM json_array_elements(%s::json) WITH ORDINALITY AS k(pair, n) "
         f"CROSS JOIN LATERAL (SELECT {value} AS value FROM {table} "
