@@ -732,6 +732,18 @@ def test_it_tells_unchanged_changed_and_new_rows_apart_across_many_chunks(tmp_pa
     assert Topic.objects.get(external_id="s-3").title == "Story three, corrected"
 
 
+def test_it_recognises_an_unchanged_row_whose_key_is_not_plain_ascii(tmp_path, categories):
+    path = write_json(tmp_path / "t.json", [
+        {"title": "Café story", "source": "Le Monde — économie", "external_id": "café-😀-1"},
+        {"title": "Quoted", "source": 'a "quoted", \\ source', "external_id": "tab\there"},
+    ])
+    import_topics(path=path)
+
+    result = import_topics(path=path)
+
+    assert (result.created, result.updated, result.unchanged) == (0, 0, 2)
+
+
 def test_it_reports_a_broken_row_met_while_earlier_rows_are_being_looked_up(tmp_path, categories):
     rows = "".join(f"Story {n},s-{n}\n" for n in range(6))
     path = tmp_path / "t.csv"
