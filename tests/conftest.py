@@ -35,7 +35,8 @@ def port_open(url: str, timeout: float = 1.0) -> bool:
 
 @pytest.fixture(autouse=True)
 def fresh_cache() -> None:
-    """Each test starts with an empty cache: the desk caches a worker ping for a few seconds."""
+    """Each test starts with an empty cache: the desk caches a worker ping for a few seconds, and one test's live
+    worker must not answer for the next test's empty broker."""
     from django.core.cache import cache
 
     cache.clear()
@@ -137,13 +138,3 @@ def web_pages(settings):
     settings.SOURCE_FETCH_ALLOW_PRIVATE = True
     with WebPages() as pages:
         yield pages
-
-
-@pytest.fixture(autouse=True)
-def _fresh_cache():
-    """Each test starts with an empty cache: the desk caches a worker ping for a few seconds, and one test's live
-    worker must not answer for the next test's empty broker."""
-    from django.core.cache import cache
-
-    cache.clear()
-    yield
