@@ -7,6 +7,8 @@ if the database stays away longer; the sweeper replays the spool.
 from __future__ import annotations
 
 import datetime
+import hashlib
+import json
 import logging
 import os
 import re
@@ -363,6 +365,44 @@ def reservation_tokens(counted: int) -> int:
     return counted + int(margin.to_integral_value(rounding="ROUND_CEILING")) + settings.RESERVATION_INPUT_EXTRA_TOKENS
 
 
+# The user message the fixed part of a request is counted with (the API refuses an empty one).
+PROBE_MESSAGE = "x"
+_fixed_counts: dict[tuple[str, str], int] = {}
+_fixed_counts_lock = threading.Lock()
+
+
+def input_tokens_bound(*, client: anthropic.Anthropic, request: dict[str, Any]) -> int | None:
+    """A number of input tokens that count_tokens cannot exceed for `request`, without counting the request itself;
+    None when the request is not of the one-user-message shape the bound is proven for.
+
+    The fixed part of every draft request (the house style, the tool and its schema, the model's tool-use system
+    prompt) is counted exactly, once per process and endpoint, with the one-character user message PROBE_MESSAGE:
+    F = fixed + framing + tokens(PROBE_MESSAGE). The request itself then counts fixed + framing + tokens(text),
+    and a token is never shorter than one byte (Claude's tokenizer, like every byte-level BPE, covers text with
+    tokens of at least one UTF-8 byte each; the fake's is a token per four characters), so tokens(text) is at
+    most the text's UTF-8 byte length: the bound is F plus the bytes of the text as JSON (which the escaped
+    rendering of quotes, backslashes and control characters cannot exceed). It is above the exact count by
+    about three quarters of the message's bytes (the prose's other three characters a token), so a reservation
+    that does not fit at the bound is made again at the exact count (see _call_within_budget).
+    """
+    messages = request.get("messages")
+    if not (isinstance(messages, list) and len(messages) == 1 and isinstance(messages[0], dict)
+            and messages[0].get("role") == "user" and isinstance(messages[0].get("content"), str)):
+        return None
+    fixed = {k: v for k, v in request.items() if k not in ("max_tokens", "messages")}
+    key = (str(getattr(client, "base_url", "")), hashlib.sha256(
+        json.dumps(fixed, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest())
+    counted = _fixed_counts.get(key)
+    if counted is None:
+        counted = client.messages.count_tokens(
+            **fixed, messages=[{"role": "user", "content": PROBE_MESSAGE}]).input_tokens
+        with _fixed_counts_lock:
+            if len(_fixed_counts) >= 64:  # another house style or model per key: never more than a few in use
+                _fixed_counts.clear()
+            _fixed_counts[key] = counted
+    return counted + len(json.dumps(messages[0]["content"], ensure_ascii=False).encode("utf-8"))
+
+
 def _usable_usage(message: Any) -> Usage | None:
     usage = getattr(message, "usage", None)
     if usage is None or not isinstance(getattr(usage, "output_tokens", None), int) \
@@ -392,7 +432,10 @@ def _call_within_budget(
     lease_left = (newsletter.lease_expires_at - timezone.now()).total_seconds()
     deadline = time.monotonic() + lease_left - settings.ANSWER_WRITE_RETRY_SECONDS - WRITE_MARGIN_SECONDS
     attempts = settings.ANTHROPIC_MAX_RETRIES + 1
+    # The input tokens each attempt reserves for: an upper bound at first (no round trip before the call), the
+    # exact count once the bound has not fitted a budget. The request does not change between attempts.
     input_tokens: int | None = None
+    exact = False
     last_error: Exception | None = None
     for attempt in range(attempts):
         if attempt:
@@ -401,28 +444,37 @@ def _call_within_budget(
                 attempts = attempt
                 break
             sleep(delay)
-        if input_tokens is None:
-            try:
-                # Counting is free and makes the reservation exact rather than guessed; the request does not
-                # change between attempts, so it is counted once.
-                input_tokens = client.messages.count_tokens(**counting).input_tokens
-            except anthropic.APIError as exc:
-                last_error = exc
-                if _is_transient(exc):
-                    continue
-                raise GenerationFailed(_describe(exc), permanent=True) from None
-        if time.monotonic() + timeout > deadline:
-            attempts = attempt
-            break
-        reservation = ledger.reserve(
-            idempotency_key=f"newsletter:{newsletter.pk}:attempt:{newsletter.attempts}:try:{attempt}",
-            worst_case_usd=worst_case_cost(input_tokens=reservation_tokens(input_tokens), max_tokens=max_tokens,
-                                           price=price),
-            batch_id=batch.pk,
-            newsletter_id=newsletter.pk,
-            model=batch.model,
-            description=f"Draft for topic #{newsletter.topic_id}",
-        )
+        try:
+            if input_tokens is None:
+                input_tokens = input_tokens_bound(client=client, request=request)
+                if input_tokens is None:
+                    input_tokens, exact = client.messages.count_tokens(**counting).input_tokens, True
+            if time.monotonic() + timeout > deadline:
+                attempts = attempt
+                break
+            while True:
+                try:
+                    reservation = ledger.reserve(
+                        idempotency_key=f"newsletter:{newsletter.pk}:attempt:{newsletter.attempts}:try:{attempt}",
+                        worst_case_usd=worst_case_cost(input_tokens=reservation_tokens(input_tokens),
+                                                       max_tokens=max_tokens, price=price),
+                        batch_id=batch.pk,
+                        newsletter_id=newsletter.pk,
+                        model=batch.model,
+                        description=f"Draft for topic #{newsletter.topic_id}",
+                    )
+                    break
+                except ledger.BudgetExhausted:
+                    if exact:
+                        raise
+                # The bound did not fit (the refused reservation left nothing behind): the request itself may fit,
+                # so it is counted (counting is free) and reserved at exactly what the count says.
+                input_tokens, exact = client.messages.count_tokens(**counting).input_tokens, True
+        except anthropic.APIError as exc:  # counting failed; nothing was reserved for this attempt
+            last_error = exc
+            if _is_transient(exc):
+                continue
+            raise GenerationFailed(_describe(exc), permanent=True) from None
         try:
             message = client.messages.create(**request)
         except anthropic.APITimeoutError as exc:
