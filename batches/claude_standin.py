@@ -715,6 +715,9 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "FakeAnthropic/1.0"
     timeout = 60
+    # The status line and headers go out in one write and the body in another: with Nagle's algorithm on, the
+    # body waited for the client's delayed ACK of the headers (40 ms on Linux), a stall the real API never has.
+    disable_nagle_algorithm = True
     server: _HTTPServer
 
     def _serve(self) -> None:

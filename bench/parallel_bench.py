@@ -106,7 +106,8 @@ class Run:
 
 
 def timed_on_workers(size: int, fake) -> Run:
-    """From handing the batch to the broker until it is closed with every draft in the database."""
+    """From handing the batch to the broker until it is closed with every draft in the database (its finished_at,
+    on the same clock as the hand-over)."""
     from django.utils import timezone
 
     from batches import running
@@ -118,12 +119,14 @@ def timed_on_workers(size: int, fake) -> Run:
     started = time.perf_counter()
     running.enqueue_batch(batch=batch)
     deadline = started + math.ceil(size / SLOTS) * LATENCY * 3 + 60
+    # The time is read from the batch (closed at finished_at), so the polling can be slow and cheap: a query every
+    # 20 ms took a tenth of a core from the workers.
     while not Batch.objects.filter(pk=batch.pk, status__in=Batch.FINAL_STATUSES).exists():
         if time.perf_counter() > deadline:
             raise RuntimeError(f"batch #{batch.pk} of {size} did not finish on the workers in time")
-        time.sleep(0.02)
-    elapsed = time.perf_counter() - started
+        time.sleep(0.25)
     batch.refresh_from_db()
+    elapsed = (batch.finished_at - handed_at).total_seconds()
     if batch.status != Batch.Status.DONE:
         raise RuntimeError(f"batch #{batch.pk} ended {batch.status}: {batch.status_reason}")
     items = list(batch.newsletters.values_list("claimed_at", "generated_at"))
