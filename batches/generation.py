@@ -35,7 +35,7 @@ from .models import Batch, Newsletter
 from .planning import topic_message
 from .pricing import PriceMissing, Usage, cost_of, price_for, worst_case_cost
 from .prompts import PREVIEW_MAX, SUBJECT_MAX, TOOL_NAME, build_request
-from .versions import keep_version
+from .versions import TEXT_FIELDS, keep_version
 
 logger = logging.getLogger("newsroom.generation")
 
@@ -233,11 +233,12 @@ def write_answer(record: dict[str, Any]) -> str:
         ours = item.status == Newsletter.Status.GENERATING and item.claim_token == record["token"]
         draft = record["draft"]
         if draft is not None and (ours or item.status not in Newsletter.DRAFTED_STATUSES):
-            keep_version(newsletter=item)  # the text this draft replaces stays viewable and restorable
+            if any(getattr(item, name) for name in TEXT_FIELDS):  # as just read under the lock; a first draft has none
+                keep_version(newsletter=item)  # the text this draft replaces stays viewable and restorable
             item.status, item.error = Newsletter.Status.GENERATED, ""
             item.subject, item.preview_text = draft["subject"], draft["preview_text"]
             item.body_markdown, item.generated_at, item.model = draft["body_markdown"], timezone.now(), record["model"]
-            grounding.write_checked(newsletter=item, checked=record.get("grounding"))  # issue 9
+            grounding.write_checked(newsletter=item, checked=record.get("grounding"), save=False)  # issue 9
         elif draft is None and ours:
             item.status, item.error = Newsletter.Status.FAILED, record["error"]
         elif draft is not None:
@@ -246,7 +247,7 @@ def write_answer(record: dict[str, Any]) -> str:
         item.lease_expires_at = None if item.status != Newsletter.Status.GENERATING else item.lease_expires_at
         item.cost_usd = ledger.newsletter_spent(item.pk)
         item.save(update_fields=["status", "error", "subject", "preview_text", "body_markdown", "generated_at",
-                                 "model", "lease_expires_at", "cost_usd"])
+                                 "model", "lease_expires_at", "cost_usd", "sources"])
         if item.status not in Newsletter.OPEN_STATUSES:
             topic_usage.record_outcome(topic_id=item.topic_id, drafted=item.status in Newsletter.DRAFTED_STATUSES)
     return item.status
@@ -328,8 +329,8 @@ def generate_newsletter(
     newsletter = claim(newsletter_id=newsletter_id, token=token)
     if newsletter is None:
         return None
-    batch = newsletter.batch
-    if Batch.objects.filter(pk=batch.pk, budget_stopped=True).exists():
+    batch = newsletter.batch  # read with the item, just after the claim: its budget_stopped is current
+    if batch.budget_stopped:
         _finish(newsletter=newsletter, token=token, status=Newsletter.Status.SKIPPED_BUDGET,
                 error="Not drafted: the batch was stopped by its budget.")
         return newsletter.status
