@@ -23,7 +23,8 @@ import anthropic
 import httpx2
 from django.conf import settings
 from django.db import DatabaseError, connection, transaction
-from django.db.models import F, Q
+from django.db.models import F, OuterRef, Q, Subquery, Sum, Value
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from topics import usage as topic_usage
@@ -31,7 +32,7 @@ from topics.material import Material
 
 from . import grounding, ledger, spool
 from .grounding import gather_for_newsletter
-from .models import Batch, Newsletter
+from .models import Batch, CostLedgerEntry, Newsletter
 from .planning import topic_message
 from .pricing import PriceMissing, Usage, cost_of, price_for, worst_case_cost
 from .prompts import PREVIEW_MAX, SUBJECT_MAX, TOOL_NAME, build_request
@@ -222,22 +223,31 @@ def write_answer(record: dict[str, Any]) -> str:
     Idempotent, so a replay from the spool after a partial outage changes nothing twice. The draft is saved when
     this run still holds the item, or when the item has no draft yet (its lease ran out while the answer was on
     its way): what was paid for is kept. Returns the item's status afterwards.
+
+    The item's row is locked first and the ledger's rows last: a settlement moves the month's and the batch's
+    running totals, rows every reservation waits on, so they are held for the settlement and the one statement
+    that saves the item, not through the whole draft's writing.
     """
     usage = Usage(**record["usage"]) if record["usage"] is not None else None
-    with transaction.atomic():
+
+    def settle() -> None:
         ledger.settle(entry_id=record["entry_id"], actual_usd=Decimal(record["actual_usd"]), usage=usage,
                       request_id=record["request_id"], usage_missing=usage is None)
+
+    with transaction.atomic():
         item = Newsletter.objects.select_for_update().filter(pk=record["newsletter_id"]).first()
         if item is None:
+            settle()
             return ""  # the item was deleted meanwhile; the charge stays on the ledger
         ours = item.status == Newsletter.Status.GENERATING and item.claim_token == record["token"]
         draft = record["draft"]
-        if draft is not None and (ours or item.status not in Newsletter.DRAFTED_STATUSES):
+        saves_draft = draft is not None and (ours or item.status not in Newsletter.DRAFTED_STATUSES)
+        if saves_draft:
             if any(getattr(item, name) for name in TEXT_FIELDS):  # as just read under the lock; a first draft has none
                 keep_version(newsletter=item)  # the text this draft replaces stays viewable and restorable
             item.status, item.error = Newsletter.Status.GENERATED, ""
             item.subject, item.preview_text = draft["subject"], draft["preview_text"]
-            item.body_markdown, item.generated_at, item.model = draft["body_markdown"], timezone.now(), record["model"]
+            item.body_markdown, item.model = draft["body_markdown"], record["model"]
             grounding.write_checked(newsletter=item, checked=record.get("grounding"), save=False)  # issue 9
         elif draft is None and ours:
             item.status, item.error = Newsletter.Status.FAILED, record["error"]
@@ -245,11 +255,21 @@ def write_answer(record: dict[str, Any]) -> str:
             logger.warning("item %s was drafted by another attempt; answer of ledger entry %s kept only as spend",
                            item.pk, record["entry_id"])
         item.lease_expires_at = None if item.status != Newsletter.Status.GENERATING else item.lease_expires_at
-        item.cost_usd = ledger.newsletter_spent(item.pk)
-        item.save(update_fields=["status", "error", "subject", "preview_text", "body_markdown", "generated_at",
-                                 "model", "lease_expires_at", "cost_usd", "sources"])
         if item.status not in Newsletter.OPEN_STATUSES:
             topic_usage.record_outcome(topic_id=item.topic_id, drafted=item.status in Newsletter.DRAFTED_STATUSES)
+        settle()
+        if saves_draft:
+            item.generated_at = timezone.now()  # saved now, with its settlement
+        # The item's cost is the sum of its ledger entries (ledger.newsletter_spent), this settlement included:
+        # summed in the statement that saves the item.
+        spent = CostLedgerEntry.objects.filter(newsletter_id=OuterRef("pk")).order_by().values("newsletter_id") \
+            .annotate(total=Sum("amount_usd")).values("total")
+        Newsletter.objects.filter(pk=item.pk).update(
+            status=item.status, error=item.error, subject=item.subject, preview_text=item.preview_text,
+            body_markdown=item.body_markdown, generated_at=item.generated_at, model=item.model,
+            lease_expires_at=item.lease_expires_at, sources=item.sources,
+            cost_usd=Coalesce(Subquery(spent), Value(Decimal(0)), output_field=item._meta.get_field("cost_usd")),
+        )
     return item.status
 
 

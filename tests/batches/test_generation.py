@@ -460,6 +460,41 @@ def test_a_malformed_draft_fails_the_item_but_its_cost_is_still_charged(
     assert newsletter.cost_usd == entry.amount_usd == Decimal(result.report["spent_usd"])
 
 
+def test_the_answer_is_written_with_the_ledger_rows_locked_last(
+    fake_anthropic, topics_in_every_category, monkeypatch
+):
+    """The settlement moves running totals every reservation waits on: nothing of the draft is written after it
+    but the item's own row, so those rows are held for as few statements as possible."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from batches import generation as drafting
+
+    writes: list[list[str]] = []
+    original = drafting.write_answer
+
+    def watched(record):
+        with CaptureQueriesContext(connection) as captured:
+            status = original(record)
+        writes.append([q["sql"] for q in captured.captured_queries if "SAVEPOINT" not in q["sql"]])
+        return status
+
+    monkeypatch.setattr(drafting, "write_answer", watched)
+    item = started_batch().newsletters.get()
+
+    assert generate_newsletter(newsletter_id=item.pk, token="t") == Newsletter.Status.GENERATED
+
+    [statements] = writes
+    settling = next(i for i, sql in enumerate(statements) if sql.startswith('UPDATE "batches_costledgerentry"'))
+    before, after = statements[:settling], statements[settling + 1:]
+    assert any("batches_draftflag" in sql for sql in before) and any('"topics_topic"' in sql for sql in before)
+    assert not any(table in sql for sql in after for table in ("draftflag", "topics_topic", "draftversion"))
+    assert after[-1].startswith('UPDATE "batches_newsletter"')
+    item.refresh_from_db()
+    assert item.cost_usd == ledger.newsletter_spent(item.pk) > 0
+    assert item.generated_at >= CostLedgerEntry.objects.get(newsletter=item).settled_at
+
+
 # --- idempotency ---------------------------------------------------------------------------------
 
 
