@@ -23,7 +23,7 @@ import anthropic
 import httpx2
 from django.conf import settings
 from django.db import DatabaseError, connection, transaction
-from django.db.models import F, OuterRef, Q, Subquery, Sum, Value
+from django.db.models import Exists, F, OuterRef, Q, Subquery, Sum, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -32,7 +32,7 @@ from topics.material import Material
 
 from . import grounding, ledger, spool
 from .grounding import gather_for_newsletter
-from .models import Batch, CostLedgerEntry, Newsletter
+from .models import Batch, CostLedgerEntry, ModelPrice, Newsletter
 from .planning import topic_message
 from .pricing import PriceMissing, Usage, cost_of, price_for, worst_case_cost
 from .prompts import PREVIEW_MAX, SUBJECT_MAX, TOOL_NAME, build_request
@@ -189,7 +189,8 @@ def lease_duration() -> datetime.timedelta:
 
 
 def claim(*, newsletter_id: int, token: str) -> Newsletter | None:
-    """Take the item for this task run, or None when another run holds it or it is finished.
+    """Take the item for this task run, or None when another run holds it, it is finished, or it belongs to an
+    economy batch (drafted inside its Message Batch, never by a call of its own).
 
     An item `generating` is held by a lease: nobody takes it back, not even a redelivery of the same task,
     until the lease has expired, so a slow call still running elsewhere is never drafted a second time.
@@ -198,7 +199,10 @@ def claim(*, newsletter_id: int, token: str) -> Newsletter | None:
     claimable = Q(status=Newsletter.Status.PENDING) | Q(status=Newsletter.Status.GENERATING) & (
         Q(lease_expires_at__lt=now) | Q(lease_expires_at__isnull=True, claimed_at__lt=now - lease_duration())
     )
-    changed = Newsletter.objects.filter(claimable, pk=newsletter_id).update(
+    # EXISTS, not a join: the item's own conditions stay on the row the UPDATE locks, so PostgreSQL checks them
+    # again on the newest version of the row when two runs race for it.
+    now_batch = Exists(Batch.objects.filter(pk=OuterRef("batch_id"), delivery=Batch.Delivery.NOW))
+    changed = Newsletter.objects.filter(claimable, now_batch, pk=newsletter_id).update(
         status=Newsletter.Status.GENERATING, claim_token=token, claimed_at=now,
         lease_expires_at=now + lease_duration(), attempts=F("attempts") + 1,
     )
@@ -349,6 +353,17 @@ def generate_newsletter(
     newsletter = claim(newsletter_id=newsletter_id, token=token)
     if newsletter is None:
         return None
+    return draft_claimed(newsletter=newsletter, token=token, client=client, sleep=sleep)
+
+
+def draft_claimed(
+    *,
+    newsletter: Newsletter,
+    token: str,
+    client: anthropic.Anthropic | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> str:
+    """Draft an item this run has claimed (see claim). Returns its status afterwards."""
     batch = newsletter.batch  # read with the item, just after the claim: its budget_stopped is current
     if batch.budget_stopped:
         _finish(newsletter=newsletter, token=token, status=Newsletter.Status.SKIPPED_BUDGET,
@@ -424,6 +439,25 @@ def input_tokens_bound(*, client: anthropic.Anthropic, request: dict[str, Any]) 
     return counted + len(json.dumps(messages[0]["content"], ensure_ascii=False).encode("utf-8"))
 
 
+# Drafting reads a model's price at most this often per process (one query less per item): a price changed or
+# removed in the admin reaches running workers within this long. An item keeps the price it started with.
+PRICE_REUSE_SECONDS = 30.0
+_prices: dict[tuple[str, datetime.date], tuple[float, ModelPrice]] = {}
+
+
+def drafting_price(model: str) -> ModelPrice:
+    """price_for(model) today, read again once PRICE_REUSE_SECONDS have passed; PriceMissing is never kept."""
+    today = timezone.localdate()
+    kept = _prices.get((model, today))
+    if kept is not None and time.monotonic() - kept[0] < PRICE_REUSE_SECONDS:
+        return kept[1]
+    price = price_for(model, on=today)
+    if len(_prices) >= 32:  # yesterday's entries and other models: never more than a few in use
+        _prices.clear()
+    _prices[(model, today)] = (time.monotonic(), price)
+    return price
+
+
 def _usable_usage(message: Any) -> Usage | None:
     usage = getattr(message, "usage", None)
     if usage is None or not isinstance(getattr(usage, "output_tokens", None), int) \
@@ -442,7 +476,7 @@ def _call_within_budget(
     """
     batch = newsletter.batch
     try:
-        price = price_for(batch.model)
+        price = drafting_price(batch.model)
     except PriceMissing as exc:
         raise GenerationFailed(str(exc), permanent=True) from None
     max_tokens = settings.ANTHROPIC_MAX_TOKENS

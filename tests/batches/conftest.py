@@ -25,15 +25,6 @@ TITLES = {
 }
 
 
-@pytest.fixture(autouse=True)
-def uncounted_prompt_prefix() -> None:
-    """Each test drafts as a freshly started worker process does: the requests' fixed part not counted yet (the
-    count is kept per process and endpoint, and a later test's fake may get an earlier one's port)."""
-    from batches import generation
-
-    generation._fixed_counts.clear()
-
-
 @pytest.fixture
 def category_titles() -> dict[str, str]:
     """The titles of `topics_in_every_category` (tests/conftest.py): distinct stories, one per category."""

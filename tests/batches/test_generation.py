@@ -159,6 +159,22 @@ def test_an_item_whose_price_vanished_fails_without_calling_the_api(fake_anthrop
     assert "No price is known" in Newsletter.objects.get(pk=newsletter.pk).error
 
 
+def test_a_worker_reads_a_models_price_again_only_after_price_reuse_seconds(
+    fake_anthropic, topics_in_every_category, monkeypatch
+):
+    first, second, third = started_batch(size=3).newsletters.order_by("position")
+    assert generate_newsletter(newsletter_id=first.pk, token="t") == Newsletter.Status.GENERATED
+    ModelPrice.objects.filter(model=first.batch.model).delete()
+
+    # Within PRICE_REUSE_SECONDS the process drafts with the price it read (one query less per item) ...
+    assert generate_newsletter(newsletter_id=second.pk, token="t") == Newsletter.Status.GENERATED
+    # ... and once they have passed it reads the table again: no price, no call.
+    monkeypatch.setattr(generation, "PRICE_REUSE_SECONDS", 0.0)
+    assert generate_newsletter(newsletter_id=third.pk, token="t") == Newsletter.Status.FAILED
+    assert "No price is known" in Newsletter.objects.get(pk=third.pk).error
+    assert fake_anthropic.message_calls == 2
+
+
 # --- no round trip before a call: the reservation's input tokens ---------------------------------
 
 
@@ -545,6 +561,18 @@ def test_another_task_cannot_take_an_item_that_is_being_drafted(fake_anthropic, 
 
     assert generate_newsletter(newsletter_id=newsletter.pk, token="second") is None
     assert fake_anthropic.requests == []
+
+
+def test_no_drafting_task_claims_an_item_of_an_economy_batch(fake_anthropic, topics_in_every_category):
+    batch = running.create_batch(size=1, budget_usd=Decimal("40"), delivery=Batch.Delivery.ECONOMY)
+    item = running.start_batch(batch_id=batch.pk).newsletters.get()  # selected, not submitted yet: pending
+
+    assert claim(newsletter_id=item.pk, token="stray") is None
+    generate_newsletter_task.apply(args=[item.pk])
+
+    item.refresh_from_db()
+    assert (item.status, item.attempts, item.claim_token) == (Newsletter.Status.PENDING, 0, "")
+    assert fake_anthropic.message_calls == 0 and fake_anthropic.count_tokens_calls == 0
 
 
 def test_a_redelivered_batch_task_fans_out_the_items_still_waiting(
