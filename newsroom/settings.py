@@ -321,7 +321,8 @@ SWEEP_STALE_SECONDS = env_number("SWEEP_STALE_SECONDS", default=180, minimum=1, 
 # Answers that could not be written during a database outage wait here (one JSON file each) for the sweeper.
 ANSWER_SPOOL_DIR = Path(env.str("ANSWER_SPOOL_DIR", default=str(VAR_DIR / "spool" / "answers")))
 # Input tokens can come back higher than count_tokens said (Anthropic documents it as an estimate): each
-# reservation adds this fraction of the counted input, plus RESERVATION_INPUT_EXTRA_TOKENS, as a safety margin.
+# reservation adds this fraction of the counted input (or of its upper bound, batches.generation.input_tokens_bound),
+# plus RESERVATION_INPUT_EXTRA_TOKENS, as a safety margin.
 RESERVATION_INPUT_MARGIN = env_number(
     "RESERVATION_INPUT_MARGIN", default=Decimal("0.10"), minimum=0, maximum=10, kind=Decimal
 )
