@@ -715,6 +715,9 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "FakeAnthropic/1.0"
     timeout = 60
+    # The status line and headers go out in one write and the body in another: with Nagle's algorithm on, the
+    # body waited for the client's delayed ACK of the headers (40 ms on Linux), a stall the real API never has.
+    disable_nagle_algorithm = True
     server: _HTTPServer
 
     def _serve(self) -> None:
@@ -818,6 +821,7 @@ class FakeAnthropicServer:
         self._count_tokens_calls = 0
         self._usage_totals = self._zero_totals()
         self._cancel = threading.Event()
+        self._arrived = threading.local()  # when the request this thread serves arrived
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -969,6 +973,7 @@ class FakeAnthropicServer:
     def _handle(self, handler: _Handler) -> _Reply | None:
         length = int(handler.headers.get("content-length") or 0)
         raw = handler.rfile.read(length) if length else b""
+        self._arrived.at = time.monotonic()  # `latency` runs from here, whatever the fake's own work takes
         parts = urlsplit(handler.path)
         path = parts.path.rstrip("/") or "/"
         method = handler.command
@@ -1069,7 +1074,7 @@ class FakeAnthropicServer:
         }
         if fault is not None and fault.kind == "no_usage":
             del message["usage"]
-        if self.latency > 0 and cancel.wait(self.latency):
+        if self.latency > 0 and cancel.wait(max(0.0, self._arrived.at + self.latency - time.monotonic())):
             return None
         reply = self._stream_reply(message) if body.get("stream") is True else _json_reply(200, message)
         with self._lock:
@@ -1300,7 +1305,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Fake Anthropic Messages API for tests and benchmarks.")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8765, help="0 picks a free port")
-    parser.add_argument("--latency", type=float, default=0.0, help="seconds added to each successful /v1/messages")
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds from each successful /v1/messages request's arrival to its answer")
     parser.add_argument("--min-cacheable-tokens", type=int, default=1024)
     args = parser.parse_args(argv)
 

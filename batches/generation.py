@@ -7,6 +7,8 @@ if the database stays away longer; the sweeper replays the spool.
 from __future__ import annotations
 
 import datetime
+import hashlib
+import json
 import logging
 import os
 import re
@@ -21,7 +23,8 @@ import anthropic
 import httpx2
 from django.conf import settings
 from django.db import DatabaseError, connection, transaction
-from django.db.models import F, Q
+from django.db.models import Exists, F, OuterRef, Q, Subquery, Sum, Value
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from topics import usage as topic_usage
@@ -29,11 +32,11 @@ from topics.material import Material
 
 from . import grounding, ledger, spool
 from .grounding import gather_for_newsletter
-from .models import Batch, Newsletter
+from .models import Batch, CostLedgerEntry, ModelPrice, Newsletter
 from .planning import topic_message
 from .pricing import PriceMissing, Usage, cost_of, price_for, worst_case_cost
 from .prompts import PREVIEW_MAX, SUBJECT_MAX, TOOL_NAME, build_request
-from .versions import keep_version
+from .versions import TEXT_FIELDS, keep_version
 
 logger = logging.getLogger("newsroom.generation")
 
@@ -186,7 +189,8 @@ def lease_duration() -> datetime.timedelta:
 
 
 def claim(*, newsletter_id: int, token: str) -> Newsletter | None:
-    """Take the item for this task run, or None when another run holds it or it is finished.
+    """Take the item for this task run, or None when another run holds it, it is finished, or it belongs to an
+    economy batch (drafted inside its Message Batch, never by a call of its own).
 
     An item `generating` is held by a lease: nobody takes it back, not even a redelivery of the same task,
     until the lease has expired, so a slow call still running elsewhere is never drafted a second time.
@@ -195,7 +199,10 @@ def claim(*, newsletter_id: int, token: str) -> Newsletter | None:
     claimable = Q(status=Newsletter.Status.PENDING) | Q(status=Newsletter.Status.GENERATING) & (
         Q(lease_expires_at__lt=now) | Q(lease_expires_at__isnull=True, claimed_at__lt=now - lease_duration())
     )
-    changed = Newsletter.objects.filter(claimable, pk=newsletter_id).update(
+    # EXISTS, not a join: the item's own conditions stay on the row the UPDATE locks, so PostgreSQL checks them
+    # again on the newest version of the row when two runs race for it.
+    now_batch = Exists(Batch.objects.filter(pk=OuterRef("batch_id"), delivery=Batch.Delivery.NOW))
+    changed = Newsletter.objects.filter(claimable, now_batch, pk=newsletter_id).update(
         status=Newsletter.Status.GENERATING, claim_token=token, claimed_at=now,
         lease_expires_at=now + lease_duration(), attempts=F("attempts") + 1,
     )
@@ -220,33 +227,53 @@ def write_answer(record: dict[str, Any]) -> str:
     Idempotent, so a replay from the spool after a partial outage changes nothing twice. The draft is saved when
     this run still holds the item, or when the item has no draft yet (its lease ran out while the answer was on
     its way): what was paid for is kept. Returns the item's status afterwards.
+
+    The item's row is locked first and the ledger's rows last: a settlement moves the month's and the batch's
+    running totals, rows every reservation waits on, so they are held for the settlement and the one statement
+    that saves the item, not through the whole draft's writing.
     """
     usage = Usage(**record["usage"]) if record["usage"] is not None else None
-    with transaction.atomic():
+
+    def settle() -> None:
         ledger.settle(entry_id=record["entry_id"], actual_usd=Decimal(record["actual_usd"]), usage=usage,
                       request_id=record["request_id"], usage_missing=usage is None)
+
+    with transaction.atomic():
         item = Newsletter.objects.select_for_update().filter(pk=record["newsletter_id"]).first()
         if item is None:
+            settle()
             return ""  # the item was deleted meanwhile; the charge stays on the ledger
         ours = item.status == Newsletter.Status.GENERATING and item.claim_token == record["token"]
         draft = record["draft"]
-        if draft is not None and (ours or item.status not in Newsletter.DRAFTED_STATUSES):
-            keep_version(newsletter=item)  # the text this draft replaces stays viewable and restorable
+        saves_draft = draft is not None and (ours or item.status not in Newsletter.DRAFTED_STATUSES)
+        if saves_draft:
+            if any(getattr(item, name) for name in TEXT_FIELDS):  # as just read under the lock; a first draft has none
+                keep_version(newsletter=item)  # the text this draft replaces stays viewable and restorable
             item.status, item.error = Newsletter.Status.GENERATED, ""
             item.subject, item.preview_text = draft["subject"], draft["preview_text"]
-            item.body_markdown, item.generated_at, item.model = draft["body_markdown"], timezone.now(), record["model"]
-            grounding.write_checked(newsletter=item, checked=record.get("grounding"))  # issue 9
+            item.body_markdown, item.model = draft["body_markdown"], record["model"]
+            grounding.write_checked(newsletter=item, checked=record.get("grounding"), save=False)  # issue 9
         elif draft is None and ours:
             item.status, item.error = Newsletter.Status.FAILED, record["error"]
         elif draft is not None:
             logger.warning("item %s was drafted by another attempt; answer of ledger entry %s kept only as spend",
                            item.pk, record["entry_id"])
         item.lease_expires_at = None if item.status != Newsletter.Status.GENERATING else item.lease_expires_at
-        item.cost_usd = ledger.newsletter_spent(item.pk)
-        item.save(update_fields=["status", "error", "subject", "preview_text", "body_markdown", "generated_at",
-                                 "model", "lease_expires_at", "cost_usd"])
         if item.status not in Newsletter.OPEN_STATUSES:
             topic_usage.record_outcome(topic_id=item.topic_id, drafted=item.status in Newsletter.DRAFTED_STATUSES)
+        settle()
+        if saves_draft:
+            item.generated_at = timezone.now()  # saved now, with its settlement
+        # The item's cost is the sum of its ledger entries (ledger.newsletter_spent), this settlement included:
+        # summed in the statement that saves the item.
+        spent = CostLedgerEntry.objects.filter(newsletter_id=OuterRef("pk")).order_by().values("newsletter_id") \
+            .annotate(total=Sum("amount_usd")).values("total")
+        Newsletter.objects.filter(pk=item.pk).update(
+            status=item.status, error=item.error, subject=item.subject, preview_text=item.preview_text,
+            body_markdown=item.body_markdown, generated_at=item.generated_at, model=item.model,
+            lease_expires_at=item.lease_expires_at, sources=item.sources,
+            cost_usd=Coalesce(Subquery(spent), Value(Decimal(0)), output_field=item._meta.get_field("cost_usd")),
+        )
     return item.status
 
 
@@ -326,8 +353,19 @@ def generate_newsletter(
     newsletter = claim(newsletter_id=newsletter_id, token=token)
     if newsletter is None:
         return None
-    batch = newsletter.batch
-    if Batch.objects.filter(pk=batch.pk, budget_stopped=True).exists():
+    return draft_claimed(newsletter=newsletter, token=token, client=client, sleep=sleep)
+
+
+def draft_claimed(
+    *,
+    newsletter: Newsletter,
+    token: str,
+    client: anthropic.Anthropic | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> str:
+    """Draft an item this run has claimed (see claim). Returns its status afterwards."""
+    batch = newsletter.batch  # read with the item, just after the claim: its budget_stopped is current
+    if batch.budget_stopped:
         _finish(newsletter=newsletter, token=token, status=Newsletter.Status.SKIPPED_BUDGET,
                 error="Not drafted: the batch was stopped by its budget.")
         return newsletter.status
@@ -363,6 +401,63 @@ def reservation_tokens(counted: int) -> int:
     return counted + int(margin.to_integral_value(rounding="ROUND_CEILING")) + settings.RESERVATION_INPUT_EXTRA_TOKENS
 
 
+# The user message the fixed part of a request is counted with (the API refuses an empty one).
+PROBE_MESSAGE = "x"
+_fixed_counts: dict[tuple[str, str], int] = {}
+_fixed_counts_lock = threading.Lock()
+
+
+def input_tokens_bound(*, client: anthropic.Anthropic, request: dict[str, Any]) -> int | None:
+    """A number of input tokens that count_tokens cannot exceed for `request`, without counting the request itself;
+    None when the request is not of the one-user-message shape the bound is proven for.
+
+    The fixed part of every draft request (the house style, the tool and its schema, the model's tool-use system
+    prompt) is counted exactly, once per process and endpoint, with the one-character user message PROBE_MESSAGE:
+    F = fixed + framing + tokens(PROBE_MESSAGE). The request itself then counts fixed + framing + tokens(text),
+    and a token is never shorter than one byte (Claude's tokenizer, like every byte-level BPE, covers text with
+    tokens of at least one UTF-8 byte each; the fake's is a token per four characters), so tokens(text) is at
+    most the text's UTF-8 byte length: the bound is F plus the bytes of the text as JSON (which the escaped
+    rendering of quotes, backslashes and control characters cannot exceed). It is above the exact count by
+    about three quarters of the message's bytes (the prose's other three characters a token), so a reservation
+    that does not fit at the bound is made again at the exact count (see _call_within_budget).
+    """
+    messages = request.get("messages")
+    if not (isinstance(messages, list) and len(messages) == 1 and isinstance(messages[0], dict)
+            and messages[0].get("role") == "user" and isinstance(messages[0].get("content"), str)):
+        return None
+    fixed = {k: v for k, v in request.items() if k not in ("max_tokens", "messages")}
+    key = (str(getattr(client, "base_url", "")), hashlib.sha256(
+        json.dumps(fixed, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest())
+    counted = _fixed_counts.get(key)
+    if counted is None:
+        counted = client.messages.count_tokens(
+            **fixed, messages=[{"role": "user", "content": PROBE_MESSAGE}]).input_tokens
+        with _fixed_counts_lock:
+            if len(_fixed_counts) >= 64:  # another house style or model per key: never more than a few in use
+                _fixed_counts.clear()
+            _fixed_counts[key] = counted
+    return counted + len(json.dumps(messages[0]["content"], ensure_ascii=False).encode("utf-8"))
+
+
+# Drafting reads a model's price at most this often per process (one query less per item): a price changed or
+# removed in the admin reaches running workers within this long. An item keeps the price it started with.
+PRICE_REUSE_SECONDS = 30.0
+_prices: dict[tuple[str, datetime.date], tuple[float, ModelPrice]] = {}
+
+
+def drafting_price(model: str) -> ModelPrice:
+    """price_for(model) today, read again once PRICE_REUSE_SECONDS have passed; PriceMissing is never kept."""
+    today = timezone.localdate()
+    kept = _prices.get((model, today))
+    if kept is not None and time.monotonic() - kept[0] < PRICE_REUSE_SECONDS:
+        return kept[1]
+    price = price_for(model, on=today)
+    if len(_prices) >= 32:  # yesterday's entries and other models: never more than a few in use
+        _prices.clear()
+    _prices[(model, today)] = (time.monotonic(), price)
+    return price
+
+
 def _usable_usage(message: Any) -> Usage | None:
     usage = getattr(message, "usage", None)
     if usage is None or not isinstance(getattr(usage, "output_tokens", None), int) \
@@ -381,7 +476,7 @@ def _call_within_budget(
     """
     batch = newsletter.batch
     try:
-        price = price_for(batch.model)
+        price = drafting_price(batch.model)
     except PriceMissing as exc:
         raise GenerationFailed(str(exc), permanent=True) from None
     max_tokens = settings.ANTHROPIC_MAX_TOKENS
@@ -392,7 +487,10 @@ def _call_within_budget(
     lease_left = (newsletter.lease_expires_at - timezone.now()).total_seconds()
     deadline = time.monotonic() + lease_left - settings.ANSWER_WRITE_RETRY_SECONDS - WRITE_MARGIN_SECONDS
     attempts = settings.ANTHROPIC_MAX_RETRIES + 1
+    # The input tokens each attempt reserves for: an upper bound at first (no round trip before the call), the
+    # exact count once the bound has not fitted a budget. The request does not change between attempts.
     input_tokens: int | None = None
+    exact = False
     last_error: Exception | None = None
     for attempt in range(attempts):
         if attempt:
@@ -401,28 +499,37 @@ def _call_within_budget(
                 attempts = attempt
                 break
             sleep(delay)
-        if input_tokens is None:
-            try:
-                # Counting is free and makes the reservation exact rather than guessed; the request does not
-                # change between attempts, so it is counted once.
-                input_tokens = client.messages.count_tokens(**counting).input_tokens
-            except anthropic.APIError as exc:
-                last_error = exc
-                if _is_transient(exc):
-                    continue
-                raise GenerationFailed(_describe(exc), permanent=True) from None
-        if time.monotonic() + timeout > deadline:
-            attempts = attempt
-            break
-        reservation = ledger.reserve(
-            idempotency_key=f"newsletter:{newsletter.pk}:attempt:{newsletter.attempts}:try:{attempt}",
-            worst_case_usd=worst_case_cost(input_tokens=reservation_tokens(input_tokens), max_tokens=max_tokens,
-                                           price=price),
-            batch_id=batch.pk,
-            newsletter_id=newsletter.pk,
-            model=batch.model,
-            description=f"Draft for topic #{newsletter.topic_id}",
-        )
+        try:
+            if input_tokens is None:
+                input_tokens = input_tokens_bound(client=client, request=request)
+                if input_tokens is None:
+                    input_tokens, exact = client.messages.count_tokens(**counting).input_tokens, True
+            if time.monotonic() + timeout > deadline:
+                attempts = attempt
+                break
+            while True:
+                try:
+                    reservation = ledger.reserve(
+                        idempotency_key=f"newsletter:{newsletter.pk}:attempt:{newsletter.attempts}:try:{attempt}",
+                        worst_case_usd=worst_case_cost(input_tokens=reservation_tokens(input_tokens),
+                                                       max_tokens=max_tokens, price=price),
+                        batch_id=batch.pk,
+                        newsletter_id=newsletter.pk,
+                        model=batch.model,
+                        description=f"Draft for topic #{newsletter.topic_id}",
+                    )
+                    break
+                except ledger.BudgetExhausted:
+                    if exact:
+                        raise
+                # The bound did not fit (the refused reservation left nothing behind): the request itself may fit,
+                # so it is counted (counting is free) and reserved at exactly what the count says.
+                input_tokens, exact = client.messages.count_tokens(**counting).input_tokens, True
+        except anthropic.APIError as exc:  # counting failed; nothing was reserved for this attempt
+            last_error = exc
+            if _is_transient(exc):
+                continue
+            raise GenerationFailed(_describe(exc), permanent=True) from None
         try:
             message = client.messages.create(**request)
         except anthropic.APITimeoutError as exc:

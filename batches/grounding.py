@@ -252,13 +252,14 @@ def checked(*, newsletter: Newsletter, draft, material: Material) -> dict:
     return {"sources": sources_snapshot(sources=numbered(material), cited=cited), "flags": [asdict(f) for f in flags]}
 
 
-def write_checked(*, newsletter: Newsletter, checked: dict | None) -> list[DraftFlag]:
+def write_checked(*, newsletter: Newsletter, checked: dict | None, save: bool = True) -> list[DraftFlag]:
     """Store a draft's sources and flags with it, replacing an earlier draft's. Nothing for an answer recorded
-    without them."""
+    without them. With `save` False the sources are only set on `newsletter`, for the caller's own save."""
     if checked is None:
         return []
     newsletter.sources = checked["sources"]
-    Newsletter.objects.filter(pk=newsletter.pk).update(sources=newsletter.sources)
+    if save:
+        Newsletter.objects.filter(pk=newsletter.pk).update(sources=newsletter.sources)
     DraftFlag.objects.filter(newsletter=newsletter).delete()
     return DraftFlag.objects.bulk_create(
         DraftFlag(newsletter=newsletter, kind=f["kind"], text=f["text"], sentence=f["sentence"])

@@ -6,7 +6,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from . import economy, running, sweeper
-from .generation import generate_newsletter, replay_spool
+from .generation import claim, draft_claimed, replay_spool
 from .models import Batch, Newsletter
 from .spool import pending as spooled_answers
 
@@ -37,17 +37,20 @@ def run_batch(batch_id: int) -> None:
 def generate_newsletter_task(self, newsletter_id: int) -> None:
     if spooled_answers():
         replay_spool()  # answers kept through a database outage land before anything new is drafted
-    batch_id, delivery = Newsletter.objects.filter(pk=newsletter_id).values_list("batch_id", "batch__delivery") \
-        .first() or (None, None)
-    if batch_id is None:
-        return  # the item (or its batch) was deleted meanwhile: nothing to do
-    if delivery == Batch.Delivery.ECONOMY:
-        return  # an economy item is drafted inside its Message Batch, never as a `now` call
+    newsletter = claim(newsletter_id=newsletter_id, token=self.request.id or "")  # never an economy item
+    if newsletter is None:
+        # Not this run's to draft: finished, held by another run, deleted, or an economy item (drafted inside its
+        # Message Batch). A `now` batch whose last item this was may still need closing.
+        batch_id, delivery = Newsletter.objects.filter(pk=newsletter_id) \
+            .values_list("batch_id", "batch__delivery").first() or (None, None)
+        if batch_id is not None and delivery != Batch.Delivery.ECONOMY:
+            running.finalize_batch(batch_id=batch_id)
+        return
     try:
-        generate_newsletter(newsletter_id=newsletter_id, token=self.request.id or "")
+        draft_claimed(newsletter=newsletter, token=self.request.id or "")
     finally:
         # Even after an unexpected error (the item is marked failed first) the batch must be able to close.
-        running.finalize_batch(batch_id=batch_id)
+        running.finalize_batch(batch_id=newsletter.batch_id)
 
 
 @shared_task(name="batches.sweep", ignore_result=True)

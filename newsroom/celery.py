@@ -2,8 +2,8 @@
 import os
 import sys
 
-from celery import Celery
-from celery.signals import beat_init, worker_init
+from celery import Celery, states
+from celery.signals import beat_init, task_postrun, task_prerun, worker_init
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "newsroom.settings")
 
@@ -22,6 +22,31 @@ def refuse_to_start_misconfigured(**kwargs) -> None:
     serious = [error for error in run_checks() if error.is_serious()]
     if serious:
         raise SystemExit("Refusing to start: " + " ".join(f"{e.id}: {e.msg}" for e in serious))
+
+
+@task_prerun.connect
+def connections_before_task(task=None, **kwargs) -> None:
+    """As before a request: close a connection past CONN_MAX_AGE, and health-check the kept one at its first query
+    (CELERY_DB_REUSE_MAX keeps the fixup from closing it after every task)."""
+    if task is not None and not getattr(task.request, "is_eager", False):
+        from django.db import close_old_connections
+
+        close_old_connections()
+
+
+@task_postrun.connect
+def connections_after_task(task=None, state=None, **kwargs) -> None:
+    """Keep the connection only after a task that succeeded: one that raised, retried or hit its time limit may
+    have been stopped mid-query, leaving a connection Django would still take for usable (Celery's reason for
+    closing after every task)."""
+    if task is None or getattr(task.request, "is_eager", False):
+        return
+    from django.db import close_old_connections, connections
+
+    if state == states.SUCCESS:
+        close_old_connections()
+    else:
+        connections.close_all()
 
 
 def _settings_or_exit() -> None:

@@ -229,6 +229,12 @@ CELERY_RESULT_BACKEND = None
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# Celery's Django fixup closes the database connection before and after every task unless this is set: a new
+# PostgreSQL backend (a fork, authentication, cold catalogue caches) for each draft, ~30 ms before its claim on the
+# development machine. With it set, newsroom/celery.py keeps a connection across tasks as Django keeps one across
+# requests (CONN_MAX_AGE, a health check at each task's first query) and closes it after any task that did not
+# succeed, which may have been interrupted mid-query; the fixup still closes it after this many tasks.
+CELERY_DB_REUSE_MAX = env_number("CELERY_DB_REUSE_MAX", default=1000, minimum=0, maximum=1_000_000)
 CELERY_TASK_ALWAYS_EAGER = False
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_TIMEZONE = TIME_ZONE
@@ -315,7 +321,8 @@ SWEEP_STALE_SECONDS = env_number("SWEEP_STALE_SECONDS", default=180, minimum=1, 
 # Answers that could not be written during a database outage wait here (one JSON file each) for the sweeper.
 ANSWER_SPOOL_DIR = Path(env.str("ANSWER_SPOOL_DIR", default=str(VAR_DIR / "spool" / "answers")))
 # Input tokens can come back higher than count_tokens said (Anthropic documents it as an estimate): each
-# reservation adds this fraction of the counted input, plus RESERVATION_INPUT_EXTRA_TOKENS, as a safety margin.
+# reservation adds this fraction of the counted input (or of its upper bound, batches.generation.input_tokens_bound),
+# plus RESERVATION_INPUT_EXTRA_TOKENS, as a safety margin.
 RESERVATION_INPUT_MARGIN = env_number(
     "RESERVATION_INPUT_MARGIN", default=Decimal("0.10"), minimum=0, maximum=10, kind=Decimal
 )

@@ -42,6 +42,17 @@ def fresh_cache() -> None:
     cache.clear()
 
 
+@pytest.fixture(autouse=True)
+def fresh_drafting_process() -> None:
+    """Each test drafts as a freshly started worker process does: the requests' fixed part not counted yet (the
+    count is kept per process and endpoint, and a later test's fake may get an earlier one's port), and no price
+    kept from an earlier test's database."""
+    from batches import generation
+
+    generation._fixed_counts.clear()
+    generation._prices.clear()
+
+
 @pytest.fixture
 def redis_url() -> str:
     """The Redis database for tests (TEST_REDIS_URL), emptied before and after use."""

@@ -283,7 +283,8 @@ def gather_material(
     charge) and `research_key` (its idempotency key), when RESEARCH_WITH_PERPLEXITY is on.
     """
     wanted = wanted_sources(topic)
-    existing = {(d.kind, d.url): d for d in topic.documents.all()}
+    documents = list(topic.documents.all())
+    existing = {(d.kind, d.url): d for d in documents}
     fresh_after = _fresh_after()
     to_read = [w for w in wanted if refresh or not _reusable(existing.get((w.kind, w.url)), fresh_after=fresh_after)]
     fetches = [w for w in to_read if w.text is None][:MAX_FETCHES]
@@ -301,7 +302,8 @@ def gather_material(
         outcomes += [(w, future.result()) for w, future in futures]
     for item, outcome in outcomes:
         _store(topic=topic, wanted=item, outcome=outcome)
-    return _material(topic, wanted=wanted, fetched=len(outcomes))
+    # With nothing read, the documents are as they were just read: no second query.
+    return _material(topic, wanted=wanted, fetched=len(outcomes), documents=None if outcomes else documents)
 
 
 def _store(*, topic: Topic, wanted: Wanted, outcome: Outcome) -> None:

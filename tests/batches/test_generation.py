@@ -12,7 +12,7 @@ import pytest
 from django.conf import settings as django_settings
 from django.utils import timezone
 
-from batches import ledger, running
+from batches import generation, ledger, running
 from batches.generation import claim, generate_newsletter, reservation_tokens
 from batches.models import Batch, CostLedgerEntry, ModelPrice, Newsletter
 from batches.planning import topic_message
@@ -157,6 +157,106 @@ def test_an_item_whose_price_vanished_fails_without_calling_the_api(fake_anthrop
     assert status == Newsletter.Status.FAILED
     assert fake_anthropic.requests == []
     assert "No price is known" in Newsletter.objects.get(pk=newsletter.pk).error
+
+
+def test_a_worker_reads_a_models_price_again_only_after_price_reuse_seconds(
+    fake_anthropic, topics_in_every_category, monkeypatch
+):
+    first, second, third = started_batch(size=3).newsletters.order_by("position")
+    assert generate_newsletter(newsletter_id=first.pk, token="t") == Newsletter.Status.GENERATED
+    ModelPrice.objects.filter(model=first.batch.model).delete()
+
+    # Within PRICE_REUSE_SECONDS the process drafts with the price it read (one query less per item) ...
+    assert generate_newsletter(newsletter_id=second.pk, token="t") == Newsletter.Status.GENERATED
+    # ... and once they have passed it reads the table again: no price, no call.
+    monkeypatch.setattr(generation, "PRICE_REUSE_SECONDS", 0.0)
+    assert generate_newsletter(newsletter_id=third.pk, token="t") == Newsletter.Status.FAILED
+    assert "No price is known" in Newsletter.objects.get(pk=third.pk).error
+    assert fake_anthropic.message_calls == 2
+
+
+# --- no round trip before a call: the reservation's input tokens ---------------------------------
+
+
+def count_requests(fake) -> list[dict]:
+    return [r["json"] for r in fake.requests if r["path"] == "/v1/messages/count_tokens"]
+
+
+def bound_worst_case(topic, model: str = "claude-sonnet-4-6") -> Decimal:
+    """The reservation made without counting: the fixed part as the fake counts it, plus the message's bytes."""
+    max_tokens = django_settings.ANTHROPIC_MAX_TOKENS
+    probe = build_request(model=model, max_tokens=max_tokens, topic_message="x")
+    fixed = request_input_tokens({k: v for k, v in probe.items() if k != "max_tokens"})
+    bound = fixed + len(json.dumps(topic_message(topic), ensure_ascii=False).encode("utf-8"))
+    return worst_case_cost(input_tokens=reservation_tokens(bound), max_tokens=max_tokens, price=price_for(model))
+
+
+def test_reservations_that_fit_at_the_bound_make_no_count_tokens_call_for_their_request(
+    fake_anthropic, topics_in_every_category
+):
+    items = list(started_batch(size=3).newsletters.order_by("position"))
+
+    for item in items:
+        assert generate_newsletter(newsletter_id=item.pk, token="t") == Newsletter.Status.GENERATED
+
+    # One count in the process, of the fixed part with a one-character message; none for any item's request.
+    assert [c["messages"] for c in count_requests(fake_anthropic)] == [[{"role": "user", "content": "x"}]]
+    assert fake_anthropic.message_calls == 3
+    for item in items:
+        entry = CostLedgerEntry.objects.get(newsletter=item)
+        assert entry.reserved_usd == bound_worst_case(item.topic) > worst_case_for(item.topic)
+        assert entry.amount_usd <= entry.reserved_usd
+
+
+def test_a_reservation_that_does_not_fit_at_the_bound_counts_the_request_and_reserves_the_exact_figure(
+    fake_anthropic, topics_in_every_category
+):
+    item = started_batch().newsletters.get()
+    exact, bound = worst_case_for(item.topic), bound_worst_case(item.topic)
+    budget = ((exact + bound) / 2).quantize(Decimal("0.000001"))
+    assert exact < budget < bound
+    Batch.objects.filter(pk=item.batch_id).update(budget_usd=budget)
+    fake_anthropic.enqueue(Fault(status=529))  # the retry reserves the exact figure again, without a second count
+
+    assert generate_newsletter(newsletter_id=item.pk, token="t", sleep=lambda seconds: None) == \
+        Newsletter.Status.GENERATED
+
+    message = message_requests(fake_anthropic)[-1]["json"]
+    assert [c["messages"] for c in count_requests(fake_anthropic)] == [
+        [{"role": "user", "content": "x"}], message["messages"]]
+    assert [(e.status, e.reserved_usd) for e in entries_of(item)] == [("released", exact), ("settled", exact)]
+    batch = Batch.objects.get(pk=item.batch_id)
+    assert batch.spent_usd() <= batch.budget_usd
+
+
+def test_a_request_that_does_not_fit_even_counted_is_skipped_by_the_budget_without_a_call(
+    fake_anthropic, topics_in_every_category
+):
+    item = started_batch().newsletters.get()
+    Batch.objects.filter(pk=item.batch_id).update(budget_usd=worst_case_for(item.topic) - Decimal("0.000001"))
+
+    assert generate_newsletter(newsletter_id=item.pk, token="t") == Newsletter.Status.SKIPPED_BUDGET
+
+    assert len(count_requests(fake_anthropic)) == 2 and fake_anthropic.message_calls == 0
+    assert not CostLedgerEntry.objects.exists()
+
+
+@pytest.mark.parametrize("text", [
+    "plain English prose about parcels, " * 200,
+    "quotes \" and backslashes \\ and\nnew\nlines\t" * 50,
+    "\x01\x02\x1f control characters " * 40,
+    "汉字とかな、한국어 " * 120,
+    "emoji 📦🚚✨ " * 150,
+])
+def test_the_bound_is_never_below_the_count_of_the_request(fake_anthropic, text):
+    """Whatever the message holds (the fake counts JSON-escaped characters, four a token; the bound, bytes)."""
+    client = anthropic.Anthropic(api_key="test", base_url=fake_anthropic.base_url, max_retries=0)
+    request = build_request(model="claude-sonnet-4-6", max_tokens=2048, topic_message=text)
+
+    bound = generation.input_tokens_bound(client=client, request=request)
+
+    counted = client.messages.count_tokens(**{k: v for k, v in request.items() if k != "max_tokens"}).input_tokens
+    assert counted <= bound <= counted + 6 * len(text.encode("utf-8"))
 
 
 # --- cost ----------------------------------------------------------------------------------------
@@ -376,6 +476,41 @@ def test_a_malformed_draft_fails_the_item_but_its_cost_is_still_charged(
     assert newsletter.cost_usd == entry.amount_usd == Decimal(result.report["spent_usd"])
 
 
+def test_the_answer_is_written_with_the_ledger_rows_locked_last(
+    fake_anthropic, topics_in_every_category, monkeypatch
+):
+    """The settlement moves running totals every reservation waits on: nothing of the draft is written after it
+    but the item's own row, so those rows are held for as few statements as possible."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from batches import generation as drafting
+
+    writes: list[list[str]] = []
+    original = drafting.write_answer
+
+    def watched(record):
+        with CaptureQueriesContext(connection) as captured:
+            status = original(record)
+        writes.append([q["sql"] for q in captured.captured_queries if "SAVEPOINT" not in q["sql"]])
+        return status
+
+    monkeypatch.setattr(drafting, "write_answer", watched)
+    item = started_batch().newsletters.get()
+
+    assert generate_newsletter(newsletter_id=item.pk, token="t") == Newsletter.Status.GENERATED
+
+    [statements] = writes
+    settling = next(i for i, sql in enumerate(statements) if sql.startswith('UPDATE "batches_costledgerentry"'))
+    before, after = statements[:settling], statements[settling + 1:]
+    assert any("batches_draftflag" in sql for sql in before) and any('"topics_topic"' in sql for sql in before)
+    assert not any(table in sql for sql in after for table in ("draftflag", "topics_topic", "draftversion"))
+    assert after[-1].startswith('UPDATE "batches_newsletter"')
+    item.refresh_from_db()
+    assert item.cost_usd == ledger.newsletter_spent(item.pk) > 0
+    assert item.generated_at >= CostLedgerEntry.objects.get(newsletter=item).settled_at
+
+
 # --- idempotency ---------------------------------------------------------------------------------
 
 
@@ -426,6 +561,18 @@ def test_another_task_cannot_take_an_item_that_is_being_drafted(fake_anthropic, 
 
     assert generate_newsletter(newsletter_id=newsletter.pk, token="second") is None
     assert fake_anthropic.requests == []
+
+
+def test_no_drafting_task_claims_an_item_of_an_economy_batch(fake_anthropic, topics_in_every_category):
+    batch = running.create_batch(size=1, budget_usd=Decimal("40"), delivery=Batch.Delivery.ECONOMY)
+    item = running.start_batch(batch_id=batch.pk).newsletters.get()  # selected, not submitted yet: pending
+
+    assert claim(newsletter_id=item.pk, token="stray") is None
+    generate_newsletter_task.apply(args=[item.pk])
+
+    item.refresh_from_db()
+    assert (item.status, item.attempts, item.claim_token) == (Newsletter.Status.PENDING, 0, "")
+    assert fake_anthropic.message_calls == 0 and fake_anthropic.count_tokens_calls == 0
 
 
 def test_a_redelivered_batch_task_fans_out_the_items_still_waiting(

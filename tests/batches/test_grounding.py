@@ -7,10 +7,11 @@ from decimal import Decimal
 
 import pytest
 
-from batches.generation import Draft
+from batches.generation import Draft, reservation_tokens
 from batches.grounding import check_draft, cited_sources, figures_in
 from batches.models import CostLedgerEntry, DraftFlag, Newsletter
-from batches.claude_standin import Plant
+from batches.claude_standin import Plant, request_input_tokens
+from batches.pricing import price_for, worst_case_cost
 from topics.material import Material
 from topics.models import SourceDocument, Topic
 
@@ -202,18 +203,21 @@ def test_a_draft_cites_the_sources_it_was_given_and_carries_no_flag(fake_anthrop
     assert report["flags"] == []
 
 
-def test_the_prompt_carries_the_material_as_numbered_fenced_sources_and_the_reservation_counts_it(
+def test_the_prompt_carries_the_material_as_numbered_fenced_sources_and_the_reservation_covers_it(
     fake_anthropic, pages_topics, runbatch
 ):
     runbatch("--size", "1")
 
     message = next(r for r in fake_anthropic.requests if r["path"] == "/v1/messages")["json"]
-    counted = next(r for r in fake_anthropic.requests if r["path"] == "/v1/messages/count_tokens")["json"]
     user = message["messages"][0]["content"]
     fenced = json.loads(user.split("<source_material>")[1].split("</source_material>")[0])
     assert [(s["n"], s["url"]) for s in fenced] == [(1, pages_topics[0].url)]
     assert "$11.20 to $12.35" in fenced[0]["text"] and "Related stories" not in fenced[0]["text"]
-    assert counted["messages"] == message["messages"]  # the reservation is made on the real request
+    # the reservation is at least what counting the real request, material and all, would have reserved
+    entry = CostLedgerEntry.objects.get()
+    counted = request_input_tokens({k: v for k, v in message.items() if k != "max_tokens"})
+    assert entry.reserved_usd >= worst_case_cost(input_tokens=reservation_tokens(counted),
+                                                 max_tokens=message["max_tokens"], price=price_for(message["model"]))
     assert message["system"][0]["cache_control"] == {"type": "ephemeral"}  # the shared prefix stays cached
     assert "sources_used" in message["tools"][0]["input_schema"]["required"]
 

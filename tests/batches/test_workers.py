@@ -11,14 +11,15 @@ import subprocess
 import time
 from collections import Counter
 
+import psycopg
 import pytest
-
+from django.db import connection
 from django.utils import timezone
 
 from batches.models import Batch, CostLedgerEntry, Newsletter
 from batches.claude_standin import FakeAnthropicServer
 from batches.sweeper import sweep
-from tests.support import DOWN_BROKER_URL, manage, manage_in_background, service_env, wait_for
+from tests.support import DOWN_BROKER_URL, database_url, manage, manage_in_background, service_env, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("migration_data")]
 
@@ -62,6 +63,31 @@ def test_a_batch_queued_to_real_workers_drafts_every_item_once(
     assert_one_draft_and_one_charge_per_item(batch)
     assert set(CostLedgerEntry.objects.filter(batch=batch).values_list("status", flat=True)) == {"settled"}
     assert fake_anthropic.message_calls == 8
+
+
+def sessions_opened() -> int:
+    """Connections PostgreSQL has opened to this test's database so far (read afresh, outside any snapshot)."""
+    with psycopg.connect(database_url(), autocommit=True) as other:
+        return other.execute("SELECT sessions FROM pg_stat_database WHERE datname = current_database()").fetchone()[0]
+
+
+@pytest.mark.redis
+def test_a_worker_process_keeps_its_database_connection_from_one_draft_to_the_next(
+    fake_anthropic, topics_in_every_category, start_worker, redis_url
+):
+    if connection.vendor != "postgresql":
+        pytest.skip("counts the connections the server opened (PostgreSQL's pg_stat_database)")
+    env = service_env(ANTHROPIC_BASE_URL=fake_anthropic.base_url, CELERY_BROKER_URL=redis_url)
+    start_worker(env=env, concurrency=1)  # one pool process runs the batch's task and its eight drafts
+    before = sessions_opened()
+
+    finished = manage("runbatch", "--queue", "--wait", "--json", env=env)
+
+    assert finished.returncode == 0, finished.stderr
+    assert json.loads(finished.stdout)["status"] == "done"
+    # Nine tasks: a connection each would be nine sessions or more (Celery's default); here the pool process
+    # opens one, the command one, and this test's count one each time.
+    assert sessions_opened() - before <= 4
 
 
 @pytest.mark.redis

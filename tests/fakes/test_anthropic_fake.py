@@ -307,6 +307,15 @@ def test_api_key_masked_and_unknown_path(server: FakeAnthropicServer, client_for
     assert body["type"] == "error" and body["error"]["type"] == "not_found_error"
 
 
+def test_an_answer_comes_latency_seconds_after_its_request_arrived(client_for: ClientFactory) -> None:
+    with FakeAnthropicServer(latency=0.4) as server:
+        client = client_for(server)
+        started = time.monotonic()
+        client.messages.create(**draft_request("Latency"))
+        elapsed = time.monotonic() - started
+        assert 0.4 <= elapsed < 2.0  # never early; the fake's own work runs inside the latency, not after it
+
+
 def test_concurrent_calls_share_latency_and_cache(client_for: ClientFactory) -> None:
     with FakeAnthropicServer(latency=0.3) as server:
         client = client_for(server)
