@@ -12,15 +12,13 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.text import Truncator
-from rapidfuzz import fuzz, process
 
 from newsroom.admin_lists import DistinctValuesFilter, LargeListAdmin, RenderedOncePerValue
 
 from .categorize import recategorize
-from .dedupe import NEAR_DUPLICATE_THRESHOLD, is_near_duplicate, normalize_title
 from .manual import known_topic, prepare_manual_topic
 from .models import Category, DiscoveryRun, SourceDocument, Topic
-from .selection import MAX_POOL_IDS, recently_used
+from .selection import MAX_POOL_IDS, RecentStories, recently_used
 
 MAX_FETCH_TOPICS = 50
 
@@ -296,25 +294,6 @@ class TopicAdmin(LargeListAdmin):
                           "page lists what was read, and what could not be and why.", messages.SUCCESS)
 
 
-def repeated_story(*, topic: Topic, drafted: list[tuple[int, str]], normalized: list[str]) -> str | None:
-    """The recently drafted title this topic repeats, if any.
-
-    Both scores is_near_duplicate may use are computed over all the drafted titles at once in C; only the few
-    titles that pass either go through the full check, so a page costs milliseconds, not a second.
-    """
-    query = normalize_title(topic.title)
-    if not query or not normalized:
-        return None
-    candidates = {
-        index
-        for scorer in (fuzz.token_set_ratio, fuzz.token_sort_ratio)
-        for _, _, index in process.extract(query, normalized, scorer=scorer, processor=None,
-                                           score_cutoff=NEAR_DUPLICATE_THRESHOLD, limit=None)
-    }
-    return next((drafted[i][1] for i in sorted(candidates)
-                 if drafted[i][0] != topic.pk and is_near_duplicate(topic.title, drafted[i][1])), None)
-
-
 def annotate_use(topics) -> None:
     """Set `desk_use` on each topic of a list page: three indexed queries for the page, whatever its length and
     whatever the size of the tables."""
@@ -333,7 +312,10 @@ def annotate_use(topics) -> None:
     # The stories drafted recently (90 days), which selection steers clear of: read from the topics' own record of
     # their use (two partial indexes holding only used topics), not by joining every recent draft.
     drafted = recently_used()
-    normalized = [normalize_title(title) for _, title in drafted]
+    recent = RecentStories([title for _, title in drafted])
+    positions: dict[int, list[int]] = {}  # a drafted topic's places among the recent stories: not its own repeat
+    for index, (pk, _) in enumerate(drafted):
+        positions.setdefault(pk, []).append(index)
     for topic in topics:
         item = latest.get(topic.pk)
         if item is not None and item.status in Newsletter.DRAFTED_STATUSES:
@@ -345,8 +327,9 @@ def annotate_use(topics) -> None:
                                       reverse("admin:batches_batch_change", args=[item.batch_id]),
                                       "Being drafted now")
         else:
-            story = repeated_story(topic=topic, drafted=drafted, normalized=normalized)
-            topic.desk_use = TopicUse("repeat", note=f"Repeats a story drafted recently: {story}") if story else None
+            index = recent.repeated(topic.title, skip=positions.get(topic.pk, ()))
+            topic.desk_use = (TopicUse("repeat", note=f"Repeats a story drafted recently: {drafted[index][1]}")
+                              if index is not None else None)
 
 
 @admin.register(DiscoveryRun)

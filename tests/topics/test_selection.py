@@ -7,9 +7,10 @@ from datetime import datetime, timezone
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
+from rapidfuzz import fuzz
 
 from topics import usage
-from topics.dedupe import is_near_duplicate
+from topics.dedupe import NEAR_DUPLICATE_THRESHOLD, is_near_duplicate, normalize_title
 from topics.models import Category, Topic
 from topics.selection import LeftOut, RecentStories, select_topics
 
@@ -514,6 +515,33 @@ def test_the_fast_check_for_recent_stories_agrees_with_comparing_each_title():
 
     assert fast == slow
     assert 0 < sum(fast) < len(fast)  # the corpus has repeats and stories that are not
+
+
+def test_the_candidates_for_the_full_check_include_every_title_either_score_would_let_through():
+    corpus = corpus_of_titles()
+    # Titles with a word twice, and two made of the same words: the distinct-word and sorted-word forms differ.
+    corpus += ["Tariff tariff news for sellers today", "Sellers today news for tariff", "news news news"]
+    recent = RecentStories(corpus[::2])
+
+    for title in corpus[1::2] + corpus[::7]:
+        query = normalize_title(title)
+        if not query:
+            continue
+        either = {index for index, other in enumerate(recent.normalized)
+                  if max(fuzz.token_set_ratio(query, other), fuzz.token_sort_ratio(query, other))
+                  >= NEAR_DUPLICATE_THRESHOLD}
+        assert either <= set(recent.candidates(query)), title
+
+
+def test_the_topic_list_and_selection_find_the_same_repeats():
+    corpus = corpus_of_titles()
+    recent = RecentStories(corpus[::3])
+
+    for title in corpus[1::3]:
+        index = recent.repeated(title)
+        assert (index is not None) == recent.repeated_by(title)
+        if index is not None:  # the first recent title, in order, that it repeats
+            assert index == next(i for i, other in enumerate(recent.titles) if is_near_duplicate(title, other))
 
 
 def explain(sql: str) -> str:
