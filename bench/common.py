@@ -167,8 +167,9 @@ def n_log_n_slope(smallest: float, largest: float) -> float:
 
 
 def run_on_fresh_databases(module: str, *, sqlite_flag: str = "--database", postgres_flag: str = "--database") -> int:
-    """Run `python -m module FLAG URL` on a temporary SQLite file, then on a fresh PostgreSQL database (created and
-    dropped) when BENCH_POSTGRES_URL's server answers; 1 when either run failed."""
+    """Run `python -m module FLAG URL` on a temporary SQLite file, then on a fresh PostgreSQL database (named
+    BENCH_DATABASE_PREFIX, the benchmark and the process id; created and dropped) when BENCH_POSTGRES_URL's server
+    answers; 1 when either run failed."""
     import subprocess
     import tempfile
 
@@ -177,7 +178,8 @@ def run_on_fresh_databases(module: str, *, sqlite_flag: str = "--database", post
         url = temporary_sqlite_url(directory, module.rsplit(".", 1)[-1])
         failures += subprocess.run([sys.executable, "-m", module, sqlite_flag, url], cwd=ROOT, check=False).returncode
     if postgres_reachable():
-        with fresh_postgres_database(f"newsroom_{module.rsplit('.', 1)[-1]}") as url:
+        prefix = os.environ.get("BENCH_DATABASE_PREFIX", "newsroom_bench")
+        with fresh_postgres_database(f"{prefix}_{module.rsplit('.', 1)[-1]}") as url:
             failures += subprocess.run([sys.executable, "-m", module, postgres_flag, url], cwd=ROOT,
                                        check=False).returncode
     else:
