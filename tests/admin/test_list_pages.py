@@ -218,7 +218,8 @@ LIST_PAGES = [
     (TOPICS, "topics_topic", ""), (TOPICS, "topics_topic", "?status__exact=new"),
     (TOPICS, "topics_topic", "?category__id__exact=1"), (TOPICS, "topics_topic", "?source=reddit"),
     (TOPICS, "topics_topic", "?category_locked__exact=1"), (TOPICS, "topics_topic", "?p=2"),
-    (TOPICS, "topics_topic", "?status__exact=approved&p=2"),
+    (TOPICS, "topics_topic", "?status__exact=approved&p=2"), (TOPICS, "topics_topic", "?status__exact=new&p=3"),
+    (LEDGER, "batches_costledgerentry", "?p=3"), (DRAFTS, "batches_newsletter", "?status__exact=generated&p=3"),
     (LEDGER, "batches_costledgerentry", ""), (LEDGER, "batches_costledgerentry", "?provider=perplexity"),
     (LEDGER, "batches_costledgerentry", "?status__exact=settled"), (LEDGER, "batches_costledgerentry", "?model=sonar"),
     (LEDGER, "batches_costledgerentry", "?batch__id__exact={batch}"),
@@ -234,6 +235,7 @@ def test_every_list_reads_its_count_and_page_in_order_from_an_index(admin_client
     walks an index in the list's order and can stop at its LIMIT, on a table of any size."""
     for model in (Topic, CostLedgerEntry, Newsletter):
         monkeypatch.setattr(admin.site._registry[model], "list_per_page", 10)  # every filter fills two pages
+    monkeypatch.setattr(EstimatedCountPaginator, "keys_first_from", 20)  # page 3 reads its keys first
     add_topics(categories, 120)
     Topic.objects.filter(pk__in=Topic.objects.order_by("pk").values("pk")[:40]).update(category_locked=True)
     add_ledger_entries(120)
@@ -300,3 +302,24 @@ def test_no_index_of_a_long_list_is_the_start_of_another(table):
     leading = {info["columns"][0] for info in indexes if len(info["columns"]) > 1}
 
     assert single & leading == set()
+
+
+@pytest.mark.parametrize(("url", "model", "query"), [
+    (TOPICS, Topic, "?status__exact=approved"), (TOPICS, Topic, ""), (LEDGER, CostLedgerEntry, "?provider=anthropic"),
+])
+def test_a_deep_page_reads_keys_first_and_shows_the_rows_django_would(admin_client, categories, monkeypatch, url, model,
+                                                                       query):
+    monkeypatch.setattr(EstimatedCountPaginator, "keys_first_from", 20)
+    monkeypatch.setattr(admin.site._registry[model], "list_per_page", 10)
+    add_topics(categories, 60)
+    add_ledger_entries(60)
+    changelist = admin_client.get(url + query).context["cl"]
+    everything = list(changelist.queryset.values_list("pk", flat=True))
+
+    response = admin_client.get(url + (query + "&" if query else "?") + "p=3")
+    sql = queries_for(admin_client, url + (query + "&" if query else "?") + "p=3")
+
+    assert [row.pk for row in response.context["cl"].result_list] == everything[20:30]
+    assert any(' OFFSET 20' in q and 'AS "pk" FROM' in q for q in sql)  # the keys, from the order's index
+    if model is Topic:
+        assert response.content.decode().count('<select name="form-') == 10  # the editable column still works
