@@ -11,7 +11,7 @@ from django.http import HttpResponseBadRequest, HttpResponseRedirect
 from django.urls import path, reverse
 from django.utils.html import format_html
 
-from newsroom.admin_lists import DateDrilldownQuerySet, DistinctValuesFilter, EstimatedCountPaginator
+from newsroom.admin_lists import DateDrilldownQuerySet, DistinctValuesFilter, LargeListAdmin, counted_exactly
 
 from . import export, views
 from .launching import why_not_resumable
@@ -195,14 +195,10 @@ class RecentBatchFilter(admin.SimpleListFilter):
 
 
 @admin.register(Newsletter)
-class NewsletterAdmin(admin.ModelAdmin):
+class NewsletterAdmin(LargeListAdmin):
     form = NewsletterForm
     list_display = ("__str__", "batch_link", "topic_link", "status", "cost", "generated_at", "reviewed_by")
-    list_filter = ("status", RecentBatchFilter)
-    # Large-list settings (see newsroom.admin_lists): a bounded count, and filters that read no whole table.
-    paginator = EstimatedCountPaginator
-    show_full_result_count = False
-    show_facets = admin.ShowFacets.NEVER
+    list_filter = ("status", RecentBatchFilter)  # read no whole table (LargeListAdmin)
     list_select_related = ("batch", "topic", "reviewed_by")
     search_fields = ("subject", "preview_text", "body_markdown", "topic__title")
     readonly_fields = ("batch", "topic", "position", "status", "error", "model", "attempts", "cost_usd",
@@ -382,16 +378,12 @@ class ModelFilter(DistinctValuesFilter):
 
 
 @admin.register(CostLedgerEntry)
-class CostLedgerEntryAdmin(admin.ModelAdmin):
+class CostLedgerEntryAdmin(LargeListAdmin):
     """Spend history is append-only here: nobody adds, edits or deletes it from the admin."""
 
     list_display = ("created_at", "provider", "model", "batch", "status", "amount", "reserved",
                     "input_tokens", "output_tokens", "cache_write_tokens", "cache_read_tokens")
-    # Large-list settings (see newsroom.admin_lists): a bounded count, and filters that read no whole table.
-    list_filter = ("status", ProviderFilter, ModelFilter, RecentBatchFilter)
-    paginator = EstimatedCountPaginator
-    show_full_result_count = False
-    show_facets = admin.ShowFacets.NEVER
+    list_filter = ("status", ProviderFilter, ModelFilter, RecentBatchFilter)  # read no whole table (LargeListAdmin)
     list_select_related = ("batch",)
     date_hierarchy = "created_at"
     search_fields = ("description", "idempotency_key", "request_id")
@@ -430,7 +422,10 @@ class CostLedgerEntryAdmin(admin.ModelAdmin):
     def changelist_view(self, request, extra_context=None):
         response = super().changelist_view(request, extra_context=extra_context)
         changelist = getattr(response, "context_data", {}).get("cl")
-        if changelist is not None:
+        # The total of the entries listed, when they were counted (at most the paginator's bound): summing a
+        # larger selection would read every entry in it. Past the bound the page points to the dashboard, whose
+        # figures come from running totals.
+        if changelist is not None and counted_exactly(changelist.result_count):
             total = changelist.queryset.aggregate(total=Sum("amount_usd"))["total"] or Decimal("0")
             response.context_data["ledger_total"] = total
         return response

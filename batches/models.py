@@ -151,7 +151,8 @@ class Newsletter(models.Model):
     DRAFTED_STATUSES = (Status.GENERATED, Status.APPROVED, Status.REJECTED)
     FINAL_STATUSES = (Status.GENERATED, Status.FAILED, Status.SKIPPED_BUDGET, Status.APPROVED, Status.REJECTED)
 
-    batch = models.ForeignKey(Batch, on_delete=models.CASCADE, related_name="newsletters")
+    # No index of its own: newsletter_list_order and the (batch, topic) constraint start with it.
+    batch = models.ForeignKey(Batch, on_delete=models.CASCADE, related_name="newsletters", db_index=False)
     topic = models.ForeignKey("topics.Topic", on_delete=models.PROTECT, related_name="newsletters")
     position = models.PositiveSmallIntegerField(default=0)
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING)
@@ -266,7 +267,9 @@ class CostLedgerEntry(models.Model):
     provider = models.CharField(max_length=40, default="anthropic")
     model = models.CharField(max_length=100, blank=True)
     description = models.CharField(max_length=300, blank=True)
-    batch = models.ForeignKey(Batch, null=True, blank=True, on_delete=models.PROTECT, related_name="ledger_entries")
+    # No index of its own: ledger_batch_status and ledger_list_batch start with it.
+    batch = models.ForeignKey(Batch, null=True, blank=True, on_delete=models.PROTECT, related_name="ledger_entries",
+                              db_index=False)
     newsletter = models.ForeignKey(
         Newsletter, null=True, blank=True, on_delete=models.SET_NULL, related_name="ledger_entries"
     )
@@ -294,11 +297,12 @@ class CostLedgerEntry(models.Model):
         ]
         indexes = [
             models.Index(fields=["batch", "status"], name="ledger_batch_status"),
-            # The admin's ledger list: newest first within a provider, model or status filter; the first two
+            # The admin's ledger list: newest first within a provider, model, status or batch filter; the first two
             # also give the filters their values by skipping through the index (newsroom.admin_lists).
             models.Index(fields=["provider", "created_at"], name="ledger_list_provider"),
             models.Index(fields=["model", "created_at"], name="ledger_list_model"),
             models.Index(fields=["status", "created_at"], name="ledger_list_status"),
+            models.Index(fields=["batch", "-created_at", "-id"], name="ledger_list_batch"),
         ]
 
     def __str__(self) -> str:

@@ -1,10 +1,12 @@
 """Selection time against the size of the pool (issue 12 item 4): at most 50 ms at 1,000,000 topics on PostgreSQL,
 with fresh planner statistics and with none.
 
-Every figure is measured in a database made for it and thrown away afterwards: a temporary SQLite file, and a
-PostgreSQL database created on the server of BENCH_POSTGRES_URL (else DATABASE_URL, when it names PostgreSQL) and
-dropped at the end. PostgreSQL's autovacuum is turned off for the topic table, so "no statistics" means none,
-whatever the server's own setting. Each size runs in its own process, so nothing is cached from a bigger run.
+Every figure is measured in a database made for it and thrown away afterwards (bench.fresh): a SQLite file in a
+temporary directory under var/, and a PostgreSQL database named BENCH_DATABASE_PREFIX, the point and the process
+id, created on the server of BENCH_POSTGRES_URL and dropped at the end. PostgreSQL's autovacuum is turned off for
+the topic table, so "no statistics" means none, whatever the server's own setting. Each size runs in its own
+process, so nothing is cached from a bigger run. Beside each wall time: this process's CPU time, and the load
+average (the machine may be shared).
 
 Each pool holds approved (90%) and unreviewed topics in the eight categories, and 500 stories drafted in the last
 90 days that selection must steer clear of (the most it reads). Each figure is the median of REPEATS selections
@@ -19,29 +21,19 @@ import argparse
 import json
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
-import uuid
 
 from bench.common import ROOT
+from bench.fresh import postgres_reachable
 
 SIZES = (1_000, 100_000, 1_000_000)
 REPEATS = 15
 TARGET_MS = 50.0
 RECENTLY_DRAFTED = 500
 CHUNK = 10_000
-
-
-def postgres_server_url() -> str | None:
-    for name in ("BENCH_POSTGRES_URL", "DATABASE_URL"):
-        url = os.environ.get(name, "")
-        if url.startswith(("postgres://", "postgresql://")):
-            return url
-    return None
 
 
 # --- one point, in a process of its own -------------------------------------------------------------------------
@@ -56,28 +48,33 @@ def vocabulary(rng: random.Random, size: int = 4000) -> list[str]:
 
 
 def fill(count: int) -> None:
+    """`count` topics, inserted as plain rows (insert_rows: no model object per row)."""
     from datetime import timedelta
 
+    from django.db import connection
     from django.utils import timezone
 
+    from bench.common import insert_rows
     from topics.models import Category, Topic
 
-    categories = list(Category.objects.all())
+    categories = list(Category.objects.values_list("pk", flat=True))
     rng = random.Random(7)
     words = vocabulary(rng)
     now = timezone.now()
-    for start in range(0, count, CHUNK):
-        rows = []
-        for n in range(start, min(start + CHUNK, count)):
+    adapt = connection.ops.adapt_datetimefield_value
+
+    def rows():
+        for n in range(count):
             drafted = n < RECENTLY_DRAFTED
-            rows.append(Topic(
-                title=" ".join(rng.sample(words, 7)), source="bench", external_id=f"bench-{n}",
-                score=round(rng.uniform(0, 100), 1), status="approved" if n % 10 else "new",
-                category=categories[n % len(categories)], published_at=now - timedelta(minutes=n),
-                usage="drafted" if drafted else "unused", used_at=now - timedelta(hours=n) if drafted else None,
-                drafted_at=now - timedelta(hours=n) if drafted else None,
-            ))
-        Topic.objects.bulk_create(rows, batch_size=2_000)
+            used = adapt(now - timedelta(hours=n)) if drafted else None
+            yield (" ".join(rng.sample(words, 7)), "bench", f"bench-{n}", round(rng.uniform(0, 100), 1),
+                   "approved" if n % 10 else "new", categories[n % len(categories)],
+                   adapt(now - timedelta(minutes=n)), "drafted" if drafted else "unused", used, used)
+
+    insert_rows(Topic, rows=rows(), chunk=CHUNK, columns=[
+        "title", "source", "external_id", "score", "status", "category_id", "published_at", "usage", "used_at",
+        "drafted_at",
+    ])
 
 
 def time_selection(*, include_new: bool) -> dict:
@@ -113,14 +110,11 @@ def analyze() -> None:
 
 def measure_point(*, vendor: str, size: int) -> dict:
     """Make a database, fill it with `size` topics, time selection without and with statistics, drop it."""
-    # A stopped run still drops its database: SIGTERM unwinds through the `finally` below.
+    from bench.fresh import fresh_database
+
+    # A stopped run still drops its database: SIGTERM unwinds through fresh_database's `finally`.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    temporary = tempfile.mkdtemp(prefix="selection-bench-")
-    if vendor == "sqlite":
-        url, drop = f"sqlite:///{temporary}/bench.sqlite3", lambda: None
-    else:
-        url, drop = create_postgres_database()
-    try:
+    with fresh_database(vendor="postgresql" if vendor == "postgres" else "sqlite", purpose=f"selection_{size}") as url:
         os.environ["DATABASE_URL"] = url
         os.environ.setdefault("DJANGO_SETTINGS_MODULE", "newsroom.settings")
         sys.path.insert(0, str(ROOT))
@@ -144,31 +138,6 @@ def measure_point(*, vendor: str, size: int) -> dict:
         result["fresh_new"] = time_selection(include_new=True)
         connection.close()
         return result
-    finally:
-        drop()
-        shutil.rmtree(temporary, ignore_errors=True)
-
-
-def create_postgres_database() -> tuple[str, callable]:
-    import psycopg
-
-    server = postgres_server_url()
-    name = f"selection_bench_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(_with_database(server, "postgres"), autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-
-    def drop() -> None:
-        with psycopg.connect(_with_database(server, "postgres"), autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-    return _with_database(server, name), drop
-
-
-def _with_database(url: str, name: str) -> str:
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme.replace("postgresql", "postgres"), parts.netloc, f"/{name}", parts.query, ""))
 
 
 # --- the curve ---------------------------------------------------------------------------------------------------
@@ -192,8 +161,9 @@ def main() -> int:
         return 0
 
     vendors = list(args.vendors)
-    if "postgres" in vendors and postgres_server_url() is None:
-        print("PostgreSQL skipped: set BENCH_POSTGRES_URL (or a postgres:// DATABASE_URL) to a server to measure on")
+    unreachable = postgres_reachable() if "postgres" in vendors else None
+    if unreachable:
+        print(f"PostgreSQL skipped: no server at BENCH_POSTGRES_URL ({unreachable})")
         vendors.remove("postgres")
     print(f"selection of 8 topics, median of {REPEATS} after a warm-up; {RECENTLY_DRAFTED} recently drafted stories "
           f"to avoid; each point in a fresh database; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
@@ -207,7 +177,8 @@ def main() -> int:
                 failed += 1
                 continue
             row = json.loads(run.stdout.strip().splitlines()[-1])
-            print(f"{vendor:<8} {size:>9,} topics (filled in {row['fill_s']:.0f} s)")
+            print(f"{vendor:<8} {size:>9,} topics (filled in {row['fill_s']:.0f} s; load average now "
+                  f"{os.getloadavg()[0]:.1f})")
             for key, label in (("none", "no statistics"), ("fresh", "fresh ANALYZE"),
                                ("none_new", "no statistics, --include-new"),
                                ("fresh_new", "fresh ANALYZE, --include-new")):

@@ -4,21 +4,32 @@ A changelist costs one indexed read of its page, plus whatever it counts. Django
 paginator and reads every distinct value of a field for an `AllValuesFieldListFilter`: at a million topics each is a
 full scan that outweighs the page itself. Here the count is exact up to a bound and estimated past it, and a
 field's distinct values are read by skipping through an index.
+
+The page and its bounded count are read in the list's order through an index that has it, never by collecting
+every matching row and sorting them: PostgreSQL without planner statistics (autovacuum off, a table just filled)
+takes any filter to match 0.5% of the rows and would otherwise gather all 800,000 "new" topics into a bitmap to
+sort them for a page of 50 (see `index_order_reads`).
 """
 from __future__ import annotations
 
 import datetime
+import functools
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 
 from django.contrib import admin
+from django.contrib.admin.views.main import ChangeList
 from django.contrib.admin.widgets import RelatedFieldWidgetWrapper
 from django.core.paginator import Paginator
-from django.db import connections
+from django.db import connections, transaction
 from django.db.models import F, Max, Min, Model, QuerySet
 from django.db.models.functions import Lower
 from django.utils import timezone
 from django.utils.functional import cached_property
+from django.utils.html import escape
 from django.utils.safestring import mark_safe
+from django.utils.translation import get_language
 
 
 class AtLeast(int):
@@ -33,6 +44,47 @@ class About(int):
 
     def __str__(self) -> str:
         return f"about {int(self):,}"
+
+
+# The plans PostgreSQL may not choose for a list's page and count while other plans exist: a sort of every
+# matching row, and a bitmap scan (which gathers every matching row before it returns one).
+_UNORDERED_PLANS = ("enable_sort", "enable_bitmapscan")
+
+
+@contextmanager
+def index_order_reads(using: str) -> Iterator[None]:
+    """Inside, PostgreSQL reads a query that has an ORDER BY through an index in that order when one exists.
+
+    Without statistics the planner takes "status = 'new'" to match 0.5% of a table, so for 10,001 rows in order
+    it prefers a bitmap scan and a sort -- which reads all 800,000 matching rows -- to walking the index that
+    already holds them in order and stopping. Pricing sorts and bitmap scans out (SET LOCAL, for this block
+    only) leaves the planner the ordered index read, whatever its statistics say; where no index has the order
+    (a column sorted by hand) it still sorts, as it must. No effect on SQLite, whose planner prefers an index
+    that gives the ORDER BY.
+
+    So every filter of a list read this way needs an index that starts with the filtered column and goes on in
+    the list's order: without one, a filter that matches few rows is found by walking the order's index through
+    the whole table.
+    """
+    connection = connections[using]
+    if connection.vendor != "postgresql":
+        yield
+        return
+    nested = connection.in_atomic_block
+    with transaction.atomic(using=using), connection.cursor() as cursor:  # SET LOCAL lasts to the transaction
+        settings = ", ".join(f"current_setting('{name}'), set_config('{name}', 'off', true)"
+                             for name in _UNORDERED_PLANS)
+        cursor.execute(f"SELECT {settings}")
+        before = cursor.fetchone()[::2]
+        yield  # an exception rolls the block back, and the settings with it
+        if nested:  # else the block's own commit ends them
+            restore = ", ".join(f"set_config('{name}', %s, true)" for name in _UNORDERED_PLANS)
+            cursor.execute(f"SELECT {restore}", before)
+
+
+def counted_exactly(count: int) -> bool:
+    """Whether a list's count is exact, not "more than" or "about" (EstimatedCountPaginator)."""
+    return not isinstance(count, AtLeast | About)
 
 
 def estimated_count(queryset: QuerySet) -> int | None:
@@ -53,22 +105,109 @@ def estimated_count(queryset: QuerySet) -> int | None:
     return int(plan[0]["Plan"]["Plan Rows"])
 
 
+def bounded_count(queryset: QuerySet, bound: int = 10_000) -> int:
+    """How many rows `queryset` matches, counted up to `bound`: past it, AtLeast(bound + 1).
+
+    The count keeps the queryset's order, so that (in `index_order_reads`) it reads the first `bound` + 1 rows
+    of the index that has that order and stops, where an unordered count may collect every matching row first.
+    Order the queryset as an index of its filter is ordered.
+    """
+    counted = queryset[: bound + 1].count()
+    return counted if counted <= bound else AtLeast(counted)
+
+
 class EstimatedCountPaginator(Paginator):
-    """Counts exactly up to `exact_up_to` rows (one bounded query); past that, PostgreSQL's estimate, and on SQLite
-    only that there are more. Page links past the estimate may show an empty page; no count scans the table."""
+    """Counts exactly up to `exact_up_to` rows (`bounded_count`, in the list's order); past that, PostgreSQL's
+    estimate, and on SQLite only that there are more. Page links past the estimate may show an empty page; no
+    count scans the table.
+
+    A page that starts `keys_first_from` rows or more in reads the keys of its rows first, then those rows: the
+    rows skipped to reach it are then read as keys from the order's index only, not whole and joined to their
+    related rows (on a table of a million, page 200 of a list: 7 ms instead of 60 on PostgreSQL)."""
 
     exact_up_to = 10_000
+    keys_first_from = 1_000
+
+    def page(self, number):
+        number = self.validate_number(number)
+        bottom = (number - 1) * self.per_page
+        queryset = self.object_list
+        if bottom < self.keys_first_from or not isinstance(queryset, QuerySet):
+            return super().page(number)
+        top = bottom + self.per_page
+        if top + self.orphans >= self.count:
+            top = self.count
+        keys = list(queryset.values_list("pk", flat=True)[bottom:top])
+        # The rows by key, unordered (ordered, the database might walk the order's index to find them), then put
+        # in the page's order; a queryset still, holding them (the list's form set and template expect one).
+        found = {row.pk: row for row in queryset.order_by().filter(pk__in=keys)}
+        rows = queryset.filter(pk__in=keys)
+        rows._result_cache = [found[key] for key in keys if key in found]
+        return self._get_page(rows, number, self)
 
     @cached_property
     def count(self) -> int:
         queryset = self.object_list
         if not isinstance(queryset, QuerySet):
             return super().count
-        bounded = queryset.order_by()[: self.exact_up_to + 1].count()
-        if bounded <= self.exact_up_to:
+        bounded = bounded_count(queryset, self.exact_up_to)
+        if counted_exactly(bounded):
             return bounded
         estimate = estimated_count(queryset)
-        return About(estimate) if estimate is not None and estimate > bounded else AtLeast(bounded)
+        return About(estimate) if estimate is not None and estimate > bounded else bounded
+
+
+class IndexOrderChangeList(ChangeList):
+    """A changelist whose count and page are read in `index_order_reads`: the page is fetched there (the template
+    then shows the fetched rows) rather than later, when the rendering first touches it, and the admin's
+    `annotate_page` reads what it adds to the page's rows in the same block."""
+
+    def get_results(self, request):
+        # Not for a search: it reads the table whatever the plan, and a walk in order through every row that the
+        # search then rejects is slower than reading the table as it lies.
+        with index_order_reads(self.queryset.db) if not self.query else nullcontext():
+            super().get_results(request)
+            if isinstance(self.result_list, QuerySet):
+                self.result_list._fetch_all()
+            self.model_admin.annotate_page(request, list(self.result_list))
+
+
+class LargeListAdmin(admin.ModelAdmin):
+    """The settings of a list that may hold millions of rows: a bounded count (none of the whole table), no
+    count per filter choice, and the count and page read in index order (IndexOrderChangeList). Filters should
+    read no whole table either (DistinctValuesFilter, a bounded choice of related rows)."""
+
+    paginator = EstimatedCountPaginator
+    show_full_result_count = False
+    show_facets = admin.ShowFacets.NEVER  # a count per filter choice is a scan of the whole table
+
+    def get_changelist(self, request, **kwargs):
+        return IndexOrderChangeList
+
+    def annotate_page(self, request, objects: list[Model]) -> None:
+        """Add to the rows of a page what the list shows beside their fields (read in index order)."""
+
+    def action_checkbox(self, obj):
+        # Django's own checkbox, rendered once (per language) with stand-ins for the row's value and label, which
+        # each row then fills in escaped as the template escapes them: a template rendering per row is most of
+        # the checkbox column's time.
+        html = _action_checkbox_html(get_language())
+        return mark_safe(html.replace(_ROW_VALUE, escape(str(obj.pk))).replace(_ROW_LABEL, escape(str(obj))))
+
+
+_ROW_VALUE, _ROW_LABEL = "__newsroom_row_value__", "__newsroom_row_label__"
+
+
+class _RowStandIn:
+    pk = _ROW_VALUE
+
+    def __str__(self) -> str:
+        return _ROW_LABEL
+
+
+@functools.lru_cache(maxsize=32)
+def _action_checkbox_html(language: str | None) -> str:
+    return str(admin.ModelAdmin.action_checkbox(None, _RowStandIn()))
 
 
 def distinct_values(model: type[Model], field_name: str, *, casefold: bool = False) -> list[str]:

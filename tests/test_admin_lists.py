@@ -10,7 +10,15 @@ from django.db import connection
 from django.db.models import Max, Min, Sum
 
 from batches.models import CostLedgerEntry
-from newsroom.admin_lists import About, AtLeast, DateDrilldownQuerySet, EstimatedCountPaginator, distinct_values
+from newsroom.admin_lists import (
+    About,
+    AtLeast,
+    DateDrilldownQuerySet,
+    EstimatedCountPaginator,
+    bounded_count,
+    distinct_values,
+    index_order_reads,
+)
 
 pytestmark = pytest.mark.django_db
 UTC = datetime.UTC
@@ -121,3 +129,38 @@ def test_casefolded_distinct_values_list_each_spelling_once():
         entries(moment, provider=provider)
 
     assert distinct_values(CostLedgerEntry, "provider", casefold=True) == ["apify", "tubelab"]
+
+
+def test_a_bounded_count_says_more_past_its_bound():
+    entries(*[datetime.datetime(2026, 1, 1, tzinfo=UTC)] * 8)
+    ordered = CostLedgerEntry.objects.order_by("-created_at", "-id")
+
+    assert (bounded_count(ordered, 8), type(bounded_count(ordered, 8))) == (8, int)
+    assert (bounded_count(ordered, 7), type(bounded_count(ordered, 7)), str(bounded_count(ordered, 7))) == (
+        8, AtLeast, "more than 7")
+
+
+def setting(name: str) -> str:
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT current_setting('{name}')")
+        return cursor.fetchone()[0]
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="planner settings are PostgreSQL's")
+def test_index_order_reads_prices_out_sorts_and_bitmaps_inside_only():
+    # The test runs inside a transaction: the block is a savepoint, and must hand the settings back itself.
+    assert (setting("enable_sort"), setting("enable_bitmapscan")) == ("on", "on")
+
+    with index_order_reads(connection.alias):
+        inside = (setting("enable_sort"), setting("enable_bitmapscan"), setting("enable_seqscan"))
+
+    assert inside == ("off", "off", "on")
+    assert (setting("enable_sort"), setting("enable_bitmapscan")) == ("on", "on")
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="planner settings are PostgreSQL's")
+def test_index_order_reads_hands_the_settings_back_when_the_block_fails():
+    with pytest.raises(ZeroDivisionError), index_order_reads(connection.alias):
+        1 / 0  # noqa: B018
+
+    assert (setting("enable_sort"), setting("enable_bitmapscan")) == ("on", "on")

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import datetime
 from dataclasses import dataclass
 
 from django import forms
@@ -13,19 +12,15 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.text import Truncator
-from rapidfuzz import fuzz, process
 
-from newsroom.admin_lists import DistinctValuesFilter, EstimatedCountPaginator, RenderedOncePerValue
+from newsroom.admin_lists import DistinctValuesFilter, LargeListAdmin, RenderedOncePerValue
 
 from .categorize import recategorize
-from .dedupe import NEAR_DUPLICATE_THRESHOLD, is_near_duplicate, normalize_title
 from .manual import known_topic, prepare_manual_topic
 from .models import Category, DiscoveryRun, SourceDocument, Topic
-from .selection import MAX_POOL_IDS
+from .selection import MAX_POOL_IDS, RecentStories, recently_used
 
 MAX_FETCH_TOPICS = 50
-REPEAT_DAYS = 90  # as selection: a story drafted in the last 90 days is not drafted again from another source
-REPEAT_TITLES = 500
 
 
 def _newsletter_model():
@@ -40,6 +35,13 @@ class TopicUse:
     label: str
     url: str = ""
     note: str = ""
+
+
+@dataclass(frozen=True)
+class UsingDraft:
+    pk: int
+    batch_id: int
+    status: str
 
 
 class ManualTopicForm(forms.ModelForm):
@@ -127,19 +129,17 @@ class SourceDocumentInline(admin.TabularInline):
 
 
 @admin.register(Topic)
-class TopicAdmin(admin.ModelAdmin):
+class TopicAdmin(LargeListAdmin):
     list_display = ("title", "category", "status", "score", "use", "source", "published")
     list_display_links = ("title",)
     list_editable = ("category",)
-    # At a million topics the list reads one page through an index matching its order (and each filter's), counts
-    # no further than EstimatedCountPaginator's bound, and finds the sources through the (source, ...) index.
+    # At a million topics the list reads one page through an index matching its order (and each filter's: see
+    # Topic.Meta.indexes), counts no further than LargeListAdmin's bound, and finds the sources through the
+    # (lower(source), ...) index.
     list_filter = ("status", "category", SourceFilter, "category_locked")
     list_select_related = ("category",)
     search_fields = ("title", "summary", "url", "external_id")
     list_per_page = 50
-    paginator = EstimatedCountPaginator
-    show_full_result_count = False
-    show_facets = admin.ShowFacets.NEVER  # a count per filter choice is a scan of the whole table
     ordering = ("-score", "-id")
     # A URL typed without a scheme is taken as https (Django 6's default; saying so silences the 5.x warning).
     formfield_overrides = {models.URLField: {"form_class": forms.URLField, "assume_scheme": "https"}}
@@ -184,10 +184,8 @@ class TopicAdmin(admin.ModelAdmin):
 
         return CategoryOnlyForm
 
-    def get_changelist_instance(self, request):
-        changelist = super().get_changelist_instance(request)
-        annotate_use(changelist.result_list)
-        return changelist
+    def annotate_page(self, request, objects: list[Topic]) -> None:
+        annotate_use(objects)
 
     @admin.display(description="used")
     def use(self, obj: Topic):
@@ -208,7 +206,9 @@ class TopicAdmin(admin.ModelAdmin):
             # The editable category column renders one select per row: read the choices once per request,
             # not once per row, so the changelist's query count stays small and fixed.
             if not hasattr(request, "_category_choices"):
-                request._category_choices = list(field.choices)
+                # One query (list(field.choices) would count the categories, then read them through a cursor).
+                empty = [("", field.empty_label)] if field.empty_label is not None else []
+                request._category_choices = empty + [field.choices.choice(c) for c in field.queryset]
             field.choices = request._category_choices
         return field
 
@@ -294,51 +294,42 @@ class TopicAdmin(admin.ModelAdmin):
                           "page lists what was read, and what could not be and why.", messages.SUCCESS)
 
 
-def repeated_story(*, topic: Topic, drafted: list[tuple[int, str]], normalized: list[str]) -> str | None:
-    """The recently drafted title this topic repeats, if any.
-
-    Both scores is_near_duplicate may use are computed over all the drafted titles at once in C; only the few
-    titles that pass either go through the full check, so a page costs milliseconds, not a second.
-    """
-    query = normalize_title(topic.title)
-    if not query or not normalized:
-        return None
-    candidates = {
-        index
-        for scorer in (fuzz.token_set_ratio, fuzz.token_sort_ratio)
-        for _, _, index in process.extract(query, normalized, scorer=scorer, processor=None,
-                                           score_cutoff=NEAR_DUPLICATE_THRESHOLD, limit=None)
-    }
-    return next((drafted[i][1] for i in sorted(candidates)
-                 if drafted[i][0] != topic.pk and is_near_duplicate(topic.title, drafted[i][1])), None)
-
-
 def annotate_use(topics) -> None:
-    """Set `desk_use` on each topic of a list page: two queries for the page, whatever its length."""
+    """Set `desk_use` on each topic of a list page: three indexed queries for the page, whatever its length and
+    whatever the size of the tables."""
     topics = list(topics)
     if not topics:
         return
     Newsletter = _newsletter_model()
-    items = (Newsletter.objects.filter(topic__in=topics, status__in=Newsletter.USED_STATUSES)
-             .only("pk", "topic_id", "batch_id", "status", "created_at").order_by("created_at", "pk"))
-    latest = {item.topic_id: item for item in items}  # the newest use of each topic wins
-    since = timezone.now() - datetime.timedelta(days=REPEAT_DAYS)
-    drafted = list(Topic.objects.filter(newsletters__status__in=Newsletter.USED_STATUSES,
-                                        newsletters__created_at__gte=since)
-                   .values_list("pk", "title").distinct()[:REPEAT_TITLES])
-    normalized = [normalize_title(title) for _, title in drafted]
+    # Through the topic key's index, in its order (in the list's index_order_reads, a planner without statistics,
+    # which takes "topic_id IN (50 ids)" to match a quarter of the drafts, cannot read them all instead). The
+    # status is checked here: a status condition could send the planner to the status index, to read every draft
+    # of that status.
+    rows = list(Newsletter.objects.filter(topic__in=topics).order_by("topic_id")
+                .values_list("created_at", "pk", "topic_id", "batch_id", "status"))
+    latest = {topic_id: UsingDraft(pk, batch_id, status)  # oldest first: the newest use of a topic wins
+              for _, pk, topic_id, batch_id, status in sorted(rows) if status in Newsletter.USED_STATUSES}
+    # The stories drafted recently (90 days), which selection steers clear of: read from the topics' own record of
+    # their use (two partial indexes holding only used topics), not by joining every recent draft.
+    drafted = recently_used()
+    recent = RecentStories([title for _, title in drafted])
+    positions: dict[int, list[int]] = {}  # a drafted topic's places among the recent stories: not its own repeat
+    for index, (pk, _) in enumerate(drafted):
+        positions.setdefault(pk, []).append(index)
     for topic in topics:
         item = latest.get(topic.pk)
         if item is not None and item.status in Newsletter.DRAFTED_STATUSES:
+            label = Newsletter.Status(item.status).label
             topic.desk_use = TopicUse("drafted", reverse("admin:batches_newsletter_change", args=[item.pk]),
-                                      f"{item.get_status_display()}: open the draft (batch #{item.batch_id})")
+                                      f"{label}: open the draft (batch #{item.batch_id})")
         elif item is not None:
             topic.desk_use = TopicUse(f"in batch #{item.batch_id}",
                                       reverse("admin:batches_batch_change", args=[item.batch_id]),
                                       "Being drafted now")
         else:
-            story = repeated_story(topic=topic, drafted=drafted, normalized=normalized)
-            topic.desk_use = TopicUse("repeat", note=f"Repeats a story drafted recently: {story}") if story else None
+            index = recent.repeated(topic.title, skip=positions.get(topic.pk, ()))
+            topic.desk_use = (TopicUse("repeat", note=f"Repeats a story drafted recently: {drafted[index][1]}")
+                              if index is not None else None)
 
 
 @admin.register(DiscoveryRun)

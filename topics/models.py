@@ -99,7 +99,8 @@ class Topic(models.Model):
     engagement = models.JSONField(default=dict, blank=True)
     raw = models.JSONField(default=dict, blank=True)
     score = models.FloatField(default=0)
-    category = models.ForeignKey(Category, on_delete=models.PROTECT, related_name="topics")
+    # No index of its own: every index below that starts with the category serves a lookup by category.
+    category = models.ForeignKey(Category, on_delete=models.PROTECT, related_name="topics", db_index=False)
     category_locked = models.BooleanField(
         default=False, help_text="Set when an editor chose the category; re-categorisation leaves it alone."
     )
@@ -140,10 +141,6 @@ class Topic(models.Model):
             ),
         ]
         indexes = [
-            # Selection reads "best topics of one category with a given status": this index answers it
-            # without scanning the pool, so selection time does not grow with the pool.
-            models.Index(fields=["category", "status", "-score"], name="topic_cat_status_score"),
-            models.Index(fields=["status", "-score"], name="topic_status_score"),
             # Selection's per-category head, in exactly its order and only over unused topics, so that the
             # planner has nothing to estimate: equality on (category, status), then the rows already in
             # order, stopping at the LIMIT -- fast with fresh statistics, stale ones or none at all.
@@ -161,6 +158,7 @@ class Topic(models.Model):
             # filters, read from an index that stops after one page instead of sorting the table.
             models.Index(fields=["-score", "-id"], name="topic_list_order"),
             models.Index(fields=["category", "-score", "-id"], name="topic_list_category"),
+            models.Index(fields=["status", "-score", "-id"], name="topic_list_status"),
             # On lower(source), not source: SQLite's planner, without statistics, would take a (source, score)
             # index for discovery's and import's (source, external_id IN ...) lookups and scan every topic of the
             # source instead of using the unique (source, external_id) index.
