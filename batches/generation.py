@@ -228,9 +228,9 @@ def write_answer(record: dict[str, Any]) -> str:
     this run still holds the item, or when the item has no draft yet (its lease ran out while the answer was on
     its way): what was paid for is kept. Returns the item's status afterwards.
 
-    The item's row is locked first and the ledger's rows last: a settlement moves the month's and the batch's
-    running totals, rows every reservation waits on, so they are held for the settlement and the one statement
-    that saves the item, not through the whole draft's writing.
+    The item's row is locked first and the ledger's rows last: a settlement writes the entry and its process's
+    tallies (and, for an overrun, the budget rows every reservation waits on), so they are held for the
+    settlement and the one statement that saves the item, not through the whole draft's writing.
     """
     usage = Usage(**record["usage"]) if record["usage"] is not None else None
 

@@ -113,20 +113,15 @@ def monthly_remaining() -> Decimal | None:
     return None if cap is None else max(cap - month_spent(), ZERO)
 
 
-def _month_sums(key: str) -> dict[str, Decimal]:
+def _month_row_values(key: str) -> dict[str, Decimal]:
+    """What the month's row must hold for row + tallies to equal the month's entries (one snapshot of both)."""
     start = timezone.make_aware(datetime.datetime.strptime(key, "%Y-%m"))
     end = (start + datetime.timedelta(days=32)).replace(day=1)
-    sums = CostLedgerEntry.objects.filter(created_at__gte=start, created_at__lt=end).aggregate(
-        total=Sum("amount_usd"), reserved=Sum("amount_usd", filter=Q(status=CostLedgerEntry.Status.RESERVED))
-    )
-    return {"total_usd": sums["total"] or ZERO, "reserved_usd": sums["reserved"] or ZERO}
-
-
-def _month_row_values(key: str) -> dict[str, Decimal]:
-    """What the month's row must hold for row + tallies to equal the month's entries."""
-    sums = _month_sums(key)
-    total, reserved = tallied(month_scope(key))
-    return {"total_usd": sums["total_usd"] - total, "reserved_usd": sums["reserved_usd"] - reserved}
+    created = connection.ops.quote_name("created_at")
+    total, open_ = _entries_less_tallies(
+        where=f"{created} >= %s AND {created} < %s", scope=month_scope(key),
+        params=[connection.ops.adapt_datetimefield_value(start), connection.ops.adapt_datetimefield_value(end)])
+    return {"total_usd": total, "reserved_usd": open_}
 
 
 def _ensure_month(key: str) -> None:
@@ -527,15 +522,9 @@ def _fix_batch(batch_id: int) -> None:
 def _fix_month(key: str) -> None:
     """The same for a month's row (created if it went missing)."""
     _ensure_month(key)
-    start = timezone.make_aware(datetime.datetime.strptime(key, "%Y-%m"))
-    end = (start + datetime.timedelta(days=32)).replace(day=1)
-    created = connection.ops.quote_name("created_at")
     with transaction.atomic():
         MonthlySpend.objects.select_for_update().filter(month=key).first()
-        total, open_ = _entries_less_tallies(
-            where=f"{created} >= %s AND {created} < %s", scope=month_scope(key),
-            params=[connection.ops.adapt_datetimefield_value(start), connection.ops.adapt_datetimefield_value(end)])
-        MonthlySpend.objects.filter(month=key).update(total_usd=total, reserved_usd=open_)
+        MonthlySpend.objects.filter(month=key).update(**_month_row_values(key))
 
 
 def reconcile(*, fix: bool = False) -> list[Drift]:
