@@ -555,7 +555,7 @@ def _chunks(records: Iterator[tuple[int, Any]], *, size: int) -> Iterator[list[_
         yield chunk
 
 
-def _stored(keys: list[tuple[str, str]], column: str) -> dict[tuple[str, str], Any]:
+def stored_by_key(keys: list[tuple[str, str]], column: str) -> dict[tuple[str, str], Any]:
     """`column` of the stored topics with these (source, external_id) keys, by key: one indexed lookup per key."""
     if not keys:
         return {}
@@ -611,7 +611,7 @@ def _stored_postgresql_query(keys: list[tuple[str, str]], column: str) -> tuple[
 
 def _unchanged(chunk: list[_Record]) -> set[int]:
     """The indexes of the records imported before exactly as they are now (same key, same record hash)."""
-    return _same_hash(chunk, _stored([item.key for item in chunk if item.key], "import_hash"))
+    return _same_hash(chunk, stored_by_key([item.key for item in chunk if item.key], "import_hash"))
 
 
 def _same_hash(chunk: list[_Record], stored: dict[tuple[str, str], str]) -> set[int]:
@@ -804,7 +804,7 @@ _CONTENT_FIELDS = ("title", "summary", "url", "canonical_url", "score", "publish
 
 def _write(*, rows: list[TopicRow], keywords: KeywordTable, result: ImportResult) -> None:
     """Write one chunk of new or changed rows: create the new topics, refresh the others."""
-    ids = list(_stored([(row.source, row.external_id) for row in rows], "id").values())
+    ids = list(stored_by_key([(row.source, row.external_id) for row in rows], "id").values())
     existing: dict[tuple[str, str], Topic] = {}
     for start in range(0, len(ids), 500):
         found = Topic.objects.filter(pk__in=ids[start : start + 500]).order_by().only(

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import io
 import itertools
 import json
@@ -868,12 +869,71 @@ def test_the_recent_window_is_read_through_the_created_at_index(db) -> None:
     assert "topic_created_id" in plan
 
 
-def test_the_lookup_of_already_stored_candidates_uses_the_unique_source_and_id_index(db) -> None:
+def test_the_lookups_of_stored_keys_and_urls_go_through_their_indexes_without_planner_statistics(categories) -> None:
+    # A freshly filled table has no planner statistics (the development server runs with autovacuum off): the
+    # lookups "is this candidate stored already?" (by source and id) and "which topic has this URL?" must still be
+    # index probes, never a read of the whole table (a second per run of 20,000 candidates with "IN (...)").
     from django.db import connection
+    from django.test.utils import CaptureQueriesContext
 
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute("SET LOCAL enable_seqscan = off")
-    plan = Topic.objects.filter(source="reddit", external_id__in=[f"t3_{n}" for n in range(300)]).explain()
+    from tests.topics.test_importing import plan
 
-    assert "topic_unique_source_external_id" in plan or "sqlite_autoindex_topics_topic_1" in plan
+    first, _ = make_candidates(3000, near_duplicate_share=0, seed=21)
+    store(*first)
+    later, _ = make_candidates(600, near_duplicate_share=0, seed=22)
+    later = [dataclasses.replace(c, url=first[n].url) if n < 300 else c for n, c in enumerate(later)]
+
+    with CaptureQueriesContext(connection) as queries:
+        store(*later)
+
+    lookups = {column: [q["sql"] for q in queries if q["sql"].startswith("SELECT")
+                         and (f"{column} = " in q["sql"] or f"{column} IN (" in q["sql"])]
+               for column in ("external_id", "canonical_url")}
+    assert all(lookups.values()), lookups
+    for sql in lookups["external_id"] + lookups["canonical_url"]:
+        shown = plan(sql)
+        if connection.vendor == "postgresql":
+            assert "Seq Scan on topics_topic" not in shown and "Rows Removed" not in shown, shown
+            assert "Index" in shown, shown
+        else:
+            assert "SCAN t " not in shown + " " and "USING" in shown and "INDEX" in shown, shown
+
+
+def test_a_url_stored_on_several_older_topics_joins_the_newest_of_them(make_topic) -> None:
+    url = "https://news.example.com/usps-rates"
+    newer = make_topic("USPS raises Ground Advantage rates by 7.8%", source="reddit", sources=["reddit"],
+                       canonical_url=url)
+    older = make_topic("Parcel carriers reprice for the holidays", source="apify", sources=["apify"],
+                       canonical_url=url)  # the higher id, but stored earlier
+    Topic.objects.filter(pk=newer.pk).update(created_at=NOW - timedelta(days=40))
+    Topic.objects.filter(pk=older.pk).update(created_at=NOW - timedelta(days=90))
+
+    store(candidate("Carriers change parcel prices", source="perplexity", url=url + "?utm_source=x"))
+
+    assert Topic.objects.count() == 2
+    assert Topic.objects.get(pk=newer.pk).sources == ["reddit", "perplexity"]
+    assert Topic.objects.get(pk=older.pk).sources == ["apify"]
+
+
+def test_inserting_rows_skips_one_already_stored_and_stores_the_rest_exactly(categories) -> None:
+    from topics.discovery import insert_ignoring_conflicts
+
+    stored = Topic.objects.create(title="Stored first", source="reddit", external_id="t3_1",
+                                  category=categories["pricing_margins"])
+    published = datetime(2026, 11, 3, 14, 5, 9, 120000, tzinfo=timezone.get_current_timezone())
+    racing = {"title": "A racing run's copy", "source": "reddit", "external_id": "t3_1",
+              "category_id": stored.category_id, "created_at": NOW, "updated_at": NOW}
+    fresh = {"title": "Émoji 🛒 and \"quotes\"\ttab", "summary": "a\nb\\c", "source": "apify", "external_id": "x-2",
+             "sources": ["apify", "reddit"], "engagement": {"apify": {"views": 1.5}}, "raw": {"k": [1, None, "é"]},
+             "score": 12.25, "published_at": published, "category_id": categories["shipping_logistics"].pk,
+             "created_at": NOW, "updated_at": NOW}
+
+    insert_ignoring_conflicts(Topic, [racing, fresh])
+
+    assert Topic.objects.get(source="reddit", external_id="t3_1").title == "Stored first"
+    topic = Topic.objects.get(source="apify", external_id="x-2")
+    assert (topic.title, topic.summary, topic.sources, topic.engagement, topic.raw, topic.score) == (
+        fresh["title"], fresh["summary"], fresh["sources"], fresh["engagement"], fresh["raw"], 12.25)
+    assert (topic.published_at, topic.created_at, topic.category.slug) == (published, NOW, "shipping_logistics")
+    assert (topic.status, topic.category_locked, topic.url) == (Topic.Status.NEW, False, "")  # the fields' defaults
+    assert Topic.objects.count() == 2
