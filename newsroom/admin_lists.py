@@ -25,6 +25,7 @@ from django.core.paginator import Paginator
 from django.db import connections, transaction
 from django.db.models import F, Max, Min, Model, QuerySet
 from django.db.models.functions import Lower
+from django.db.models.sql.where import WhereNode
 from django.utils import timezone
 from django.utils.functional import cached_property
 from django.utils.html import escape
@@ -138,9 +139,13 @@ class EstimatedCountPaginator(Paginator):
         if top + self.orphans >= self.count:
             top = self.count
         keys = list(queryset.values_list("pk", flat=True)[bottom:top])
-        # The rows by key, unordered (ordered, the database might walk the order's index to find them), then put
-        # in the page's order; a queryset still, holding them (the list's form set and template expect one).
-        found = {row.pk: row for row in queryset.order_by().filter(pk__in=keys)}
+        # The rows by key alone, unordered, then put in the page's order; a queryset still, holding them (the
+        # list's form set and template expect one). Ordered, the database might walk the order's index to find
+        # them; with the list's filters kept, SQLite read the filter's index for "status = 'new' AND id IN (...)",
+        # every new topic of a million (420 ms), where the keys alone are 50 probes of the primary key (1 ms).
+        by_key = queryset.order_by()
+        by_key.query.where = WhereNode()  # a copy's: the list's own queryset keeps its filters
+        found = {row.pk: row for row in by_key.filter(pk__in=keys)}
         rows = queryset.filter(pk__in=keys)
         rows._result_cache = [found[key] for key in keys if key in found]
         return self._get_page(rows, number, self)

@@ -321,5 +321,8 @@ def test_a_deep_page_reads_keys_first_and_shows_the_rows_django_would(admin_clie
 
     assert [row.pk for row in response.context["cl"].result_list] == everything[20:30]
     assert any(' OFFSET 20' in q and 'AS "pk" FROM' in q for q in sql)  # the keys, from the order's index
+    [rows] = [q for q in sql if f'FROM "{model._meta.db_table}"' in q and '"id" IN (' in q and " OFFSET " not in q]
+    assert " WHERE " + f'"{model._meta.db_table}"."id" IN (' in rows and " AND " not in rows  # by key alone
+    assert bool(response.context["cl"].queryset.query.where) == bool(query)  # the list keeps its own filters
     if model is Topic:
         assert response.content.decode().count('<select name="form-') == 10  # the editable column still works
