@@ -248,16 +248,21 @@ def _newest_topic_by_url(urls: list[str]) -> dict[str, int]:
     over 500 URLs was planned as a scan of the whole table on a freshly filled PostgreSQL (40 ms a chunk with 14,000
     topics, a second per run of 20,000 candidates), and asking for the newest row in SQL (ORDER BY created_at DESC
     LIMIT 1) was planned as a walk down the created_at index. OFFSET 0 keeps PostgreSQL's subquery a subquery, run
-    once per URL; SQLite always probes the index for each URL of the JSON list.
+    once per URL; SQLite always probes the index for each URL of the JSON list. The index holds only topics with
+    a URL ("canonical_url > ''", which the query repeats so that both databases use it): where most stored topics
+    have none, the planner's statistics count one distinct value and a full index was priced as a read of every
+    row, so PostgreSQL read the whole table for each URL (16 s for 500 candidates against 400,000 topics).
     """
     if not urls:
         return {}
     table = connection.ops.quote_name(Topic._meta.db_table)
     if connection.vendor == "postgresql":
         sql = (f"SELECT k.url, t.created_at, t.id FROM json_array_elements_text(%s::json) AS k(url) CROSS JOIN "
-               f"LATERAL (SELECT id, created_at FROM {table} WHERE canonical_url = k.url OFFSET 0) AS t")
+               f"LATERAL (SELECT id, created_at FROM {table} WHERE canonical_url = k.url AND canonical_url > '' "
+               f"OFFSET 0) AS t")
     else:
-        sql = f"SELECT k.value, t.created_at, t.id FROM json_each(%s) AS k JOIN {table} AS t ON t.canonical_url = k.value"
+        sql = (f"SELECT k.value, t.created_at, t.id FROM json_each(%s) AS k JOIN {table} AS t "
+               f"ON t.canonical_url = k.value AND t.canonical_url > ''")
     newest: dict[str, tuple] = {}
     with connection.cursor() as cursor:
         for chunk in _chunks(urls, 5_000):

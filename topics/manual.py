@@ -15,7 +15,8 @@ def known_topic(*, url: str, title: str) -> Topic | None:
     """The topic that already tells this story (same canonical URL, or the same hand-added URL or title)."""
     canonical = canonical_url(url) if url else ""
     if canonical:
-        found = Topic.objects.filter(canonical_url=canonical).order_by("pk").first()
+        # "> ''" as the partial index on canonical_url says, so that SQLite reads it.
+        found = Topic.objects.filter(canonical_url=canonical, canonical_url__gt="").order_by("pk").first()
         if found is not None:
             return found
     return Topic.objects.filter(source=SOURCE, external_id=derive_external_id(url=url, title=title)).first()

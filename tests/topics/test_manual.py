@@ -56,3 +56,25 @@ def test_a_url_and_a_title_are_both_required(editor_client):
 def test_the_add_page_asks_only_for_what_a_person_knows(editor_client):
     form = editor_client.get(ADD).context["adminform"].form
     assert list(form.fields) == ["url", "title", "summary", "category", "status"]
+
+
+def test_the_same_url_is_found_through_the_partial_index_of_topics_with_a_url(categories):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from tests.topics.test_importing import plan
+    from topics.manual import known_topic
+
+    Topic.objects.bulk_create(Topic(title=f"No link {n}", external_id=f"n{n}", category=categories["pricing_margins"])
+                              for n in range(300))
+    linked = Topic.objects.create(title="Linked", external_id="l1", canonical_url="https://news.example.com/a",
+                                  category=categories["pricing_margins"])
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE topics_topic")  # statistics: nearly every URL is blank (they outlive the test)
+
+    with CaptureQueriesContext(connection) as queries:
+        found = known_topic(url="https://news.example.com/a?utm_source=x", title="Another title")
+
+    assert found == linked
+    [lookup] = [q["sql"] for q in queries if "canonical_url" in q["sql"].split("WHERE")[-1]]
+    assert "topic_canonical_url" in plan(lookup), plan(lookup)
