@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import math
+import operator
 import re
 from bisect import bisect_right
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
-from itertools import accumulate, combinations
+from itertools import accumulate, combinations, compress, count, repeat
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from rapidfuzz import fuzz, process
@@ -28,6 +29,7 @@ _ALIASES = {
 _TRACKING_PARAMS = re.compile(r"^(utm_\w+|fbclid|gclid|mc_cid|mc_eid|ref|ref_src|igshid|si|share_id)$", re.I)
 # Forum titles often append a question to the headline ("... - how are you handling it?"): the story is the head.
 _TAIL = re.compile(r"\s+[-–—|:]\s+|\?\s*")
+_TAIL_MARK = re.compile(r"[-–—|:?]")  # a title without one of these has no tail
 
 
 def _stem(word: str) -> str:
@@ -74,9 +76,12 @@ _WORD_BYTES = frozenset(b"abcdefghijklmnopqrstuvwxyz0123456789%$.+/\x00")
 _TO_WORDS = bytes(b if b in _WORD_BYTES else 0x20 for b in range(256))
 
 
-def normalize_titles(titles: Sequence[str], *, word_counts: Counter[str] | None = None) -> list[str]:
+def normalize_titles(
+    titles: Sequence[str], *, word_counts: Counter[str] | None = None, stream_into: list[str] | None = None
+) -> list[str]:
     """`[normalize_title(t) for t in titles]`, computed in bulk for the hundred thousand titles of a discovery run;
-    with `word_counts`, each normalised word is also counted into it.
+    with `word_counts`, each normalised word is also counted into it; with `stream_into`, the normalised words of all
+    the titles are appended to it in order, _SEPARATOR between two titles.
 
     The titles are lower-cased and split into words in one pass over one string, and each distinct word is
     normalised once, so the per-title Python work that dominates `normalize_title` is paid per vocabulary word.
@@ -87,25 +92,36 @@ def normalize_titles(titles: Sequence[str], *, word_counts: Counter[str] | None 
         norms = [normalize_title(title) for title in titles]
         if word_counts is not None:
             word_counts.update(" ".join(norms).split())
+        if stream_into is not None:
+            stream_into.extend(f" {_SEPARATOR} ".join(norms).split())
         return norms
-    # Only titles with a possible question tail need the per-title headline rule.
-    starts = list(accumulate((len(title) + 1 for title in titles), initial=0))
+    # Only titles with a possible question tail need the per-title headline rule: those holding one of the marks a
+    # tail starts with, found by a scan for one character class (five times faster than scanning for _TAIL itself).
+    starts = list(accumulate(map((1).__add__, map(len, titles)), initial=0))  # where each title starts in joined
     heads = titles
-    for match in _TAIL.finditer(joined):
+    done = -1
+    for match in _TAIL_MARK.finditer(joined):
         i = bisect_right(starts, match.start()) - 1
+        if i == done:
+            continue
         if heads is titles:
             heads = list(titles)
         heads[i] = _headline(titles[i])
+        done = i
     if heads is not titles:
         joined = _SEPARATOR.join(heads)
     words = joined.lower().encode().translate(_TO_WORDS).replace(b"\x00", b" \x00 ").split()
     tokens = _Tokens({b"\x00": _SEPARATOR})
     stream = list(filter(None, map(tokens.__getitem__, words)))
+    if any(" " in token for token in tokens.values()):  # an alias of two words ("bfcm"): two words, as for one title
+        stream = " ".join(stream).split(" ")
     if word_counts is not None:
         word_counts.update(stream)
         word_counts.pop(_SEPARATOR, None)
+    if stream_into is not None:
+        stream_into.extend(stream)
     pieces = " ".join(stream).split(_SEPARATOR)
-    return [piece.strip(" ") for piece in pieces] if titles else []
+    return list(map(str.strip, pieces)) if titles else []  # a piece is words between spaces, nothing else
 
 
 # Names that make two otherwise alike headlines different stories ("Meta ads CPM spiked 40%" is not
@@ -238,8 +254,10 @@ class StoryMatcher:
         self._stored = len(stored)
         # Word rarity over every title of the run, one order for all, so that two titles' rarest words agree.
         counts: Counter[str] = Counter()
-        self._norms = normalize_titles([*stored, *incoming], word_counts=counts)
-        self._rank = {word: n for n, word in enumerate(sorted(counts, key=lambda w: (counts[w], w)))}
+        self._words_in_order: list[str] = []  # every title's words, _SEPARATOR between two titles
+        self._norms = normalize_titles([*stored, *incoming], word_counts=counts, stream_into=self._words_in_order)
+        self._words = sorted(counts, key=lambda w: (counts[w], w))  # rank -> word
+        self._rank = {word: n for n, word in enumerate(self._words)}
         self._best_stored: dict[int, tuple[float, int]] = {}
         self._last_keys: tuple[int, list[Pair], list[Pair]] = (-1, [], [])  # find's keys, for add
         self._story_titles: list[int] = list(range(self._stored))  # story number -> title index
@@ -284,7 +302,9 @@ class StoryMatcher:
         choices: defaultdict[int, set[int]] = defaultdict(set)
         by_length: defaultdict[int, list[int]] = defaultdict(list)  # short stories, and any a short title may be
         rank = self._rank.__getitem__
-        for s, norm in enumerate(self._norms[: self._stored]):
+        stored_norms = self._norms[: self._stored]
+        for s in self._worth_a_look(pairs=every, short_lengths=short_lengths):
+            norm = stored_norms[s]
             words = norm.split()
             if len(words) < _SHORT_WORDS or len(norm) in short_lengths:
                 by_length[len(norm)].append(s)
@@ -309,6 +329,34 @@ class StoryMatcher:
             if best is not None:
                 self._best_stored[t - self._stored] = best
         return {t: story for t, (_, story) in self._best_stored.items()}
+
+    def _worth_a_look(self, *, pairs: Iterable[Pair], short_lengths: set[int]) -> list[int]:
+        """The stored stories `match_stored` must look at closer, in order: a superset of those it can match.
+
+        A stored story of three words or more shares a block with an incoming title only if it holds both words
+        of one of the incoming titles' `pairs`; one that is short, or as long as a short incoming title may be, is
+        compared by length instead. Both are found without a Python loop over each of the hundred thousand stored
+        titles: the words of a pair are picked out of all the titles' words in C, and each pair's stories are the
+        intersection of its two words' stories.
+        """
+        pairs = list(pairs)
+        paired_words = set(map(self._words.__getitem__, {rank for pair in pairs for rank in pair}))
+        stream = self._words_in_order
+        picked = list(map(paired_words.__contains__, stream))
+        title_of = accumulate(map(_SEPARATOR.__eq__, stream))  # the number of the title each word belongs to
+        holders: defaultdict[str, list[int]] = defaultdict(list)  # paired word -> the titles holding it
+        for word, s in zip(compress(stream, picked), compress(title_of, picked), strict=True):
+            holders[word].append(s)
+        held = {word: set(titles) for word, titles in holders.items()}
+        look: set[int] = set()
+        nobody: set[int] = set()
+        for a, b in pairs:
+            look |= held.get(self._words[a], nobody) & held.get(self._words[b], nobody)
+        stored_norms = self._norms[: self._stored]
+        short = map((_SHORT_WORDS - 1).__gt__, map(str.count, stored_norms, repeat(" ")))  # fewer words
+        as_long = map(short_lengths.__contains__, map(len, stored_norms))
+        look.update(compress(count(), map(operator.or_, short, as_long)))
+        return sorted(s for s in look if s < self._stored)
 
     def find(self, i: int) -> int | None:
         """The story incoming title i retells (a stored one from `match_stored`, or an earlier new one), or None."""

@@ -221,7 +221,12 @@ def recent_window(*, now: datetime.datetime) -> QuerySet[Topic]:
 
 
 def _recent_titles(now: datetime.datetime) -> list[tuple[int, str]]:
-    return list(recent_window(now=now).values_list("id", "title"))
+    """(id, title) of the recent window, fetched as the driver's rows: for a hundred thousand of them the ORM's
+    per-row iteration costs as much as the query."""
+    sql, params = recent_window(now=now).values_list("id", "title").query.sql_with_params()
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchall()
 
 
 def _stored_urls(*, urls: list[str], kept: list[bool], stories: _Stories) -> dict[str, _Story]:
