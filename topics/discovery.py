@@ -353,7 +353,24 @@ def _write(*, stories: list[_Story], now: datetime.datetime) -> None:
         })
     # A discovery run racing this one may have stored the same (source, external_id) first: that row is skipped.
     insert_ignoring_conflicts(Topic, new_topics)
-    Topic.objects.bulk_update(updated, ["score", "sources"], batch_size=500)
+    _write_coverage(updated, now=now)
+
+
+def _write_coverage(topics: list[Topic], *, now: datetime.datetime) -> None:
+    """Stored stories more sources told: their score, sources and updated_at, one prepared UPDATE per topic run by
+    executemany. bulk_update's one statement with a CASE per column over every topic spent longer building its
+    expressions than the database spent updating."""
+    if not topics:
+        return
+    quote = connection.ops.quote_name
+    sources = Topic._meta.get_field("sources")
+    stamp = connection.ops.adapt_datetimefield_value(now)
+    with connection.cursor() as cursor:
+        cursor.executemany(
+            f"UPDATE {quote(Topic._meta.db_table)} SET {quote('score')} = %s, {quote(sources.column)} = %s, "
+            f"{quote('updated_at')} = %s WHERE {quote('id')} = %s",
+            [(topic.score, _json_text(topic.sources, encoder=sources.encoder), stamp, topic.pk) for topic in topics],
+        )
 
 
 def insert_ignoring_conflicts(model: type[models.Model], rows: Sequence[dict]) -> None:

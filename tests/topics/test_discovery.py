@@ -264,10 +264,14 @@ def test_merging_a_new_source_into_a_stored_topic_raises_its_score_by_the_covera
     topic = make_topic("Meta ads CPM spiked 40% this week before Black Friday", source="reddit", sources=["reddit"],
                        score=40)
 
+    before = topic.updated_at
+
     store(candidate("Meta ads CPMs spike 40% ahead of Black Friday, advertisers report", source="apify"))
 
     topic.refresh_from_db()
     assert topic.score == pytest.approx(40 * scoring.coverage_boost(2) / scoring.coverage_boost(1))
+    assert topic.sources == ["reddit", "apify"]  # a JSON list, as the model writes it
+    assert topic.updated_at > before
 
 
 # --- categorisation and editor choices ---------------------------------------------------------------------

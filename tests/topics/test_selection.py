@@ -588,5 +588,5 @@ def test_used_topics_are_read_through_their_own_small_indexes(topic):
     assert len(used) == (2 if connection.vendor == "postgresql" else 4)
     for sql in used:
         plan = explain(sql)
-        for usage, index in (("'taken'", "topic_taken_at"), ("'drafted'", "topic_drafted_at")):
-            assert (usage in sql) == (index in plan), plan
+        for state, index in (("'taken'", "topic_taken_at"), ("'drafted'", "topic_drafted_at")):
+            assert (state in sql) == (index in plan), plan
