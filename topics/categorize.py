@@ -25,7 +25,7 @@ class KeywordTable:
         best: Category | None = None
         best_hits = 0
         for category, keywords in self._entries:
-            hits = sum(1 for keyword in keywords if keyword in haystack)
+            hits = sum(map(haystack.__contains__, keywords))  # `keyword in haystack` for each, counted in C
             if hits > best_hits:
                 best, best_hits = category, hits
         if best is not None:

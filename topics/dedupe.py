@@ -8,7 +8,7 @@ from bisect import bisect_right
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
-from itertools import accumulate, combinations, compress, count, repeat
+from itertools import accumulate, chain, combinations, compress, count, repeat
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from rapidfuzz import fuzz, process
@@ -296,30 +296,27 @@ class StoryMatcher:
                 rare_keys, every_keys = self._keys(self._norms[t])
                 _file(rare, rare_keys, t)
                 _file(every, every_keys, t)
-        # For each word, the words it is paired with in those blocks: a stored title is looked at closer only when
-        # one of its words has a partner among its other words, a test of a few set operations in C.
-        rare_partners, every_partners = _partners(rare), _partners(every)
         choices: defaultdict[int, set[int]] = defaultdict(set)
         by_length: defaultdict[int, list[int]] = defaultdict(list)  # short stories, and any a short title may be
-        rank = self._rank.__getitem__
         stored_norms = self._norms[: self._stored]
-        for s in self._worth_a_look(pairs=every, short_lengths=short_lengths):
-            norm = stored_norms[s]
-            words = norm.split()
-            if len(words) < _SHORT_WORDS or len(norm) in short_lengths:
-                by_length[len(norm)].append(s)
-                if len(words) < _SHORT_WORDS:
-                    continue
-            ranks = sorted(set(map(rank, words)))
+        few_words = map((_SHORT_WORDS - 1).__gt__, map(str.count, stored_norms, repeat(" ")))
+        as_long = map(short_lengths.__contains__, map(len, stored_norms))
+        for s in compress(count(), map(operator.or_, few_words, as_long)):  # in C: no Python loop over every title
+            by_length[len(stored_norms[s])].append(s)
+        rank = self._rank.__getitem__
+        for s, pairs in self._stored_pairs(every).items():
+            words = stored_norms[s].split()
+            if len(words) < _SHORT_WORDS:
+                continue
             # This story's rare pairs against the incoming titles' pairs, and the other way round: a title mostly
             # contained in a longer one shares its own rarest words with it, not necessarily the longer one's.
-            head, top = _rarest(ranks), ranks[:_PAIR_WORDS]
-            if _paired(head, every_partners):
-                for t in _gathered(every, list(combinations(head, 2))):
-                    choices[t].add(s)
-            if _paired(top, rare_partners):
-                for t in _gathered(rare, list(combinations(top, 2))):
-                    choices[t].add(s)
+            ranks = sorted(set(map(rank, words)))
+            head, top = set(_rarest(ranks)), set(ranks[:_PAIR_WORDS])
+            for pair in pairs:
+                if head.issuperset(pair):
+                    _add_held(every[pair], s, choices)
+                if top.issuperset(pair) and (held := rare.get(pair)) is not None:
+                    _add_held(held, s, choices)
         for t in wanted:
             short = self._is_short(t)
             found = choices.get(t, set())
@@ -330,33 +327,32 @@ class StoryMatcher:
                 self._best_stored[t - self._stored] = best
         return {t: story for t, (_, story) in self._best_stored.items()}
 
-    def _worth_a_look(self, *, pairs: Iterable[Pair], short_lengths: set[int]) -> list[int]:
-        """The stored stories `match_stored` must look at closer, in order: a superset of those it can match.
+    def _stored_pairs(self, every: Blocks) -> dict[int, list[Pair]]:
+        """For each stored story that holds both words of one of the incoming titles' pairs (`every`'s keys), those
+        pairs: the only stories `match_stored` must look at closer, and the only blocks it must look them up in.
 
-        A stored story of three words or more shares a block with an incoming title only if it holds both words
-        of one of the incoming titles' `pairs`; one that is short, or as long as a short incoming title may be, is
-        compared by length instead. Both are found without a Python loop over each of the hundred thousand stored
-        titles: the words of a pair are picked out of all the titles' words in C, and each pair's stories are the
-        intersection of its two words' stories.
+        Found without a Python loop over each of the hundred thousand stored titles: the paired words are picked out
+        of all the titles' words in C, and a pair's stories are the intersection of its two words' stories.
         """
-        pairs = list(pairs)
-        paired_words = set(map(self._words.__getitem__, {rank for pair in pairs for rank in pair}))
+        paired_words = set(map(self._words.__getitem__, {rank for pair in every for rank in pair}))
         stream = self._words_in_order
         picked = list(map(paired_words.__contains__, stream))
-        title_of = accumulate(map(_SEPARATOR.__eq__, stream))  # the number of the title each word belongs to
+        # The number of the title each word (and the separator after it) belongs to: each title's number repeated
+        # once per word and once for its separator, the same int object each time (accumulate made 800,000 new ones).
+        norms = self._norms
+        sizes = map(operator.add, map(str.count, norms, repeat(" ")), map((2).__sub__, map(operator.not_, norms)))
+        title_of = chain.from_iterable(map(repeat, count(), sizes))
         holders: defaultdict[str, list[int]] = defaultdict(list)  # paired word -> the titles holding it
         for word, s in zip(compress(stream, picked), compress(title_of, picked), strict=True):
             holders[word].append(s)
         held = {word: set(titles) for word, titles in holders.items()}
-        look: set[int] = set()
         nobody: set[int] = set()
-        for a, b in pairs:
-            look |= held.get(self._words[a], nobody) & held.get(self._words[b], nobody)
-        stored_norms = self._norms[: self._stored]
-        short = map((_SHORT_WORDS - 1).__gt__, map(str.count, stored_norms, repeat(" ")))  # fewer words
-        as_long = map(short_lengths.__contains__, map(len, stored_norms))
-        look.update(compress(count(), map(operator.or_, short, as_long)))
-        return sorted(s for s in look if s < self._stored)
+        found: defaultdict[int, list[Pair]] = defaultdict(list)
+        for pair in every:
+            for s in held.get(self._words[pair[0]], nobody) & held.get(self._words[pair[1]], nobody):
+                if s < self._stored:
+                    found[s].append(pair)
+        return found
 
     def find(self, i: int) -> int | None:
         """The story incoming title i retells (a stored one from `match_stored`, or an earlier new one), or None."""
@@ -409,23 +405,10 @@ class StoryMatcher:
         return None
 
 
-def _partners(blocks: Blocks) -> dict[int, set[int]]:
-    partners: defaultdict[int, set[int]] = defaultdict(set)
-    for a, b in blocks:
-        partners[a].add(b)
-    return dict(partners)
-
-
-def _paired(ranks: list[int], partners: dict[int, set[int]]) -> bool:
-    """Whether two of these words make a pair that `partners` holds."""
-    for word in ranks:
-        paired = partners.get(word)
-        if paired is not None and not paired.isdisjoint(ranks):
-            return True
-    return False
-
-
-def _gathered(blocks: Blocks, keys: list[Pair]) -> set[int]:
-    found: set[int] = set()
-    _gather(blocks, keys, found)
-    return found
+def _add_held(held: int | list[int], story: int, choices: defaultdict[int, set[int]]) -> None:
+    """Note `story` as a choice of each incoming title a block holds."""
+    if held.__class__ is int:
+        choices[held].add(story)
+    else:
+        for t in held:
+            choices[t].add(story)

@@ -395,7 +395,8 @@ def insert_ignoring_conflicts(model: type[models.Model], rows: Sequence[dict]) -
         if isinstance(f, models.JSONField):
             convert = partial(_json_text, encoder=f.encoder)
         elif isinstance(f, models.DateTimeField):
-            convert = connection.ops.adapt_datetimefield_value
+            # Each distinct moment adapted once: every row of a run shares its created_at and updated_at.
+            convert = _Adapted(connection.ops.adapt_datetimefield_value).__getitem__
         else:
             convert = None
         columns.append(f.column)
@@ -423,6 +424,18 @@ def insert_ignoring_conflicts(model: type[models.Model], rows: Sequence[dict]) -
                 copy.write_row(values(row))
         cursor.execute(f"INSERT INTO {table} ({names}) SELECT {names} FROM newsroom_incoming ON CONFLICT DO NOTHING")
         cursor.execute("DROP TABLE newsroom_incoming")
+
+
+class _Adapted(dict):
+    """value -> adapt(value), each distinct value adapted once."""
+
+    def __init__(self, adapt):
+        super().__init__()
+        self._adapt = adapt
+
+    def __missing__(self, value):
+        self[value] = adapted = self._adapt(value)
+        return adapted
 
 
 def _json_text(value, *, encoder) -> str:
