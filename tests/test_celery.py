@@ -46,3 +46,19 @@ def test_the_fixup_no_longer_closes_the_connection_after_every_task(settings):
     from newsroom.celery import app
 
     assert app.conf.get("CELERY_DB_REUSE_MAX") == settings.CELERY_DB_REUSE_MAX >= 100
+
+
+def test_a_prefork_child_freezes_what_it_inherited_once_started():
+    import gc
+
+    from celery.signals import worker_process_init
+
+    from newsroom.celery import freeze_after_start
+
+    assert any(receiver() is freeze_after_start for _, receiver in worker_process_init.receivers)
+    before = gc.get_freeze_count()
+    try:
+        worker_process_init.send(sender=None)
+        assert gc.get_freeze_count() > before
+    finally:
+        gc.unfreeze()  # this test process goes on collecting as before
