@@ -200,9 +200,14 @@ def test_the_matcher_decides_as_exhaustive_comparison_does_on_a_generated_corpus
     assert matched(stored=stored, incoming=incoming) == exhaustive(stored=stored, incoming=incoming)
 
 
-def test_the_matcher_decides_as_exhaustive_comparison_does_with_many_more_stored_stories_than_incoming():
+@pytest.mark.parametrize("pairs_per_stored", [0, 10**9], ids=["each stored title's pairs", "through the pairs' words"])
+def test_the_matcher_decides_as_exhaustive_comparison_does_with_many_more_stored_stories_than_incoming(
+    monkeypatch, pairs_per_stored
+):
     # The stored side is narrowed to the stories holding both words of an incoming title's pair before any is
-    # compared: what it leaves out must be what the comparison would have rejected.
+    # compared, one of two ways by how many pairs there are: what either leaves out must be what the comparison
+    # would have rejected.
+    monkeypatch.setattr("topics.dedupe._PAIRS_PER_STORED", pairs_per_stored)
     rng = random.Random(5)
     stories, _ = make_candidates(2_000, near_duplicate_share=0, seed=41)
     stored = [c.title for c in stories]
