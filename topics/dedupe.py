@@ -215,6 +215,9 @@ _PAIRS_PER_STORED = 0.3
 # A block is keyed by a pair of word ranks and holds one number, or a list once a second one joins: most pairs of
 # rare words belong to one title, and a list per block would be a million objects for the garbage collector.
 Pair = tuple[int, int]
+# A stored story's pairs match_stored looks it up by: (pairs of its rarest words in the incoming titles' every-pair
+# blocks, pairs of its top words in their rare-pair blocks).
+HeldPairs = tuple[list[Pair], list[Pair]]
 Blocks = dict[Pair, "int | list[int]"]
 
 
@@ -260,8 +263,9 @@ class StoryMatcher:
         self._stored = len(stored)
         # Word rarity over every title of the run, one order for all, so that two titles' rarest words agree.
         counts: Counter[str] = Counter()
-        self._words_in_order: list[str] = []  # every title's words, _SEPARATOR between two titles
-        self._norms = normalize_titles([*stored, *incoming], word_counts=counts, stream_into=self._words_in_order)
+        self._words_in_order: list[str] = []  # every title's words, _SEPARATOR between two titles (for match_stored)
+        self._norms = normalize_titles([*stored, *incoming], word_counts=counts,
+                                       stream_into=self._words_in_order if stored else None)
         self._words = sorted(counts, key=lambda w: (counts[w], w))  # rank -> word
         self._rank = {word: n for n, word in enumerate(self._words)}
         self._best_stored: dict[int, tuple[float, int]] = {}
@@ -309,22 +313,15 @@ class StoryMatcher:
         as_long = map(short_lengths.__contains__, map(len, stored_norms))
         for s in compress(count(), map(operator.or_, few_words, as_long)):  # in C: no Python loop over every title
             by_length[len(stored_norms[s])].append(s)
-        rank = self._rank.__getitem__
-        held_pairs = (self._stored_pairs(every) if len(every) <= _PAIRS_PER_STORED * self._stored
+        # Each stored story's rare pairs against the incoming titles' pairs, and the other way round: a title mostly
+        # contained in a longer one shares its own rarest words with it, not necessarily the longer one's.
+        held_pairs = (self._stored_pairs(rare=rare, every=every) if len(every) <= _PAIRS_PER_STORED * self._stored
                       else self._scan_stored(rare=rare, every=every))
-        for s, pairs in held_pairs.items():
-            words = stored_norms[s].split()
-            if len(words) < _SHORT_WORDS:
-                continue
-            # This story's rare pairs against the incoming titles' pairs, and the other way round: a title mostly
-            # contained in a longer one shares its own rarest words with it, not necessarily the longer one's.
-            ranks = sorted(set(map(rank, words)))
-            head, top = set(_rarest(ranks)), set(ranks[:_PAIR_WORDS])
-            for pair in pairs:
-                if head.issuperset(pair):
-                    _add_held(every[pair], s, choices)
-                if top.issuperset(pair) and (held := rare.get(pair)) is not None:
-                    _add_held(held, s, choices)
+        for s, (every_pairs, rare_pairs) in held_pairs.items():
+            for pair in every_pairs:
+                _add_held(every[pair], s, choices)
+            for pair in rare_pairs:
+                _add_held(rare[pair], s, choices)
         for t in wanted:
             short = self._is_short(t)
             found = choices.get(t, set())
@@ -335,12 +332,14 @@ class StoryMatcher:
                 self._best_stored[t - self._stored] = best
         return {t: story for t, (_, story) in self._best_stored.items()}
 
-    def _stored_pairs(self, every: Blocks) -> dict[int, list[Pair]]:
-        """For each stored story that holds both words of one of the incoming titles' pairs (`every`'s keys), those
-        pairs: the only stories `match_stored` must look at closer, and the only blocks it must look them up in.
+    def _stored_pairs(self, *, rare: Blocks, every: Blocks) -> dict[int, HeldPairs]:
+        """For each stored story of three words or more that holds both words of one of the incoming titles' pairs,
+        the pairs `match_stored` looks it up by: those among its rarest words in `every`, those among its top
+        _PAIR_WORDS words in `rare`. Stories holding no such pair are not in the answer.
 
         Found without a Python loop over each of the hundred thousand stored titles: the paired words are picked out
-        of all the titles' words in C, and a pair's stories are the intersection of its two words' stories.
+        of all the titles' words in C, and a pair's stories are the intersection of its two words' stories; only the
+        stories found are then looked at one by one.
         """
         paired_words = set(map(self._words.__getitem__, {rank for pair in every for rank in pair}))
         stream = self._words_in_order
@@ -355,34 +354,40 @@ class StoryMatcher:
             holders[word].append(s)
         held = {word: set(titles) for word, titles in holders.items()}
         nobody: set[int] = set()
-        found: defaultdict[int, list[Pair]] = defaultdict(list)
+        holding: defaultdict[int, list[Pair]] = defaultdict(list)  # stored story -> the incoming pairs it holds
         for pair in every:
             for s in held.get(self._words[pair[0]], nobody) & held.get(self._words[pair[1]], nobody):
                 if s < self._stored:
-                    found[s].append(pair)
+                    holding[s].append(pair)
+        found: dict[int, HeldPairs] = {}
+        for s, pairs in holding.items():
+            if self._is_short(s):
+                continue
+            ranks = self._ranks(self._norms[s])
+            head, top = set(_rarest(ranks)), set(ranks[:_PAIR_WORDS])
+            found[s] = ([pair for pair in pairs if head.issuperset(pair)],
+                        [pair for pair in pairs if pair in rare and top.issuperset(pair)])
         return found
 
-    def _scan_stored(self, *, rare: Blocks, every: Blocks) -> dict[int, list[Pair]]:
-        """The pairs `match_stored` uses of each stored title, found by looking at each title's own pairs: the
-        cheaper way when the incoming titles bring more pairs than there are stored titles (thousands of candidates
-        against a smaller window). A title's rarest words' pairs among `every`, and its top words' pairs among
-        `rare`; a title neither of whose word sets holds such a pair is passed over by a few set operations in C."""
+    def _scan_stored(self, *, rare: Blocks, every: Blocks) -> dict[int, HeldPairs]:
+        """What `_stored_pairs` answers, found by looking at each stored title's own pairs: the cheaper way when the
+        incoming titles bring many pairs for the stored titles there are (thousands of candidates against a smaller
+        window). A title neither of whose word sets holds such a pair is passed over by a few set operations in C."""
         every_partners, rare_partners = _partners(every), _partners(rare)
-        rank = self._rank.__getitem__
-        found: dict[int, list[Pair]] = {}
-        for s, norm in enumerate(self._norms[: self._stored]):
-            words = norm.split()
-            if len(words) < _SHORT_WORDS:
+        found: dict[int, HeldPairs] = {}
+        for s in range(self._stored):
+            if self._is_short(s):
                 continue
-            ranks = sorted(set(map(rank, words)))
+            ranks = self._ranks(self._norms[s])
             head, top = _rarest(ranks), ranks[:_PAIR_WORDS]
-            pairs: list[Pair] = []
+            every_pairs: list[Pair] = []
+            rare_pairs: list[Pair] = []
             if _paired(head, every_partners):
-                pairs.extend(filter(every.__contains__, combinations(head, 2)))
+                every_pairs = list(filter(every.__contains__, combinations(head, 2)))
             if _paired(top, rare_partners):
-                pairs.extend(filter(rare.__contains__, combinations(top, 2)))
-            if pairs:
-                found[s] = pairs
+                rare_pairs = list(filter(rare.__contains__, combinations(top, 2)))
+            if every_pairs or rare_pairs:
+                found[s] = (every_pairs, rare_pairs)
         return found
 
     def find(self, i: int) -> int | None:

@@ -8,7 +8,7 @@ import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from functools import partial
+from functools import cache, partial
 
 from django.conf import settings
 from django.db import connection, models, transaction
@@ -363,12 +363,12 @@ def _write_coverage(topics: list[Topic], *, now: datetime.datetime) -> None:
     if not topics:
         return
     quote = connection.ops.quote_name
-    sources = Topic._meta.get_field("sources")
+    score, sources, updated_at = (Topic._meta.get_field(name) for name in ("score", "sources", "updated_at"))
     stamp = connection.ops.adapt_datetimefield_value(now)
     with connection.cursor() as cursor:
         cursor.executemany(
-            f"UPDATE {quote(Topic._meta.db_table)} SET {quote('score')} = %s, {quote(sources.column)} = %s, "
-            f"{quote('updated_at')} = %s WHERE {quote('id')} = %s",
+            f"UPDATE {quote(Topic._meta.db_table)} SET {quote(score.column)} = %s, {quote(sources.column)} = %s, "
+            f"{quote(updated_at.column)} = %s WHERE {quote(Topic._meta.pk.column)} = %s",
             [(topic.score, _json_text(topic.sources, encoder=sources.encoder), stamp, topic.pk) for topic in topics],
         )
 
@@ -396,7 +396,7 @@ def insert_ignoring_conflicts(model: type[models.Model], rows: Sequence[dict]) -
             convert = partial(_json_text, encoder=f.encoder)
         elif isinstance(f, models.DateTimeField):
             # Each distinct moment adapted once: every row of a run shares its created_at and updated_at.
-            convert = _Adapted(connection.ops.adapt_datetimefield_value).__getitem__
+            convert = cache(connection.ops.adapt_datetimefield_value)
         else:
             convert = None
         columns.append(f.column)
@@ -424,18 +424,6 @@ def insert_ignoring_conflicts(model: type[models.Model], rows: Sequence[dict]) -
                 copy.write_row(values(row))
         cursor.execute(f"INSERT INTO {table} ({names}) SELECT {names} FROM newsroom_incoming ON CONFLICT DO NOTHING")
         cursor.execute("DROP TABLE newsroom_incoming")
-
-
-class _Adapted(dict):
-    """value -> adapt(value), each distinct value adapted once."""
-
-    def __init__(self, adapt):
-        super().__init__()
-        self._adapt = adapt
-
-    def __missing__(self, value):
-        self[value] = adapted = self._adapt(value)
-        return adapted
 
 
 def _json_text(value, *, encoder) -> str:
