@@ -27,6 +27,7 @@ from .sources.base import redact
 logger = logging.getLogger("newsroom.discovery")
 RECENT_DAYS = 30
 RECENT_LIMIT = 100_000  # stored topics a run compares titles with: the newest of the window
+DISCOVERY_LOCK = 0x6E65_7773_6469_7363  # PostgreSQL advisory lock key of store_candidates ("newsdisc")
 SECRET_SETTINGS = ("REDDIT_CLIENT_ID", "REDDIT_CLIENT_SECRET", "PERPLEXITY_API_KEY", "TUBELAB_API_KEY", "APIFY_TOKEN",
                    "ANTHROPIC_API_KEY")
 
@@ -125,7 +126,23 @@ def _without_cycle_collection() -> Iterator[None]:
 
 @_without_cycle_collection()
 def store_candidates(*, candidates: Sequence[Candidate], reports: dict[str, SourceReport]) -> None:
-    """Turn candidates into topics: exact and near duplicates merge, new stories are scored and categorised."""
+    """Turn candidates into topics: exact and near duplicates merge, new stories are scored and categorised.
+
+    One run at a time, from reading what is stored to writing what it found: a run overlapping another (the beat
+    schedule's and an operator's) would not see the stories the other is about to store, and would store them a
+    second time, or merge into the same stored topic and write its sources back without the other's. The lock is
+    an advisory lock held to the end of the transaction on PostgreSQL; on SQLite the transaction's write lock
+    (taken at BEGIN: settings' IMMEDIATE mode) is the lock. The sources are fetched before, so a slow service
+    never holds it.
+    """
+    with transaction.atomic():
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_xact_lock(%s)", [DISCOVERY_LOCK])
+        _store_candidates(candidates=candidates, reports=reports)
+
+
+def _store_candidates(*, candidates: Sequence[Candidate], reports: dict[str, SourceReport]) -> None:
     now = timezone.now()
     known_keys = _existing_keys(candidates)
     urls = [canonical_url(c.url) for c in candidates]

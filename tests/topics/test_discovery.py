@@ -5,6 +5,7 @@ import io
 import itertools
 import json
 import logging
+import threading
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -12,6 +13,7 @@ from unittest import mock
 
 import pytest
 from django.core.management import CommandError, call_command
+from django.db import connection
 from django.utils import timezone
 
 from batches.ledger import month_spent
@@ -127,6 +129,46 @@ def test_near_duplicate_titles_from_two_sources_make_one_topic_recording_both(ca
     assert topic.title == "USPS Ground Advantage rates going up 7.8% in January"
     assert topic.sources == ["reddit", "perplexity"]
     assert (reports["reddit"].new, reports["perplexity"].merged) == (1, 1)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_runs_at_once_store_a_story_both_told_once_with_both_sources(migration_data) -> None:
+    """The beat's run and an operator's overlap: the second waits for the first to store what it found, then
+    merges into it, instead of storing the same story again from what it read before the first wrote."""
+    from topics import discovery
+
+    first_read, let_first_write = threading.Event(), threading.Event()
+    write = discovery._write
+
+    def paused_write(**kwargs) -> None:
+        if threading.current_thread().name == "first run":
+            first_read.set()
+            assert let_first_write.wait(timeout=30)
+        write(**kwargs)
+
+    def run(title: str, source: str) -> None:
+        try:
+            store(candidate(title, source=source))
+        finally:
+            connection.close()
+
+    runs = [threading.Thread(target=run, name="first run",
+                             args=("USPS Ground Advantage rates going up 7.8% in January", "reddit")),
+            threading.Thread(target=run, name="second run",
+                             args=("USPS Ground Advantage rates going up 7.8% in Jan - thoughts?", "perplexity"))]
+    with mock.patch.object(discovery, "_write", paused_write):
+        runs[0].start()
+        assert first_read.wait(timeout=30)  # the first run has read what is stored and matched its candidates
+        runs[1].start()
+        runs[1].join(timeout=1.5)
+        second_waited = runs[1].is_alive()
+        let_first_write.set()
+        for thread in runs:
+            thread.join(timeout=60)
+
+    assert second_waited
+    [topic] = Topic.objects.all()
+    assert topic.sources == ["reddit", "perplexity"]
 
 
 def test_different_stories_stay_separate_topics(categories) -> None:
