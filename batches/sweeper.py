@@ -13,6 +13,7 @@ from django.conf import settings
 from django.db.models import F, Q
 from django.utils import timezone
 
+from topics import discovery
 from topics import usage as topic_usage
 
 from . import running
@@ -30,6 +31,7 @@ class SweepReport:
     republished_items: int = 0  # items waiting in line whose message was lost
     republished_batches: int = 0  # batches queued (or running without items) that nothing picked up
     closed_batches: int = 0
+    closed_discovery_runs: int = 0  # discovery runs left "running" by a crash: failed, saying why
     errors: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
@@ -123,7 +125,8 @@ def close_finished_batches(*, report: SweepReport) -> None:
 
 
 def sweep(*, now: datetime.datetime | None = None) -> SweepReport:
-    """Replay spooled answers, take back expired leases, republish what was lost, close what has ended."""
+    """Replay spooled answers, take back expired leases, republish what was lost, close what has ended (batches,
+    and discovery runs a crash left "running")."""
     report = SweepReport()
     report.replayed = replay_spool()
     now = now or timezone.now()
@@ -131,6 +134,7 @@ def sweep(*, now: datetime.datetime | None = None) -> SweepReport:
     republish_waiting_items(now=now, report=report)
     republish_idle_batches(now=now, report=report)
     close_finished_batches(report=report)
+    report.closed_discovery_runs = discovery.close_abandoned_runs(now=now)
     if report.changed_anything or report.errors:
         logger.info("sweep: %s", report.as_dict())
     return report

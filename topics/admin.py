@@ -334,9 +334,10 @@ def annotate_use(topics) -> None:
 
 @admin.register(DiscoveryRun)
 class DiscoveryRunAdmin(admin.ModelAdmin):
-    list_display = ("started_at", "status", "fetched", "created", "merged", "dropped", "finished_at")
+    list_display = ("started_at", "status", "fetched", "created", "merged", "dropped", "finished_at", "error")
     list_filter = ("status",)
-    readonly_fields = ("started_at", "finished_at", "status", "fetched", "created", "merged", "dropped", "sources")
+    readonly_fields = ("started_at", "finished_at", "status", "error", "fetched", "created", "merged", "dropped",
+                       "sources")
 
     def has_add_permission(self, request):
         return False

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from functools import cache, partial
 
 from django.conf import settings
-from django.db import connection, models, transaction
+from django.db import DatabaseError, connection, models, transaction
 from django.db.models import QuerySet
 from django.db.models.constants import OnConflict
 from django.utils import timezone
@@ -88,8 +88,13 @@ def fetch_all(*, names: Sequence[str] | None, limit: int) -> tuple[list[Candidat
 def run_discovery(*, names: Sequence[str] | None = None, limit: int = 50) -> DiscoveryRun:
     """One discovery pass. Never creates the same story twice; records a summary per source."""
     run = DiscoveryRun.objects.create()
-    candidates, reports = fetch_all(names=names, limit=limit)
-    store_candidates(candidates=candidates, reports=reports)
+    try:
+        candidates, reports = fetch_all(names=names, limit=limit)
+        store_candidates(candidates=candidates, reports=reports)
+    except BaseException as exc:  # a database error, a time limit, Ctrl-C: the run must not stay "running"
+        _stop(run, reason=f"Stopped by {exc.__class__.__name__}: {redact(str(exc), _secrets())[:300]}. "
+                          f"Nothing it found was stored; paid calls it made are in the ledger.")
+        raise
     configured = [r for r in reports.values() if r.status != "skipped"]
     failed = [r for r in configured if r.status == "failed"]
     run.status = (
@@ -105,6 +110,31 @@ def run_discovery(*, names: Sequence[str] | None = None, limit: int = 50) -> Dis
     run.finished_at = timezone.now()
     run.save()
     return run
+
+
+def _stop(run: DiscoveryRun, *, reason: str) -> None:
+    try:
+        run.stop(reason=reason)
+    except DatabaseError:  # the database itself is what failed: the sweeper closes the run once it answers again
+        logger.exception("discovery run %s could not be marked stopped", run.pk)
+
+
+def abandoned_after() -> datetime.timedelta:
+    """How long a run may stay "running" before it counts as abandoned: an hour, or twice the Celery task time
+    limit when that is longer. A run's fetching is bounded by each source's timeouts and a Celery-run one by that
+    limit, so a run still "running" by then has no process working on it (a crash, a restart, a SIGKILL)."""
+    return max(datetime.timedelta(hours=1), datetime.timedelta(seconds=2 * settings.CELERY_TASK_TIME_LIMIT))
+
+
+def close_abandoned_runs(*, now: datetime.datetime) -> int:
+    """Close the runs nothing is working on any more as stopped, saying why (the sweeper calls this); how many."""
+    given_up = abandoned_after()
+    minutes = int(given_up.total_seconds() // 60)
+    return DiscoveryRun.objects.filter(status=DiscoveryRun.Status.RUNNING, started_at__lt=now - given_up).update(
+        status=DiscoveryRun.Status.STOPPED, finished_at=now,
+        error=f"Stopped without finishing: nothing had worked on it for {minutes} minutes (its process crashed or "
+              f"was restarted). Its counts are unknown; topics it stored, if it got that far, are kept, and the paid "
+              f"calls it made are in the ledger.")
 
 
 @contextmanager
@@ -466,6 +496,8 @@ def summary_lines(run: DiscoveryRun) -> list[str]:
                 f"{report['merged']} merged, {report['dropped']} dropped"
                 + (f" — {report['error']}" if report["error"] else "")
             )
+    if run.error:
+        lines.append(f"  {run.error}")
     return lines
 
 

@@ -197,6 +197,7 @@ class DiscoveryRun(models.Model):
         DONE = "done", "Done"
         PARTIAL = "partial", "Some sources failed"
         FAILED = "failed", "Every source failed"
+        STOPPED = "stopped", "Stopped before finishing"
 
     started_at = models.DateTimeField(default=timezone.now)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -206,12 +207,22 @@ class DiscoveryRun(models.Model):
     created = models.PositiveIntegerField(default=0)
     merged = models.PositiveIntegerField(default=0)
     dropped = models.PositiveIntegerField(default=0)
+    error = models.TextField(blank=True, help_text="Why the run stopped before it finished, when it did.")
 
     class Meta:
         ordering = ["-started_at", "-id"]
 
     def __str__(self) -> str:
         return f"Discovery {desk_time(self.started_at)} ({self.get_status_display()})"
+
+    def stop(self, *, reason: str) -> bool:
+        """Close this run as stopped with `reason` if it is still running; False when it had finished meanwhile."""
+        now = timezone.now()
+        changed = DiscoveryRun.objects.filter(pk=self.pk, status=self.Status.RUNNING).update(
+            status=self.Status.STOPPED, finished_at=now, error=reason)
+        if changed:
+            self.status, self.finished_at, self.error = self.Status.STOPPED, now, reason
+        return bool(changed)
 
 
 

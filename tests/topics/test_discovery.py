@@ -481,6 +481,79 @@ def test_a_run_where_every_configured_source_fails_is_recorded_failed(discovery_
     assert {r["status"] for r in run.sources.values()} == {"failed"}
 
 
+class InterruptedSource:
+    """A configured source whose fetch is interrupted, as Ctrl-C on `manage.py discover` would."""
+
+    name = "reddit"
+
+    def __init__(self, error: BaseException):
+        self.error = error
+
+    def is_configured(self) -> bool:
+        return True
+
+    def describe(self) -> str:
+        return "interrupted"
+
+    def fetch(self, *, limit: int, meter) -> list[Candidate]:
+        raise self.error
+
+
+def test_a_run_interrupted_midway_is_recorded_failed_with_why_and_the_interruption_goes_on(
+    categories, settings
+) -> None:
+    settings.PERPLEXITY_API_KEY = "pplx-secret-value"
+    interruption = KeyboardInterrupt("stopped while asking with key pplx-secret-value")
+
+    with mock.patch("topics.discovery.build_sources", lambda settings, names=None: [InterruptedSource(interruption)]):
+        with pytest.raises(KeyboardInterrupt):
+            run_discovery()
+
+    [run] = DiscoveryRun.objects.all()
+    assert run.status == DiscoveryRun.Status.STOPPED and run.finished_at is not None
+    assert run.error.startswith("Stopped by KeyboardInterrupt: stopped while asking with key ***.")
+    assert "pplx-secret-value" not in run.error
+    assert Topic.objects.count() == 0
+
+
+def test_the_sweeper_closes_a_run_a_crash_left_running_and_leaves_a_recent_one(categories) -> None:
+    from batches.sweeper import sweep
+    from topics.discovery import abandoned_after
+
+    now = timezone.now()
+    abandoned = DiscoveryRun.objects.create(started_at=now - abandoned_after() - timedelta(minutes=1))
+    working = DiscoveryRun.objects.create(started_at=now - abandoned_after() + timedelta(minutes=5))
+    finished = DiscoveryRun.objects.create(started_at=now - timedelta(days=2), status=DiscoveryRun.Status.DONE)
+
+    assert sweep(now=now).closed_discovery_runs == 1
+    assert sweep(now=now).closed_discovery_runs == 0
+
+    abandoned.refresh_from_db(), working.refresh_from_db(), finished.refresh_from_db()
+    assert abandoned.status == DiscoveryRun.Status.STOPPED and abandoned.finished_at == now
+    assert "nothing had worked on it for 60 minutes" in abandoned.error
+    assert working.status == DiscoveryRun.Status.RUNNING and working.error == ""
+    assert finished.status == DiscoveryRun.Status.DONE and finished.error == ""
+
+
+def test_a_run_is_given_up_only_after_twice_a_longer_celery_time_limit(settings) -> None:
+    from topics.discovery import abandoned_after
+
+    settings.CELERY_TASK_TIME_LIMIT = 600
+    assert abandoned_after() == timedelta(hours=1)
+    settings.CELERY_TASK_TIME_LIMIT = 2400
+    assert abandoned_after() == timedelta(minutes=80)
+
+
+def test_the_discovery_runs_page_shows_why_a_run_stopped(admin_client) -> None:
+    run = DiscoveryRun.objects.create()
+    run.stop(reason="Stopped by OperationalError: <b>disk I/O error</b>.")
+
+    page = admin_client.get("/admin/topics/discoveryrun/").content.decode()
+
+    assert "Stopped by OperationalError: &lt;b&gt;disk I/O error&lt;/b&gt;." in page
+    assert "Stopped before finishing" in page
+
+
 # --- cost ---------------------------------------------------------------------------------------------------
 
 

@@ -29,7 +29,8 @@ class Command(BaseCommand):
                 f"Sweep: {report.replayed} spooled answer(s) written, {report.requeued_items} interrupted item(s) "
                 f"back in line, {report.failed_items} failed after repeated interruptions, "
                 f"{report.republished_items} item task(s) and {report.republished_batches} batch task(s) published "
-                f"again, {report.closed_batches} batch(es) closed."
+                f"again, {report.closed_batches} batch(es) closed, {report.closed_discovery_runs} abandoned discovery "
+                f"run(s) closed."
             )
             for error in report.errors:
                 self.stderr.write(f"Not done: {error}")
