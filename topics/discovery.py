@@ -92,8 +92,9 @@ def run_discovery(*, names: Sequence[str] | None = None, limit: int = 50) -> Dis
         candidates, reports = fetch_all(names=names, limit=limit)
         store_candidates(candidates=candidates, reports=reports)
     except BaseException as exc:  # a database error, a time limit, Ctrl-C: the run must not stay "running"
-        _stop(run, reason=f"Stopped by {exc.__class__.__name__}: {redact(str(exc), _secrets())[:300]}. "
-                          f"Nothing it found was stored; paid calls it made are in the ledger.")
+        said = redact(str(exc), _secrets())[:300]
+        _stop(run, reason=f"Stopped by {exc.__class__.__name__}{f': {said}' if said else ''}. Nothing it found was "
+                          f"stored; paid calls it made are in the ledger.")
         raise
     configured = [r for r in reports.values() if r.status != "skipped"]
     failed = [r for r in configured if r.status == "failed"]

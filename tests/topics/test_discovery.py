@@ -516,6 +516,14 @@ def test_a_run_interrupted_midway_is_recorded_failed_with_why_and_the_interrupti
     assert Topic.objects.count() == 0
 
 
+def test_an_interruption_without_a_message_is_named_alone(categories) -> None:
+    with mock.patch("topics.discovery.build_sources", lambda settings, names=None: [InterruptedSource(SystemExit())]):
+        with pytest.raises(SystemExit):
+            run_discovery()
+
+    assert DiscoveryRun.objects.get().error.startswith("Stopped by SystemExit. Nothing it found was stored")
+
+
 def test_the_sweeper_closes_a_run_a_crash_left_running_and_leaves_a_recent_one(categories) -> None:
     from batches.sweeper import sweep
     from topics.discovery import abandoned_after
