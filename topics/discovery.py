@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from functools import cache, partial
 
+from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import DatabaseError, connection, models, transaction
 from django.db.models import QuerySet
@@ -75,6 +76,8 @@ def fetch_all(*, names: Sequence[str] | None, limit: int) -> tuple[list[Candidat
         except SourceError as exc:
             report.status, report.error = "failed", redact(exc.message, _secrets())
             found = exc.partial  # already fetched (maybe paid for): keep it
+        except SoftTimeLimitExceeded:
+            raise  # the task's time is up: stop here (run_discovery records why) rather than ask the next source
         except Exception as exc:  # a bug or an unforeseen client error in one source must not stop the others
             logger.exception("discovery source %s crashed", source.name)
             report.status = "failed"

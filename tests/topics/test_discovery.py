@@ -516,6 +516,24 @@ def test_a_run_interrupted_midway_is_recorded_failed_with_why_and_the_interrupti
     assert Topic.objects.count() == 0
 
 
+def test_the_tasks_soft_time_limit_stops_the_run_before_the_next_source(categories) -> None:
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    class NextSource(InterruptedSource):
+        name = "apify"
+        fetch = mock.Mock(return_value=[])
+
+    sources = [InterruptedSource(SoftTimeLimitExceeded("SoftTimeLimitExceeded()")), NextSource(None)]
+    with mock.patch("topics.discovery.build_sources", lambda settings, names=None: sources):
+        with pytest.raises(SoftTimeLimitExceeded):
+            run_discovery()
+
+    NextSource.fetch.assert_not_called()
+    run = DiscoveryRun.objects.get()
+    assert run.status == DiscoveryRun.Status.STOPPED
+    assert run.error.startswith("Stopped by SoftTimeLimitExceeded")
+
+
 def test_an_interruption_without_a_message_is_named_alone(categories) -> None:
     with mock.patch("topics.discovery.build_sources", lambda settings, names=None: [InterruptedSource(SystemExit())]):
         with pytest.raises(SystemExit):
