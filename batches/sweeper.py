@@ -31,7 +31,7 @@ class SweepReport:
     republished_items: int = 0  # items waiting in line whose message was lost
     republished_batches: int = 0  # batches queued (or running without items) that nothing picked up
     closed_batches: int = 0
-    closed_discovery_runs: int = 0  # discovery runs left "running" by a crash: failed, saying why
+    closed_discovery_runs: int = 0  # discovery runs left "running" by a crash: stopped, saying why
     errors: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:

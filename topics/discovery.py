@@ -134,11 +134,11 @@ def close_abandoned_runs(*, now: datetime.datetime) -> int:
     """Close the runs nothing is working on any more as stopped, saying why (the sweeper calls this); how many."""
     given_up = abandoned_after()
     minutes = int(given_up.total_seconds() // 60)
-    return DiscoveryRun.objects.filter(status=DiscoveryRun.Status.RUNNING, started_at__lt=now - given_up).update(
-        status=DiscoveryRun.Status.STOPPED, finished_at=now,
-        error=f"Stopped without finishing: nothing had worked on it for {minutes} minutes (its process crashed or "
-              f"was restarted). Its counts are unknown; topics it stored, if it got that far, are kept, and the paid "
-              f"calls it made are in the ledger.")
+    return DiscoveryRun.stop_running(
+        now=now, started_at__lt=now - given_up,
+        reason=f"Stopped without finishing: nothing had worked on it for {minutes} minutes (its process crashed or "
+               f"was restarted). Its counts are unknown; topics it stored, if it got that far, are kept, and the paid "
+               f"calls it made are in the ledger.")
 
 
 @contextmanager
@@ -357,8 +357,8 @@ def _story_sources(story: _Story) -> list[str]:
     return sources
 
 
-@transaction.atomic
 def _write(*, stories: list[_Story], now: datetime.datetime) -> None:
+    """Store the run's new stories and the coverage of stored ones, in store_candidates' transaction."""
     keywords = KeywordTable(list(Category.objects.all()))
     new_topics: list[dict] = []
     updated = []
@@ -500,8 +500,6 @@ def summary_lines(run: DiscoveryRun) -> list[str]:
                 f"{report['merged']} merged, {report['dropped']} dropped"
                 + (f" — {report['error']}" if report["error"] else "")
             )
-    if run.error:
-        lines.append(f"  {run.error}")
     return lines
 
 

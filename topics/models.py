@@ -215,14 +215,19 @@ class DiscoveryRun(models.Model):
     def __str__(self) -> str:
         return f"Discovery {desk_time(self.started_at)} ({self.get_status_display()})"
 
+    @classmethod
+    def stop_running(cls, *, reason: str, now: datetime.datetime, **conditions) -> int:
+        """Close the runs matching `conditions` that are still running as stopped with `reason`; how many."""
+        return cls.objects.filter(status=cls.Status.RUNNING, **conditions).update(
+            status=cls.Status.STOPPED, finished_at=now, error=reason)
+
     def stop(self, *, reason: str) -> bool:
         """Close this run as stopped with `reason` if it is still running; False when it had finished meanwhile."""
         now = timezone.now()
-        changed = DiscoveryRun.objects.filter(pk=self.pk, status=self.Status.RUNNING).update(
-            status=self.Status.STOPPED, finished_at=now, error=reason)
-        if changed:
-            self.status, self.finished_at, self.error = self.Status.STOPPED, now, reason
-        return bool(changed)
+        if not self.stop_running(reason=reason, now=now, pk=self.pk):
+            return False
+        self.status, self.finished_at, self.error = self.Status.STOPPED, now, reason
+        return True
 
 
 
