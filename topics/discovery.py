@@ -118,7 +118,7 @@ def run_discovery(*, names: Sequence[str] | None = None, limit: int = 50) -> Dis
 
 def _stop(run: DiscoveryRun, *, reason: str) -> None:
     try:
-        run.stop(reason=reason)
+        DiscoveryRun.stop_running(reason=reason, now=timezone.now(), pk=run.pk)
     except DatabaseError:  # the database itself is what failed: the sweeper closes the run once it answers again
         logger.exception("discovery run %s could not be marked stopped", run.pk)
 

@@ -221,14 +221,6 @@ class DiscoveryRun(models.Model):
         return cls.objects.filter(status=cls.Status.RUNNING, **conditions).update(
             status=cls.Status.STOPPED, finished_at=now, error=reason)
 
-    def stop(self, *, reason: str) -> bool:
-        """Close this run as stopped with `reason` if it is still running; False when it had finished meanwhile."""
-        now = timezone.now()
-        if not self.stop_running(reason=reason, now=now, pk=self.pk):
-            return False
-        self.status, self.finished_at, self.error = self.Status.STOPPED, now, reason
-        return True
-
 
 
 class SourceDocumentQuerySet(models.QuerySet):

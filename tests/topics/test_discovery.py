@@ -499,7 +499,7 @@ class InterruptedSource:
         raise self.error
 
 
-def test_a_run_interrupted_midway_is_recorded_failed_with_why_and_the_interruption_goes_on(
+def test_a_run_interrupted_midway_is_recorded_stopped_with_why_and_the_interruption_goes_on(
     categories, settings
 ) -> None:
     settings.PERPLEXITY_API_KEY = "pplx-secret-value"
@@ -571,8 +571,8 @@ def test_a_run_is_given_up_only_after_twice_a_longer_celery_time_limit(settings)
 
 
 def test_the_discovery_runs_page_shows_why_a_run_stopped(admin_client) -> None:
-    run = DiscoveryRun.objects.create()
-    run.stop(reason="Stopped by OperationalError: <b>disk I/O error</b>.")
+    DiscoveryRun.objects.create(status=DiscoveryRun.Status.STOPPED,
+                                error="Stopped by OperationalError: <b>disk I/O error</b>.")
 
     page = admin_client.get("/admin/topics/discoveryrun/").content.decode()
 
