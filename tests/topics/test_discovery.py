@@ -561,6 +561,24 @@ def test_the_sweeper_closes_a_run_a_crash_left_running_and_leaves_a_recent_one(c
     assert finished.status == DiscoveryRun.Status.DONE and finished.error == ""
 
 
+def test_a_run_the_sweeper_gave_up_on_that_then_finishes_is_done_without_the_sweepers_reason(categories) -> None:
+    from topics.discovery import abandoned_after, close_abandoned_runs
+
+    class SlowSource(InterruptedSource):
+        """Still fetching when the sweeper's bound passes (a source slower than its timeouts promise)."""
+
+        def fetch(self, *, limit: int, meter) -> list[Candidate]:
+            assert close_abandoned_runs(now=timezone.now() + abandoned_after() + timedelta(minutes=1)) == 1
+            return [candidate("Etsy cuts seller fees for handmade shops")]
+
+    with mock.patch("topics.discovery.build_sources", lambda settings, names=None: [SlowSource(None)]):
+        run = run_discovery()
+
+    run.refresh_from_db()
+    assert run.status == DiscoveryRun.Status.DONE and run.created == 1
+    assert run.error == ""
+
+
 def test_a_run_is_given_up_only_after_twice_a_longer_celery_time_limit(settings) -> None:
     from topics.discovery import abandoned_after
 
