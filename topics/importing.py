@@ -166,6 +166,11 @@ def open_import_file(path: Path, *, max_bytes: int) -> _CappedReader:
         raise
 
 
+# The csv module refuses a field over 131,072 characters as malformed; a field that long is an invalid row (or, past
+# what a JSON item may hold, a file refused whole), not a broken file.
+csv.field_size_limit(max(csv.field_size_limit(), MAX_ITEM_CHARS))
+
+
 def _csv_records(text: TextIO) -> Iterator[tuple[int, dict[str, Any]]]:
     """(spreadsheet row number, record): the header is row 1, so the first data row is row 2; a quoted field with
     line breaks still makes one row, and a blank line is an (empty, skipped) row, as a spreadsheet shows them."""
@@ -327,10 +332,10 @@ def _read(path: Path, *, max_bytes: int) -> _Pass:
     reader = open_import_file(path, max_bytes=max_bytes)
     buffered = io.BufferedReader(reader, buffer_size=1 << 16)
     if path.suffix.lower() == ".json":
-        text = io.TextIOWrapper(buffered, encoding="utf-8-sig")
+        text = io.TextIOWrapper(buffered, encoding="utf-8-sig", errors="surrogateescape")
         return _Pass(reader, _decoded(iter(_JsonList(text)), text, unit="item"), "item")
     # newline="" hands the csv module the raw line endings, so a quoted field keeps its line breaks.
-    text = io.TextIOWrapper(buffered, encoding="utf-8-sig", newline="")
+    text = io.TextIOWrapper(buffered, encoding="utf-8-sig", errors="surrogateescape", newline="")
     return _Pass(reader, _decoded(_csv_records(text), text, unit="row"), "row")
 
 
@@ -371,6 +376,8 @@ def _text(value: Any, *, name: str, max_length: int | None = None) -> str:
         try:
             text.encode("utf-8")
         except UnicodeEncodeError:  # a lone surrogate from a JSON \ud800 escape: no database can store it
+            if re.search("[\udc80-\udcff]", text):
+                raise ValueError(f"{name} is not UTF-8 text") from None
             raise ValueError(f"{name} contains an invalid character (a lone UTF-16 surrogate)") from None
     return text
 
@@ -422,7 +429,7 @@ def _url(value: Any) -> tuple[str, str]:
         port = urlsplit(url).port  # URLValidator lets any five digits through; urlsplit refuses > 65535
         if port is not None and not 1 <= port <= 65535:
             raise ValueError
-        return url, canonical_url(url)
+        return url, canonical_url(url)[:URL_MAX_CHARS]  # as discovery stores it: the column holds 1,000
     except (ValidationError, ValueError):
         raise ValueError(f"url is not a valid http(s) URL: {_shown(url)}") from None
 
@@ -829,14 +836,15 @@ def _write(*, rows: list[TopicRow], keywords: KeywordTable, result: ImportResult
         # The record differs from the one last imported, or it names no external_id (its key is known only once it
         # is validated), or the topic predates import hashes: refresh its content. Its review status is the
         # editor's and a locked category is the editor's choice: neither is ever touched.
-        before = [getattr(topic, f) for f in _CONTENT_FIELDS] + [topic.category_id]
+        before = [getattr(topic, f) for f in _CONTENT_FIELDS] + [topic.category_id, topic.category_locked]
         hashed = topic.import_hash == row.import_hash
         for name in _CONTENT_FIELDS:
             setattr(topic, name, getattr(row, name))
         if not topic.category_locked:
             topic.category = row.category or _categorize(row, keywords)
+            topic.category_locked = row.category is not None
         topic.import_hash = row.import_hash
-        if [getattr(topic, f) for f in _CONTENT_FIELDS] + [topic.category_id] == before:
+        if [getattr(topic, f) for f in _CONTENT_FIELDS] + [topic.category_id, topic.category_locked] == before:
             # Written differently (CSV instead of JSON, 7 instead of 7.0), or the very record: the same content.
             result.unchanged += 1
             if not hashed:
@@ -845,7 +853,9 @@ def _write(*, rows: list[TopicRow], keywords: KeywordTable, result: ImportResult
             topic.updated_at = now
             to_update.append(topic)
     Topic.objects.bulk_create(to_create, batch_size=500)
-    Topic.objects.bulk_update(to_update, [*_CONTENT_FIELDS, "category", "import_hash", "updated_at"], batch_size=500)
+    Topic.objects.bulk_update(
+        to_update, [*_CONTENT_FIELDS, "category", "category_locked", "import_hash", "updated_at"], batch_size=500
+    )
     Topic.objects.bulk_update(to_rehash, ["import_hash"], batch_size=500)
     result.created += len(to_create)
     result.updated += len(to_update)

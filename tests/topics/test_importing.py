@@ -14,6 +14,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from topics import importing
+from topics.categorize import recategorize
 from topics.importing import ImportFailed, import_topics
 from topics.models import Topic
 
@@ -129,6 +130,19 @@ def test_it_uses_and_locks_the_category_a_row_names(tmp_path, categories):
     path = write_json(tmp_path / "topics.json", [{"title": "Our Alibaba supplier", "category": "ads_marketing"}])
 
     run_import(path)
+
+    topic = only_topic()
+    assert (topic.category.slug, topic.category_locked) == ("ads_marketing", True)
+
+
+def test_a_category_a_reimported_row_names_is_locked_as_on_the_first_import(tmp_path, categories):
+    path = write_json(tmp_path / "topics.json", [{"title": "Our Alibaba supplier", "external_id": "a-1"}])
+    run_import(path)
+    assert (only_topic().category.slug, only_topic().category_locked) == ("product_sourcing", False)
+    write_json(path, [{"title": "Our Alibaba supplier", "external_id": "a-1", "category": "ads_marketing"}])
+
+    run_import(path)
+    recategorize(topics=Topic.objects.all())  # the admin's "re-categorise" action leaves a named category alone
 
     topic = only_topic()
     assert (topic.category.slug, topic.category_locked) == ("ads_marketing", True)
@@ -331,7 +345,6 @@ BAD_FILES = {
     "JSON that is not a list": ("topics.json", '{"title": "A"}', "expected a JSON list of objects"),
     "CSV without a title column": ("topics.csv", "name,score\nA,1\n", "must name a 'title' column"),
     "unknown file type": ("topics.txt", "title\nA\n", "unknown file type .txt"),
-    "not UTF-8": ("topics.csv", "title\ncaf\xe9\n", "not UTF-8"),
     "JSON nested 200,000 deep": ("topics.json", "[" * 200_000 + "]" * 200_000, "item 1: nested too deeply"),
     "a JSON field nested 200,000 deep": (
         "topics.json", '[{"title": "A"}, {"title": ' + "[" * 200_000 + "]" * 200_000 + "}]", "item 2: nested too deeply"
@@ -347,13 +360,61 @@ BAD_FILES = {
 def test_it_rejects_a_file_it_cannot_read_naming_the_problem(tmp_path, categories, case):
     name, content, message = BAD_FILES[case]
     path = tmp_path / name
-    path.write_bytes(content.encode("latin-1") if case == "not UTF-8" else content.encode("utf-8"))
+    path.write_bytes(content.encode("utf-8"))
 
     error, stderr = failed_import(path)
 
     assert error.returncode == 1
     assert message in stderr
     assert str(path) in stderr
+
+
+def test_a_byte_that_is_not_utf8_is_reported_with_its_row(tmp_path, categories):
+    # A CSV saved by a spreadsheet in Windows-1252: the file is decoded in blocks far larger than a row, so the
+    # error must still say which row holds the byte, not where the block began.
+    rows = "".join(f"Topic number {n},summary {n}\n" for n in range(2, 60))
+    path = tmp_path / "topics.csv"
+    path.write_bytes(b"title,summary\n" + rows.encode() + "Caf\xe9 au lait,x\n".encode("cp1252"))
+
+    error, stderr = failed_import(path)
+
+    assert error.returncode == 1
+    assert "row 60: title is not UTF-8 text" in stderr
+    assert Topic.objects.count() == 0
+
+
+def test_skip_invalid_skips_the_rows_that_are_not_utf8_and_imports_the_rest(tmp_path, categories):
+    path = tmp_path / "topics.json"
+    path.write_bytes(b'[{"title": "Good row"}, {"title": "Caf\xe9 row"}, {"title": "Another good row"}]')
+
+    _, stderr = run_import(path, "--skip-invalid")
+
+    assert "item 2: title is not UTF-8 text" in stderr
+    assert sorted(Topic.objects.values_list("title", flat=True)) == ["Another good row", "Good row"]
+
+
+def test_skip_invalid_skips_a_csv_row_with_a_field_larger_than_the_csv_modules_default_limit(tmp_path, categories):
+    path = tmp_path / "topics.csv"
+    path.write_text("title,summary\nGood row,fine\nHuge row," + "x" * 200_000 + "\nAnother good row,fine\n")
+
+    _, stderr = run_import(path, "--skip-invalid")
+
+    assert sorted(Topic.objects.values_list("title", flat=True)) == ["Another good row", "Good row"]
+    assert "row 3: summary is longer than 10,000 characters" in stderr
+
+
+@pytest.mark.parametrize("url", [
+    "http://example.com/" + "a" * 981,  # 1,000 characters; its canonical form (https) one more
+    "https://example.com/?q=" + "\u00e9" * 300,  # 323 characters; percent-encoded, its canonical form 1,823
+])
+def test_a_valid_url_never_stores_a_canonical_url_longer_than_its_column(tmp_path, categories, url):
+    path = write_json(tmp_path / "topics.json", [{"title": "ok", "external_id": "ok"}, {"title": "long url", "url": url}])
+
+    import_topics(path=path)
+
+    topic = Topic.objects.get(title="long url")
+    assert topic.url == url
+    assert len(topic.canonical_url) == Topic._meta.get_field("canonical_url").max_length
 
 
 def test_it_rejects_a_missing_file(tmp_path, categories):
