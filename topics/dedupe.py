@@ -164,17 +164,27 @@ def _same_story(na: str, nb: str, *, threshold: int = NEAR_DUPLICATE_THRESHOLD) 
     return fuzz.token_set_ratio(na, nb) >= threshold
 
 
+CANONICAL_URL_MAX_CHARS = 1000  # Topic.canonical_url's column: every canonical form fits it, so lookups match
+
+
 def canonical_url(url: str) -> str:
-    """The URL with scheme/host lower-cased, `www.` dropped, tracking parameters and fragment removed."""
+    """The URL with scheme/host lower-cased, `www.` dropped, tracking parameters and fragment removed, cut to
+    CANONICAL_URL_MAX_CHARS. A URL that does not parse (a port out of range, an unclosed "[") is its own
+    canonical form, stripped: one bad link from a source must not stop the run that found it."""
     if not url:
         return ""
-    parts = urlsplit(url.strip())
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError:
+        return url.strip()[:CANONICAL_URL_MAX_CHARS]
     host = (parts.hostname or "").lower().removeprefix("www.")
-    if parts.port and parts.port not in (80, 443):
-        host = f"{host}:{parts.port}"
+    if port and port not in (80, 443):
+        host = f"{host}:{port}"
     query = urlencode(sorted((k, v) for k, v in parse_qsl(parts.query) if not _TRACKING_PARAMS.match(k)))
     path = parts.path.rstrip("/") or "/"
-    return urlunsplit(("https" if parts.scheme in ("http", "https", "") else parts.scheme, host, path, query, ""))
+    scheme = "https" if parts.scheme in ("http", "https", "") else parts.scheme
+    return urlunsplit((scheme, host, path, query, ""))[:CANONICAL_URL_MAX_CHARS]
 
 
 # Blocking. Two titles of three words or more are compared only when they share two words among the rarest of

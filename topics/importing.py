@@ -429,7 +429,7 @@ def _url(value: Any) -> tuple[str, str]:
         port = urlsplit(url).port  # URLValidator lets any five digits through; urlsplit refuses > 65535
         if port is not None and not 1 <= port <= 65535:
             raise ValueError
-        return url, canonical_url(url)[:URL_MAX_CHARS]  # as discovery stores it: the column holds 1,000
+        return url, canonical_url(url)
     except (ValidationError, ValueError):
         raise ValueError(f"url is not a valid http(s) URL: {_shown(url)}") from None
 

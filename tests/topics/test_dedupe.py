@@ -5,6 +5,7 @@ import random
 import pytest
 
 from bench.discovery_bench import PARAPHRASES, blocked_decisions, exhaustive_decisions, make_candidates, paraphrase
+from topics.models import Topic
 from topics.dedupe import canonical_url, is_near_duplicate, normalize_title, normalize_titles
 
 SAME_STORY = [
@@ -102,6 +103,20 @@ def test_it_keeps_a_non_default_port():
 
 def test_it_leaves_an_empty_url_empty():
     assert canonical_url("") == ""
+
+
+@pytest.mark.parametrize("url", ["https://www.tiktok.com:99999/@dtc/video/1", "https://shop.example:abc/x", "http://[x"])
+def test_a_url_that_does_not_parse_is_its_own_canonical_form(url):
+    assert canonical_url(f"  {url} ") == url
+
+
+@pytest.mark.parametrize("url", [
+    "http://example.com/" + "a" * 981,  # 1,000 characters; https makes it one more
+    "https://example.com/?q=" + "\u00e9" * 300,  # percent-encoded, 1,823 characters
+    "https://example.com:99999/" + "a" * 1200,  # does not parse
+])
+def test_a_canonical_url_always_fits_its_column(url):
+    assert len(canonical_url(url)) == Topic._meta.get_field("canonical_url").max_length
 
 
 # --- bulk normalisation and blocked matching (issue 12) ------------------------------------------------------
