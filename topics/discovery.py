@@ -357,6 +357,20 @@ def _story_sources(story: _Story) -> list[str]:
     return sources
 
 
+def _engagement(candidate: Candidate) -> float:
+    return scoring.normalised_engagement(source=candidate.source, engagement=candidate.engagement)
+
+
+def _best_engagement_by_source(candidates: Sequence[Candidate]) -> dict[str, dict]:
+    """What each source reported for the story: its best-engaged candidate's figures when it told it twice, the
+    ones the score is worked out from."""
+    best: dict[str, Candidate] = {}
+    for c in candidates:
+        if c.source not in best or _engagement(c) > _engagement(best[c.source]):
+            best[c.source] = c
+    return {source: c.engagement for source, c in best.items()}
+
+
 def _write(*, stories: list[_Story], now: datetime.datetime) -> None:
     """Store the run's new stories and the coverage of stored ones, in store_candidates' transaction."""
     keywords = KeywordTable(list(Category.objects.all()))
@@ -374,10 +388,7 @@ def _write(*, stories: list[_Story], now: datetime.datetime) -> None:
                 topic.sources = sources
                 updated.append(topic)
             continue
-        best = max(
-            story.candidates,
-            key=lambda c: scoring.normalised_engagement(source=c.source, engagement=c.engagement),
-        )
+        best = max(story.candidates, key=_engagement)
         published = [c.published_at for c in story.candidates if c.published_at]
         lead = story.candidates[0]
         summary = lead.summary or best.summary
@@ -385,11 +396,11 @@ def _write(*, stories: list[_Story], now: datetime.datetime) -> None:
             "title": lead.title[:500],
             "summary": summary,
             "url": lead.url[:1000],
-            "canonical_url": story.lead_url[:1000],
+            "canonical_url": story.lead_url,
             "source": lead.source,
             "external_id": lead.external_id[:300],
             "sources": sources,
-            "engagement": {c.source: c.engagement for c in story.candidates},
+            "engagement": _best_engagement_by_source(story.candidates),
             "raw": {"candidates": [c.raw for c in story.candidates][:5]},
             "score": scoring.score(
                 normalised=scoring.normalised_engagement(source=best.source, engagement=best.engagement),

@@ -302,6 +302,28 @@ def test_the_topic_keeps_the_engagement_each_source_reported(categories) -> None
     }
 
 
+def test_a_topic_keeps_the_engagement_its_score_was_computed_from_when_a_source_tells_it_twice(categories) -> None:
+    title = "USPS Ground Advantage rates jump 7.8% in January"
+    store(candidate(title, url="https://r.example/1", engagement={"score": 5000.0, "comments": 900.0}),
+          candidate(title, url="https://r.example/2", engagement={"score": 3.0, "comments": 0.0}))
+
+    topic = Topic.objects.get()
+    assert topic.engagement == {"reddit": {"score": 5000.0, "comments": 900.0}}
+    assert topic.score == pytest.approx(scoring.score(normalised=scoring.normalised_engagement(
+        source="reddit", engagement={"score": 5000.0, "comments": 900.0}), published_at=NOW - timedelta(hours=2),
+        source_count=1), abs=0.02)
+
+
+def test_a_url_that_does_not_parse_loses_nothing_of_the_run(discovery_fakes: DiscoveryFakes) -> None:
+    discovery_fakes.apify.items[0]["webVideoUrl"] = "https://www.tiktok.com:99999/@dtcfounder/video/1"
+
+    run_discovery()
+
+    assert DiscoveryRun.objects.get().status == DiscoveryRun.Status.DONE
+    assert Topic.objects.filter(url="https://www.tiktok.com:99999/@dtcfounder/video/1").count() == 1
+    assert set(Topic.objects.values_list("source", flat=True)) == set(DISCOVERY_SOURCES)
+
+
 def test_merging_a_new_source_into_a_stored_topic_raises_its_score_by_the_coverage_boost(make_topic) -> None:
     topic = make_topic("Meta ads CPM spiked 40% this week before Black Friday", source="reddit", sources=["reddit"],
                        score=40)
