@@ -17,7 +17,7 @@ from newsroom.admin_lists import DistinctValuesFilter, LargeListAdmin, RenderedO
 
 from .categorize import recategorize
 from .manual import known_topic, prepare_manual_topic
-from .models import Category, DiscoveryRun, SourceDocument, Topic
+from .models import FALLBACK_CATEGORY_SLUG, Category, DiscoveryRun, SourceDocument, Topic
 from .selection import MAX_POOL_IDS, RecentStories, recently_used
 
 MAX_FETCH_TOPICS = 50
@@ -79,6 +79,20 @@ class CategoryAdmin(admin.ModelAdmin):
 
     def get_queryset(self, request):
         return super().get_queryset(request).annotate(topic_count=Count("topics"))
+
+    # The fallback category is where a topic matching no keyword goes: it can be renamed and given keywords, but
+    # not deleted or re-slugged, or every such topic would have nowhere to go.
+    def has_delete_permission(self, request, obj=None):
+        if obj is not None and obj.slug == FALLBACK_CATEGORY_SLUG:
+            return False
+        return super().has_delete_permission(request, obj)
+
+    def get_readonly_fields(self, request, obj=None):
+        return ("slug",) if obj is not None and obj.slug == FALLBACK_CATEGORY_SLUG else ()
+
+    def get_prepopulated_fields(self, request, obj=None):
+        return {} if obj is not None and obj.slug == FALLBACK_CATEGORY_SLUG else super().get_prepopulated_fields(
+            request, obj)
 
     @admin.display(description="keywords")
     def keyword_count(self, obj: Category) -> int:

@@ -1,9 +1,12 @@
 """Keyword categorisation: the category whose keywords appear most often in a topic's title and summary."""
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
 
 from .models import FALLBACK_CATEGORY_SLUG, Category, Topic
+
+logger = logging.getLogger("newsroom.categorize")
 
 
 class KeywordTable:
@@ -31,8 +34,22 @@ class KeywordTable:
         if best is not None:
             return best
         if self._fallback is None:
-            self._fallback = Category.objects.get(slug=FALLBACK_CATEGORY_SLUG)
+            self._fallback = fallback_category()
         return self._fallback
+
+
+def fallback_category() -> Category:
+    """The category of a text that matches no keyword: platform_tools, which the admin does not let anyone delete.
+    Should it be gone all the same (removed outside the admin), the first category in order takes its place, so
+    one missing row never stops a discovery run or an import."""
+    found = Category.objects.filter(slug=FALLBACK_CATEGORY_SLUG).first()
+    if found is None:
+        found = Category.objects.order_by("position", "pk").first()
+        if found is None:
+            raise Category.DoesNotExist("there are no categories: run `manage.py migrate`, which creates them")
+        logger.warning("the fallback category %r is missing: texts matching no keyword go to %r",
+                       FALLBACK_CATEGORY_SLUG, found.slug)
+    return found
 
 
 def categorize_text(*, text: str, categories: Sequence[Category]) -> Category:

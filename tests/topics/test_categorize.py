@@ -45,6 +45,14 @@ def test_it_falls_back_to_platform_tools_when_no_keyword_matches(categories):
     assert pick("A completely unrelated headline about the weather") == "platform_tools"
 
 
+def test_with_the_fallback_category_gone_a_text_matching_no_keyword_goes_to_the_first_category(categories, caplog):
+    Category.objects.filter(slug="platform_tools").delete()  # outside the admin, which refuses it
+    first = Category.objects.order_by("position", "pk").first()
+
+    assert pick("A completely unrelated headline about the weather") == first.slug
+    assert "the fallback category 'platform_tools' is missing" in caplog.text
+
+
 def test_it_uses_keywords_an_editor_added(categories):
     assert pick("Holiday gift guides are back") == "platform_tools"
 
