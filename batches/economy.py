@@ -33,7 +33,7 @@ import anthropic
 import httpx2
 from anthropic.types.messages import MessageBatchIndividualResponse
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -188,18 +188,29 @@ def _reserve_all(*, submission: EconomySubmission, client: anthropic.Anthropic, 
                 status=Newsletter.Status.SKIPPED_BUDGET, error=f"Not sent: {exc}")
             topic_usage.mark_free(topic_ids=[item.topic_id])
             continue
-        with transaction.atomic():
-            try:
-                with transaction.atomic():
-                    EconomyRequest.objects.get_or_create(
-                        newsletter=item, defaults={"submission": submission, "custom_id": custom_id,
-                                                   "entry_id": reservation.entry_id})
-            except IntegrityError:
-                pass  # another run of this step wrote it first
-            # No lease and no claim time: claim() never takes an economy item, and the sweeper never takes it back.
-            Newsletter.objects.filter(pk=item.pk, status=Newsletter.Status.PENDING).update(
-                status=Newsletter.Status.GENERATING, claim_token=_token(batch.pk), claimed_at=None,
-                lease_expires_at=None, attempts=1, queued_at=timezone.now())
+        _record_reserved(submission=submission, item=item, custom_id=custom_id, entry_id=reservation.entry_id)
+
+
+def _record_reserved(*, submission: EconomySubmission, item: Newsletter, custom_id: str, entry_id: int) -> None:
+    """Record the item's request with its reservation, or release the reservation if the item can no longer be sent.
+
+    Gathering and counting take seconds, and an editor may cancel meanwhile: cancel() takes the submission out of
+    `preparing` and releases what it finds recorded, so the reservation is recorded only under the submission's
+    lock while it is still live, and only by the run that moves the item on. A reservation recorded nowhere would
+    stay open forever, so it is released; one another run recorded (the same key gives the same entry) is kept.
+    """
+    with transaction.atomic():
+        live = EconomySubmission.objects.select_for_update().filter(
+            pk=submission.pk, state=EconomySubmission.State.PREPARING, cancel_requested_at__isnull=True).exists()
+        # No lease and no claim time: claim() never takes an economy item, and the sweeper never takes it back.
+        moved = live and Newsletter.objects.filter(pk=item.pk, status=Newsletter.Status.PENDING).update(
+            status=Newsletter.Status.GENERATING, claim_token=_token(submission.batch_id), claimed_at=None,
+            lease_expires_at=None, attempts=1, queued_at=timezone.now())
+        if moved:
+            EconomyRequest.objects.create(newsletter=item, submission=submission, custom_id=custom_id,
+                                          entry_id=entry_id)
+        elif not EconomyRequest.objects.filter(entry_id=entry_id).exists():
+            ledger.release(entry_id=entry_id)
 
 
 def _requests_for(submission: EconomySubmission) -> list[tuple[str, dict[str, Any]]]:

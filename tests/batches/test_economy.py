@@ -325,6 +325,50 @@ def test_a_finished_batch_cannot_be_canceled(api, topics_in_every_category):
         economy.cancel(batch_id=batch.pk)
 
 
+def test_a_cancel_while_an_item_is_being_reserved_leaves_no_reservation_open(api, topics_in_every_category,
+                                                                             monkeypatch):
+    batch = economy_batch(size=3)
+    gather = economy.gather_for_newsletter
+    gathered = []
+
+    def gather_while_the_editor_cancels(*, newsletter):
+        gathered.append(newsletter.pk)
+        if len(gathered) == 2:
+            economy.cancel(batch_id=batch.pk)
+        return gather(newsletter=newsletter)
+
+    monkeypatch.setattr(economy, "gather_for_newsletter", gather_while_the_editor_cancels)
+    batch = economy.submit(batch_id=batch.pk)
+
+    assert api.calls.get("create", 0) == 0
+    assert list(CostLedgerEntry.objects.filter(batch=batch, status="reserved")) == []
+    assert ledger.batch_spent(batch.pk) == 0
+    assert list(EconomyRequest.objects.values_list("state", flat=True)) == ["not_sent"]
+    assert batch.status == Batch.Status.FAILED
+    assert set(batch.newsletters.values_list("status", flat=True)) == {Newsletter.Status.FAILED}
+    assert economy.progress(batch_id=batch.pk).state == EconomySubmission.State.NOT_CREATED
+
+
+def test_a_reservation_another_run_recorded_is_kept_when_this_run_finds_the_item_taken(api, topics_in_every_category,
+                                                                                      monkeypatch):
+    batch = economy_batch(size=1)
+    submission = EconomySubmission.objects.create(batch=batch)
+    gather = economy.gather_for_newsletter
+
+    def gather_while_another_run_records_the_item(*, newsletter):
+        monkeypatch.setattr(economy, "gather_for_newsletter", gather)
+        economy._reserve_all(submission=submission, client=make_client(), sleep=lambda s: None)
+        return gather(newsletter=newsletter)
+
+    running.start_batch(batch_id=batch.pk)
+    monkeypatch.setattr(economy, "gather_for_newsletter", gather_while_another_run_records_the_item)
+    economy._reserve_all(submission=submission, client=make_client(), sleep=lambda s: None)
+
+    [request] = EconomyRequest.objects.all()
+    assert request.state == "reserved" and request.entry.status == "reserved"
+    assert CostLedgerEntry.objects.count() == 1
+
+
 def test_a_poller_killed_while_settling_is_finished_by_the_next_poll_with_one_settlement_per_line(
     api, topics_in_every_category, monkeypatch
 ):
