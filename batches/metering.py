@@ -21,18 +21,24 @@ class _LedgerHold:
         ledger.release(entry_id=self.entry_id)
 
 
+def _reserve(*, idempotency_key: str, **entry) -> _LedgerHold:
+    """Reserve on the ledger for one paid call. A key that already has an entry is refused (AlreadyReserved), not
+    handed back: that entry is settled or about to be, so a call made on it would be paid and never recorded."""
+    try:
+        reservation = ledger.reserve(idempotency_key=idempotency_key, **entry)
+    except ledger.BudgetExhausted as exc:
+        raise BudgetRefused(str(exc)) from exc
+    if not reservation.created:
+        raise AlreadyReserved(idempotency_key)
+    return _LedgerHold(reservation.entry_id)
+
+
 class LedgerMeter:
     """Paid discovery calls go through the ledger like drafts do, under the monthly cap when one is set."""
 
     def reserve(self, *, provider: str, description: str, worst_case_usd: Decimal, idempotency_key: str) -> _LedgerHold:
-        try:
-            reservation = ledger.reserve(
-                idempotency_key=idempotency_key, worst_case_usd=worst_case_usd, provider=provider,
-                description=description,
-            )
-        except ledger.BudgetExhausted as exc:
-            raise BudgetRefused(str(exc)) from exc
-        return _LedgerHold(reservation.entry_id)
+        return _reserve(idempotency_key=idempotency_key, worst_case_usd=worst_case_usd, provider=provider,
+                        description=description)
 
 
 class BatchMeter:
@@ -43,13 +49,5 @@ class BatchMeter:
         self.newsletter_id = newsletter_id
 
     def reserve(self, *, provider: str, description: str, worst_case_usd: Decimal, idempotency_key: str) -> _LedgerHold:
-        try:
-            reservation = ledger.reserve(
-                idempotency_key=idempotency_key, worst_case_usd=worst_case_usd, batch_id=self.batch_id,
-                newsletter_id=self.newsletter_id, provider=provider, description=description,
-            )
-        except ledger.BudgetExhausted as exc:
-            raise BudgetRefused(str(exc)) from exc
-        if not reservation.created:
-            raise AlreadyReserved(idempotency_key)
-        return _LedgerHold(reservation.entry_id)
+        return _reserve(idempotency_key=idempotency_key, worst_case_usd=worst_case_usd, batch_id=self.batch_id,
+                        newsletter_id=self.newsletter_id, provider=provider, description=description)

@@ -112,7 +112,8 @@ class TubeLabSource:
     ) -> None:
         self.api_key = api_key
         self.base_url = (base_url or DEFAULT_BASE_URL).rstrip("/")
-        self.queries = [q.strip() for q in queries if q.strip()]
+        # Each query once: a search is paid, and its ledger key is the query's.
+        self.queries = list(dict.fromkeys(q.strip() for q in queries if q.strip()))
         self.per_query = per_query
         self.min_outlier = min_outlier
         self.window_days = window_days

@@ -8,9 +8,13 @@ from decimal import Decimal
 from types import SimpleNamespace
 
 import pytest
+from django.db.models import Sum
 
+from batches.metering import LedgerMeter
+from batches.models import CostLedgerEntry
 from tests.fakes.tubelab_api import FakeTubeLabAPI, make_video
 from tests.topics.sources.recording_meter import RecordingMeter
+from topics.material import AlreadyReserved
 from topics.sources.base import NullMeter, SourceError
 from topics.sources.tubelab import DEFAULT_BASE_URL, RateLimiter, TubeLabSource
 
@@ -150,6 +154,31 @@ def test_it_reserves_the_credits_before_each_search_and_settles_them(fake: FakeT
     ]
     assert all(h.worst_case_usd == Decimal("0.10") for h in meter.holds)  # 5 credits x $0.02
     assert [(h.state, h.actual_usd) for h in meter.holds] == [("settled", Decimal("0.10"))] * 2
+
+
+@pytest.mark.django_db
+def test_a_query_given_twice_is_searched_once_and_its_cost_is_on_the_ledger(fake: FakeTubeLabAPI,
+                                                                           clock: FakeClock) -> None:
+    source = source_for(fake, clock, queries=["shopify store", "amazon fba", " shopify store"])
+
+    source.fetch(limit=100, meter=LedgerMeter())
+
+    assert [r.query["query"] for r in fake.requests] == [["shopify store"], ["amazon fba"]]
+    recorded = CostLedgerEntry.objects.aggregate(total=Sum("amount_usd"))["total"]
+    assert recorded == len(fake.requests) * source.usd_per_search
+    assert set(CostLedgerEntry.objects.values_list("status", flat=True)) == {"settled"}
+
+
+@pytest.mark.django_db
+def test_a_search_whose_key_is_already_on_the_ledger_is_not_made(fake: FakeTubeLabAPI, clock: FakeClock) -> None:
+    source = source_for(fake, clock, queries=["amazon fba"])
+    source.fetch(limit=100, meter=LedgerMeter(), run_token="r1")
+
+    with pytest.raises(AlreadyReserved):
+        source.fetch(limit=100, meter=LedgerMeter(), run_token="r1")
+
+    assert len(fake.requests) == 1
+    assert CostLedgerEntry.objects.get().amount_usd == source.usd_per_search
 
 
 def test_a_refused_budget_stops_before_the_search(fake: FakeTubeLabAPI, clock: FakeClock) -> None:
