@@ -22,7 +22,7 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
-from django.db.models import F, Q, Sum
+from django.db.models import F, Q, QuerySet, Sum
 from django.utils import timezone
 
 from .models import Batch, BudgetLock, CostLedgerEntry, LedgerTally, MonthlySpend
@@ -113,14 +113,19 @@ def monthly_remaining() -> Decimal | None:
     return None if cap is None else max(cap - month_spent(), ZERO)
 
 
-def _month_row_values(key: str) -> dict[str, Decimal]:
-    """What the month's row must hold for row + tallies to equal the month's entries (one snapshot of both)."""
+def _month_entries(key: str) -> tuple[str, list]:
+    """The WHERE clause (and its parameters) of the month's ledger entries."""
     start = timezone.make_aware(datetime.datetime.strptime(key, "%Y-%m"))
     end = (start + datetime.timedelta(days=32)).replace(day=1)
     created = connection.ops.quote_name("created_at")
-    total, open_ = _entries_less_tallies(
-        where=f"{created} >= %s AND {created} < %s", scope=month_scope(key),
-        params=[connection.ops.adapt_datetimefield_value(start), connection.ops.adapt_datetimefield_value(end)])
+    return (f"{created} >= %s AND {created} < %s",
+            [connection.ops.adapt_datetimefield_value(start), connection.ops.adapt_datetimefield_value(end)])
+
+
+def _month_row_values(key: str) -> dict[str, Decimal]:
+    """What the month's row must hold for row + tallies to equal the month's entries (one snapshot of both)."""
+    where, params = _month_entries(key)
+    total, open_ = _entries_less_tallies(where=where, params=params, scope=month_scope(key))
     return {"total_usd": total, "reserved_usd": open_}
 
 
@@ -493,10 +498,10 @@ def _tallies_by_scope() -> dict[str, tuple[Decimal, Decimal]]:
     return {row["scope"]: (to_money(row["total"] or ZERO), to_money(row["reserved"] or ZERO)) for row in rows}
 
 
-def _entries_less_tallies(*, where: str, params: list, scope: str) -> tuple[Decimal, Decimal]:
-    """What a budget's row must hold for row + tallies to equal its entries: (total, open reservations). The entries
-    and the tallies are summed in one statement, one snapshot: a settlement changes both in one transaction, so
-    their difference is exact even while settlements go on."""
+def _entries_and_tallies(*, where: str, params: list, scope: str) -> tuple[Decimal, Decimal, Decimal, Decimal]:
+    """A budget's entries (total, open reservations) and what its tallies gave back (total, reserved), summed in one
+    statement, one snapshot: a settlement changes an entry and its tally in one transaction, so the two always
+    agree with each other even while settlements go on."""
     q = connection.ops.quote_name
     entries, tally = q(CostLedgerEntry._meta.db_table), q(LedgerTally._meta.db_table)
     with connection.cursor() as cursor:
@@ -507,6 +512,12 @@ def _entries_less_tallies(*, where: str, params: list, scope: str) -> tuple[Deci
             f"(SELECT SUM({q('reserved_usd')}) FROM {tally} WHERE {q('scope')} = %s)",
             [*params, *params, CostLedgerEntry.Status.RESERVED, scope, scope])
         total, open_, given_total, given_open = (Decimal(str(v or 0)) for v in cursor.fetchone())
+    return total, open_, given_total, given_open
+
+
+def _entries_less_tallies(*, where: str, params: list, scope: str) -> tuple[Decimal, Decimal]:
+    """What a budget's row must hold for row + tallies to equal its entries: (total, open reservations)."""
+    total, open_, given_total, given_open = _entries_and_tallies(where=where, params=params, scope=scope)
     return to_money(total - given_total), to_money(open_ - given_open)
 
 
@@ -527,9 +538,26 @@ def _fix_month(key: str) -> None:
         MonthlySpend.objects.filter(month=key).update(**_month_row_values(key))
 
 
+def _confirmed_drifts(*, name: str, rows: QuerySet, fields: tuple[str, str], where: str, params: list,
+                      scope: str) -> list[Drift]:
+    """A budget's drift as one consistent read sees it: its row locked as reservations lock it (a reservation moves
+    the row and adds its entry in one transaction), then its entries and tallies summed in one statement."""
+    with transaction.atomic():
+        row = rows.select_for_update().values_list(*fields).first()
+        total, open_, given_total, given_open = _entries_and_tallies(where=where, params=params, scope=scope)
+    kept = (row[0] + given_total, row[1] + given_open) if row else (ZERO, ZERO)
+    return [Drift(scope=name, field=field, kept=to_money(k), summed=to_money(summed))
+            for field, k, summed in zip(fields, kept, (total, open_)) if to_money(k) != to_money(summed)]
+
+
 def reconcile(*, fix: bool = False) -> list[Drift]:
     """Compare every running total (batches, months: row plus tallies) with the sum of its ledger entries; with
-    `fix`, correct them under the same locks reservations take. An empty list means they all agree."""
+    `fix`, correct them under the same locks reservations take. An empty list means they all agree.
+
+    One pass reads the tallies, the entries and the rows in separate statements, so a settlement committing
+    between them (it changes an entry and its tally together) can look like drift: a total that disagrees in the
+    pass is read again consistently, and only a drift that read confirms is reported (and fixed).
+    """
     drifts: list[Drift] = []
     reserved = Q(status=CostLedgerEntry.Status.RESERVED)
     tallies = _tallies_by_scope()
@@ -537,14 +565,16 @@ def reconcile(*, fix: bool = False) -> list[Drift]:
             .annotate(total=Sum("amount_usd"), open=Sum("amount_usd", filter=reserved)).order_by()}
     for batch_id, row_total, row_open in Batch.objects.values_list("pk", "ledger_total_usd", "reserved_open_usd"):
         given_total, given_open = tallies.get(batch_scope(batch_id), (ZERO, ZERO))
-        kept_total, kept_open = to_money(row_total + given_total), to_money(row_open + given_open)
         row = sums.get(batch_id, {})
-        summed_total, summed_open = to_money(row.get("total") or ZERO), to_money(row.get("open") or ZERO)
-        for field, kept, summed in (("ledger_total_usd", kept_total, summed_total),
-                                    ("reserved_open_usd", kept_open, summed_open)):
-            if kept != summed:
-                drifts.append(Drift(scope=f"batch #{batch_id}", field=field, kept=kept, summed=summed))
-        if fix and (kept_total != summed_total or kept_open != summed_open):
+        if (to_money(row_total + given_total), to_money(row_open + given_open)) == (
+                to_money(row.get("total") or ZERO), to_money(row.get("open") or ZERO)):
+            continue
+        found = _confirmed_drifts(name=f"batch #{batch_id}", rows=Batch.objects.filter(pk=batch_id),
+                                  fields=("ledger_total_usd", "reserved_open_usd"),
+                                  where=f"{connection.ops.quote_name('batch_id')} = %s", params=[batch_id],
+                                  scope=batch_scope(batch_id))
+        drifts += found
+        if fix and found:
             _fix_batch(batch_id)
     months: dict[str, dict[str, Decimal]] = {}
     for created_at, amount, status in CostLedgerEntry.objects.values_list("created_at", "amount_usd", "status").iterator():
@@ -558,9 +588,13 @@ def reconcile(*, fix: bool = False) -> list[Drift]:
         row = kept_months.get(key)
         given_total, given_open = tallies.get(month_scope(key), (ZERO, ZERO))
         kept_total, kept_open = (row.total_usd + given_total, row.reserved_usd + given_open) if row else (ZERO, ZERO)
-        for field, kept, total in (("total_usd", kept_total, summed["total"]), ("reserved_usd", kept_open, summed["open"])):
-            if to_money(kept) != to_money(total):
-                drifts.append(Drift(scope=f"month {key}", field=field, kept=to_money(kept), summed=to_money(total)))
-        if fix and (to_money(kept_total) != to_money(summed["total"]) or to_money(kept_open) != to_money(summed["open"])):
+        if (to_money(kept_total), to_money(kept_open)) == (to_money(summed["total"]), to_money(summed["open"])):
+            continue
+        where, params = _month_entries(key)
+        found = _confirmed_drifts(name=f"month {key}", rows=MonthlySpend.objects.filter(month=key),
+                                  fields=("total_usd", "reserved_usd"), where=where, params=params,
+                                  scope=month_scope(key))
+        drifts += found
+        if fix and found:
             _fix_month(key)
     return drifts

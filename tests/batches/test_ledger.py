@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import datetime
+import io
+import json
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -366,6 +368,31 @@ def test_reconcile_finds_a_total_that_drifted_and_fix_corrects_it(capsys):
     assert ledger.batch_spent(batch.pk) == Decimal("0.5")
     call_command("reconcile_ledger")
     assert "agrees" in capsys.readouterr().out
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("options", [[], ["--fix"]])
+def test_a_settlement_committing_while_reconcile_reads_is_not_reported_as_drift(monkeypatch, options):
+    from django.core.management import call_command
+
+    batch = make_batch("1")
+    reservation = reserve(batch, "0.5")
+    read_tallies = ledger._tallies_by_scope
+
+    def tallies_then_a_worker_settles():
+        tallies = read_tallies()
+        ledger.settle(entry_id=reservation.entry_id, actual_usd=Decimal("0.1"))
+        return tallies
+
+    monkeypatch.setattr(ledger, "_tallies_by_scope", tallies_then_a_worker_settles)
+    out = io.StringIO()
+    call_command("reconcile_ledger", "--json", *options, stdout=out)  # a drift without --fix raises CommandError
+
+    assert json.loads(out.getvalue()) == {"agree": True, "fixed": False, "drifts": []}
+    monkeypatch.undo()
+    assert ledger.reconcile() == []
+    assert ledger.batch_totals(batch.pk) == (Decimal("0.1"), Decimal("0"))
+    assert ledger.month_totals(ledger.month_key()) == (Decimal("0.1"), Decimal("0"))
 
 
 @pytest.mark.django_db
