@@ -38,7 +38,8 @@ def _stem(word: str) -> str:
     return word
 
 
-_WORD = re.compile(r"[a-z0-9%$.+/]+")
+# A word: letters and digits of any script, and the signs that carry a figure ("40%", "$5", "4.5", "24/7").
+_WORD = re.compile(r"(?:[^\W_]|[%$.+/])+")
 
 
 def _token(raw: str) -> str:
@@ -57,8 +58,16 @@ def _headline(title: str) -> str:
 
 @lru_cache(maxsize=65536)
 def normalize_title(title: str) -> str:
-    """Lower-cased content words, light plural stemming, month and event aliases, forum question tails cut."""
-    return " ".join(token for raw in _WORD.findall(_headline(title).lower()) if (token := _token(raw)))
+    """Lower-cased content words, each once, with light plural stemming, month and event aliases, forum question
+    tails cut. Each word once: "Tariffs, tariffs, tariffs!" tells of tariffs, not three stories' worth of them."""
+    tokens = " ".join(token for raw in _WORD.findall(_headline(title).lower()) if (token := _token(raw)))
+    return _once(tokens)
+
+
+def _once(norm: str) -> str:
+    """A normalised title with each word kept at its first place only."""
+    words = norm.split()
+    return " ".join(dict.fromkeys(words)) if len(set(words)) < len(words) else norm
 
 
 class _Tokens(dict):
@@ -70,10 +79,11 @@ class _Tokens(dict):
 
 
 _SEPARATOR = "\x00"
-# Bytes that are not in _WORD's class become spaces; every byte of a non-ASCII character is >= 0x80, so a
-# non-ASCII character separates words exactly as it does for _WORD.
+# Bytes that are not in _WORD's class become spaces. Every byte of a non-ASCII character is >= 0x80, so in the bulk
+# pass a non-ASCII character separates words; a title holding one is normalised again on its own (see below).
 _WORD_BYTES = frozenset(b"abcdefghijklmnopqrstuvwxyz0123456789%$.+/\x00")
 _TO_WORDS = bytes(b if b in _WORD_BYTES else 0x20 for b in range(256))
+_NON_ASCII_WORD = re.compile(r"[^\W_\x00-\x7f]")  # a letter or digit _WORD holds and _TO_WORDS does not
 
 
 def normalize_titles(
@@ -84,17 +94,32 @@ def normalize_titles(
     the titles are appended to it in order, _SEPARATOR between two titles.
 
     The titles are lower-cased and split into words in one pass over one string, and each distinct word is
-    normalised once, so the per-title Python work that dominates `normalize_title` is paid per vocabulary word.
+    normalised once, so the per-title Python work that dominates `normalize_title` is paid per vocabulary word. The
+    few titles that pass needs help with are then redone one by one: those holding a non-ASCII character (a letter
+    of another script is a word, which the pass over bytes cannot tell from punctuation) and those repeating a word.
     """
     titles = list(titles)
     joined = _SEPARATOR.join(titles)
     if joined.count(_SEPARATOR) != max(0, len(titles) - 1):  # a title holding the separator: one by one
         norms = [normalize_title(title) for title in titles]
-        if word_counts is not None:
-            word_counts.update(" ".join(norms).split())
-        if stream_into is not None:
-            stream_into.extend(f" {_SEPARATOR} ".join(norms).split())
-        return norms
+        stream = _stream(norms)
+    else:
+        norms, stream = _normalize_joined(titles, joined)
+    if word_counts is not None:
+        word_counts.update(stream)
+        word_counts.pop(_SEPARATOR, None)
+    if stream_into is not None:
+        stream_into.extend(stream)
+    return norms
+
+
+def _stream(norms: list[str]) -> list[str]:
+    """The words of these normalised titles in order, _SEPARATOR between two titles."""
+    return f" {_SEPARATOR} ".join(norms).split()
+
+
+def _normalize_joined(titles: list[str], joined: str) -> tuple[list[str], list[str]]:
+    """normalize_titles' bulk pass over the titles joined by _SEPARATOR: (normalised titles, their word stream)."""
     # Only titles with a possible question tail need the per-title headline rule: those holding one of the marks a
     # tail starts with, found by a scan for one character class (five times faster than scanning for _TAIL itself).
     starts = list(accumulate(map((1).__add__, map(len, titles)), initial=0))  # where each title starts in joined
@@ -108,6 +133,7 @@ def normalize_titles(
             heads = list(titles)
         heads[i] = _headline(titles[i])
         done = i
+    titles_joined = joined
     if heads is not titles:
         joined = _SEPARATOR.join(heads)
     words = joined.lower().encode().translate(_TO_WORDS).replace(b"\x00", b" \x00 ").split()
@@ -115,13 +141,27 @@ def normalize_titles(
     stream = list(filter(None, map(tokens.__getitem__, words)))
     if any(" " in token for token in tokens.values()):  # an alias of two words ("bfcm"): two words, as for one title
         stream = " ".join(stream).split(" ")
-    if word_counts is not None:
-        word_counts.update(stream)
-        word_counts.pop(_SEPARATOR, None)
-    if stream_into is not None:
-        stream_into.extend(stream)
-    pieces = " ".join(stream).split(_SEPARATOR)
-    return list(map(str.strip, pieces)) if titles else []  # a piece is words between spaces, nothing else
+    norms = list(map(str.strip, " ".join(stream).split(_SEPARATOR))) if titles else []  # words between spaces
+    # The titles the pass over bytes cannot do alone, found by C loops and redone one by one: those holding a letter
+    # or digit that is not ASCII (non-ASCII punctuation, curly quotes and dashes, separates words as a space does),
+    # and those repeating a word.
+    redo = set()
+    if not titles_joined.isascii():
+        redo.update(bisect_right(starts, m.start()) - 1 for m in _NON_ASCII_WORD.finditer(titles_joined))
+    words_in = list(map(operator.add, map(str.count, norms, repeat(" ")), map(bool, norms)))
+    redo.update(compress(count(), map(operator.ne, words_in, map(len, map(set, map(str.split, norms))))))
+    if not redo:
+        return norms, stream
+    # The stream is patched where those titles' words were: title i's words start after the words of the titles
+    # before it and their i separators.
+    at = list(accumulate(words_in, initial=0))
+    pieces, done = [], 0
+    for i in sorted(redo):
+        norms[i] = normalize_title(titles[i])
+        pieces += (stream[done : at[i] + i], norms[i].split())
+        done = at[i + 1] + i
+    pieces.append(stream[done:])
+    return norms, list(chain.from_iterable(pieces))
 
 
 # Names that make two otherwise alike headlines different stories ("Meta ads CPM spiked 40%" is not
@@ -155,12 +195,17 @@ def _same_story(na: str, nb: str, *, threshold: int = NEAR_DUPLICATE_THRESHOLD) 
     """`is_near_duplicate` on titles already normalised."""
     if not na or not nb:
         return False
-    if _conflicting(set(na.split()), set(nb.split())):
+    words_a, words_b = set(na.split()), set(nb.split())
+    if _conflicting(words_a, words_b):
         return False
     # token_set_ratio scores a subset as a perfect match; for very short titles that would merge unrelated
     # stories ("Dead stock?" vs any title mentioning dead stock), so they are compared whole instead.
-    if min(na.count(" "), nb.count(" ")) < 2:
+    if min(na.count(" "), nb.count(" ")) < _SHORT_WORDS - 1:
         return fuzz.token_sort_ratio(na, nb) >= threshold
+    # Longer titles are one story only when they share two words at least: one long shared word is enough for
+    # token_set_ratio ("Dropshipping dead in 2027?" against "Dropshipping Q4 tips"), and not enough for a reader.
+    if len(words_a & words_b) < 2:
+        return False
     return fuzz.token_set_ratio(na, nb) >= threshold
 
 
@@ -193,7 +238,7 @@ def canonical_url(url: str) -> str:
 # all-against-all comparison into a near-linear one. Short titles fall under `is_near_duplicate`'s whole-title
 # rule, which an exact length bound blocks instead.
 _PREFIX_EXTRA = 2  # a title's "rarest" words: half of them plus this many
-_PAIR_WORDS = 12  # pairs of words are taken among this many of a title's rarest words
+_PAIR_WORDS = 12  # a title's rarest words are this many at most
 _SHORT_WORDS = 3  # below this many words is_near_duplicate compares titles whole (token_sort_ratio)
 # token_sort_ratio(a, b) >= T needs len(b) / len(a) within [T / (200 - T), (200 - T) / T]; one character spare.
 _SHORT_RATIO = (200 - NEAR_DUPLICATE_THRESHOLD) / NEAR_DUPLICATE_THRESHOLD
@@ -226,7 +271,7 @@ _PAIRS_PER_STORED = 0.3
 # rare words belong to one title, and a list per block would be a million objects for the garbage collector.
 Pair = tuple[int, int]
 # A stored story's pairs match_stored looks it up by: (pairs of its rarest words in the incoming titles' every-pair
-# blocks, pairs of its top words in their rare-pair blocks).
+# blocks, pairs of any two of its words in their rare-pair blocks).
 HeldPairs = tuple[list[Pair], list[Pair]]
 Blocks = dict[Pair, "int | list[int]"]
 
@@ -282,6 +327,8 @@ class StoryMatcher:
         self._last_keys: tuple[int, list[Pair], list[Pair]] = (-1, [], [])  # find's keys, for add
         self._story_titles: list[int] = list(range(self._stored))  # story number -> title index
         # The new stories' blocks: by the pairs of their rarest words, by the pairs of all their words, by length.
+        # All their words: a short title held whole in a long one shares its rarest words with it, which may be
+        # among the long one's commonest.
         self._rare: Blocks = {}
         self._every: Blocks = {}
         self._by_length: defaultdict[int, list[int]] = defaultdict(list)
@@ -292,9 +339,9 @@ class StoryMatcher:
         return sorted(set(map(self._rank.__getitem__, norm.split())))
 
     def _keys(self, norm: str) -> tuple[list[Pair], list[Pair]]:
-        """Block keys of a normalised title: (pairs of its rarest words, pairs of its words up to _PAIR_WORDS)."""
+        """Block keys of a normalised title: (pairs of its rarest words, pairs of any two of its words)."""
         ranks = self._ranks(norm)
-        return list(combinations(_rarest(ranks), 2)), list(combinations(ranks[:_PAIR_WORDS], 2))
+        return list(combinations(_rarest(ranks), 2)), list(combinations(ranks, 2))
 
     def _is_short(self, t: int) -> bool:
         return self._norms[t].count(" ") < _SHORT_WORDS - 1
@@ -344,8 +391,8 @@ class StoryMatcher:
 
     def _stored_pairs(self, *, rare: Blocks, every: Blocks) -> dict[int, HeldPairs]:
         """For each stored story of three words or more that holds both words of one of the incoming titles' pairs,
-        the pairs `match_stored` looks it up by: those among its rarest words in `every`, those among its top
-        _PAIR_WORDS words in `rare`. Stories holding no such pair are not in the answer.
+        the pairs `match_stored` looks it up by: those among its rarest words in `every`, and those in `rare`. Stories
+        holding no such pair are not in the answer.
 
         Found without a Python loop over each of the hundred thousand stored titles: the paired words are picked out
         of all the titles' words in C, and a pair's stories are the intersection of its two words' stories; only the
@@ -373,10 +420,8 @@ class StoryMatcher:
         for s, pairs in holding.items():
             if self._is_short(s):
                 continue
-            ranks = self._ranks(self._norms[s])
-            head, top = set(_rarest(ranks)), set(ranks[:_PAIR_WORDS])
-            found[s] = ([pair for pair in pairs if head.issuperset(pair)],
-                        [pair for pair in pairs if pair in rare and top.issuperset(pair)])
+            head = set(_rarest(self._ranks(self._norms[s])))
+            found[s] = ([pair for pair in pairs if head.issuperset(pair)], [pair for pair in pairs if pair in rare])
         return found
 
     def _scan_stored(self, *, rare: Blocks, every: Blocks) -> dict[int, HeldPairs]:
@@ -389,13 +434,13 @@ class StoryMatcher:
             if self._is_short(s):
                 continue
             ranks = self._ranks(self._norms[s])
-            head, top = _rarest(ranks), ranks[:_PAIR_WORDS]
+            head = _rarest(ranks)
             every_pairs: list[Pair] = []
             rare_pairs: list[Pair] = []
             if _paired(head, every_partners):
                 every_pairs = list(filter(every.__contains__, combinations(head, 2)))
-            if _paired(top, rare_partners):
-                rare_pairs = list(filter(rare.__contains__, combinations(top, 2)))
+            if _paired(ranks, rare_partners):
+                rare_pairs = list(filter(rare.__contains__, combinations(ranks, 2)))
             if every_pairs or rare_pairs:
                 found[s] = (every_pairs, rare_pairs)
         return found

@@ -5,8 +5,8 @@ import random
 import pytest
 
 from bench.discovery_bench import PARAPHRASES, blocked_decisions, exhaustive_decisions, make_candidates, paraphrase
-from topics.models import Topic
 from topics.dedupe import canonical_url, is_near_duplicate, normalize_title, normalize_titles
+from topics.models import Topic
 
 SAME_STORY = [
     (
@@ -123,6 +123,8 @@ def test_a_canonical_url_always_fits_its_column(url):
 
 TRICKY_TITLES = [
     *[title for pair in SAME_STORY + DIFFERENT_STORIES for title in pair],
+    "Tariffs, tariffs, tariffs!", "México: envíos más caros", "Почта России поднимает тарифы", "Shopify’s “new” checkout",
+    "Sales sales sales - sales?", "Zoll: Zoll-Regeln ändern sich",
     "", "   ", "?", "Is it? yes - no", "U.S. sellers... 7.8%. BFCM!", "Ünïcödé café — straße: 3 ways to ship",
     "KELVIN \u212a and \u0130stanbul", "Tabs\tand\nnewlines - in titles? here", "a title with a \x00 separator in it",
     "Shipping - how are you handling it?", "FBA capacity",
@@ -183,6 +185,48 @@ def test_a_title_contained_in_a_longer_one_is_found_however_rare_the_longer_ones
 
     assert matched(stored=[long], incoming=[short]) == [0]
     assert matched(stored=[short], incoming=[long]) == [0]
+
+
+SHORT_TOLD = "USPS Ground Advantage rate increase"
+LONG_TOLD = ("USPS Ground Advantage rate increase hits small sellers hardest with surcharges on zones, "
+             "dimensional weight, cubic pricing, padded envelopes and Pirate Ship labels")
+
+
+@pytest.mark.parametrize(("stored", "incoming"), [
+    ([LONG_TOLD], [SHORT_TOLD]), ([SHORT_TOLD], [LONG_TOLD]), ([], [LONG_TOLD, SHORT_TOLD]), ([], [SHORT_TOLD, LONG_TOLD]),
+], ids=["long stored", "short stored", "long first in one run", "short first in one run"])
+def test_a_title_held_whole_in_one_of_more_than_twelve_rarer_words_is_found(stored, incoming):
+    # The long title's twelve rarest words are all its own: the short one's words are among its commonest.
+    expected = [0] if stored else [None, 0]
+
+    assert matched(stored=stored, incoming=incoming) == exhaustive(stored=stored, incoming=incoming) == expected
+
+
+def test_a_title_repeating_one_word_is_that_word_once():
+    assert normalize_title("Tariffs, tariffs, TARIFFS!") == "tariff"
+    assert normalize_title("Shipping delays: shipping costs up") == "shipping delay cost up"
+    assert not is_near_duplicate("Sales sales sales", "Amazon sales tax nexus rules")
+    assert matched(stored=[], incoming=["Tariffs, tariffs, tariffs!", "Tariffs, tariffs, tariffs!"]) == [None, 0]
+
+
+def test_two_longer_titles_sharing_only_one_word_are_different_stories():
+    # One long shared word gives token_set_ratio 77 here; a reader sees two stories.
+    assert not is_near_duplicate("Dropshipping dead in 2027?", "Dropshipping Q4 tips")
+    assert matched(stored=[], incoming=["Dropshipping dead in 2027?", "Dropshipping Q4 tips"]) == exhaustive(
+        stored=[], incoming=["Dropshipping dead in 2027?", "Dropshipping Q4 tips"]) == [None, None]
+
+
+def test_letters_of_any_script_are_words():
+    assert normalize_title("México: envíos más caros") == "méxico envío más caro"  # plurals stemmed as in English
+    assert normalize_title("Почта России поднимает тарифы") == "почта россии поднимает тарифы"
+    # the same story in Russian from two sources is one; two stories naming one brand in two scripts are two
+    russian = "Почта России поднимает тарифы на доставку посылок"
+    assert matched(stored=[russian], incoming=[russian, "Shopify 如何提高转化率"]) == [0, None]
+    assert not is_near_duplicate("Shopify повышает комиссии для продавцов", "Shopify 如何提高转化率")
+
+
+def test_curly_quotes_and_dashes_separate_words_as_their_ascii_forms_do():
+    assert normalize_title("Shopify’s “new” checkout — thoughts") == normalize_title('Shopify\'s "new" checkout - thoughts')
 
 
 def test_short_titles_are_compared_whole_as_is_near_duplicate_does():

@@ -302,6 +302,18 @@ def test_the_topic_keeps_the_engagement_each_source_reported(categories) -> None
     }
 
 
+def test_stories_told_in_other_scripts_are_matched_by_their_words(categories) -> None:
+    russian = "Почта России поднимает тарифы на доставку посылок"
+    store(candidate(russian, url="https://a.example/1"), candidate(russian, source="tubelab", url="https://b.example/2"),
+          candidate("Shopify повышает комиссии для продавцов", url="https://a.example/3"),
+          candidate("Shopify 如何提高转化率", source="tubelab", url="https://b.example/4"))
+
+    assert {title: sources for title, sources in Topic.objects.values_list("title", "sources")} == {
+        "Shopify 如何提高转化率": ["tubelab"], "Shopify повышает комиссии для продавцов": ["reddit"],
+        russian: ["reddit", "tubelab"],
+    }
+
+
 def test_a_topic_keeps_the_engagement_its_score_was_computed_from_when_a_source_tells_it_twice(categories) -> None:
     title = "USPS Ground Advantage rates jump 7.8% in January"
     store(candidate(title, url="https://r.example/1", engagement={"score": 5000.0, "comments": 900.0}),
