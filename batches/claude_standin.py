@@ -58,7 +58,7 @@ JSONDict = dict[str, Any]
 Predicate = Callable[[JSONDict], bool]
 
 FAULT_KINDS = ("error", "timeout", "disconnect", "malformed", "text_only", "no_usage", "nul_body", "over_usage",
-               "unreadable")
+               "unreadable", "stop_reason")
 # What an "unreadable" 200 carries: bodies a proxy or a broken hop can hand back instead of the API's JSON.
 UNREADABLE_BODIES: dict[str, tuple[str, bytes]] = {
     "html": ("text/html; charset=utf-8",
@@ -156,7 +156,8 @@ class Fault:
     200 with a text block and no ``tool_use``; ``no_usage`` answers 200 without a ``usage`` object;
     ``nul_body`` puts NUL bytes in every string of the tool input; ``over_usage`` reports ``seconds`` times the
     input tokens the request really had; ``unreadable`` answers 200 with a body that is not the API's JSON
-    (``message`` names the shape: html, empty, not_json or not_utf8).
+    (``message`` names the shape: html, empty, not_json or not_utf8); ``stop_reason`` answers as usual but stopped for
+    the reason ``message`` names (``refusal`` unless given; ``model_context_window_exceeded``, ``pause_turn``).
     """
 
     status: int | None = None
@@ -1053,6 +1054,8 @@ class FakeAnthropicServer:
         usage = self._input_usage(body)
         plant = self._take_plant(body)
         content, stop_reason, output_tokens = self._generate(body, fault.kind if fault else None, plant)
+        if fault is not None and fault.kind == "stop_reason":
+            stop_reason = fault.message or "refusal"
         usage["output_tokens"] = output_tokens
         usage.update(self.usage_overrides)
         if fault is not None and fault.kind == "over_usage":

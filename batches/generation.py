@@ -141,6 +141,9 @@ def parse_draft(message: Any) -> Draft:
         problems.append(f"body_markdown is {len(body):,} characters (at most {BODY_MAX_CHARS:,})")
     if message.stop_reason == "max_tokens":
         problems.append("the answer was cut off at max_tokens")
+    elif message.stop_reason not in COMPLETE_STOP_REASONS:
+        # a refusal, the context window reached: the model stopped before it had finished, whatever it sent
+        problems.append(f"the answer was cut off ({message.stop_reason})")
     if problems:
         raise InvalidAnswer("; ".join(problems))
     used = data.get("sources_used") if isinstance(data.get("sources_used"), list) else []
@@ -159,6 +162,10 @@ def _retry_delay(*, attempt: int, error: Exception | None) -> float:
         except ValueError:
             pass  # an HTTP date; our own backoff is close enough
     return delay
+
+
+# Why a model stops when it has finished: its tool call (the answer asked for) or its turn.
+COMPLETE_STOP_REASONS = ("tool_use", "end_turn")
 
 
 def _describe(error: Exception | None) -> str:
@@ -530,6 +537,12 @@ def _call_within_budget(
             if _is_transient(exc):
                 continue
             raise GenerationFailed(_describe(exc), permanent=True) from None
+        if time.monotonic() + timeout > deadline:
+            # Counting again after a refused bound took time: no call starts that could outlive the item's lease
+            # (the sweeper would take the item back while the call still ran, and another worker pay for it again).
+            ledger.release(entry_id=reservation.entry_id)
+            attempts = attempt
+            break
         try:
             message = client.messages.create(**request)
         except anthropic.APITimeoutError as exc:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from decimal import ROUND_HALF_UP, Decimal
 from datetime import timedelta
@@ -474,6 +475,52 @@ def test_a_malformed_draft_fails_the_item_but_its_cost_is_still_charged(
     (entry,) = entries_of(newsletter)
     assert entry.status == "settled" and entry.amount_usd > 0
     assert newsletter.cost_usd == entry.amount_usd == Decimal(result.report["spent_usd"])
+
+
+@pytest.mark.parametrize("reason", ["refusal", "model_context_window_exceeded", "pause_turn"])
+def test_an_answer_that_stopped_before_it_finished_fails_the_item_whatever_it_carries(
+    fake_anthropic, topics_in_every_category, reason
+):
+    # The stand-in sends a complete draft, stopped for this reason: the model did not finish what it was asked.
+    item = started_batch().newsletters.get()
+    fake_anthropic.enqueue(Fault(kind="stop_reason", message=reason))
+
+    assert generate_newsletter(newsletter_id=item.pk, token="t") == Newsletter.Status.FAILED
+
+    item.refresh_from_db()
+    assert f"the answer was cut off ({reason})" in item.error and item.subject == ""
+    (entry,) = entries_of(item)
+    assert entry.status == "settled" and entry.amount_usd > 0  # what was answered is paid for
+
+
+def test_no_call_starts_with_less_than_its_timeout_left_on_the_items_lease(
+    fake_anthropic, topics_in_every_category, settings, monkeypatch
+):
+    settings.ANTHROPIC_TIMEOUT_SECONDS = 8.0
+    settings.ANSWER_WRITE_RETRY_SECONDS = 0.0
+    settings.ITEM_LEASE_SECONDS = 14  # 9 s for calls (14 less 5 s of margin): room for one 8 s call
+    item = started_batch().newsletters.get()
+    exact, bound = worst_case_for(item.topic), bound_worst_case(item.topic)
+    Batch.objects.filter(pk=item.batch_id).update(budget_usd=((exact + bound) / 2).quantize(Decimal("0.000001")))
+    # The exact count after the bound did not fit takes 7.5 s of the lease (a clock of generation's own, moved on).
+    clock = SimpleNamespace(offset=0.0)
+    monkeypatch.setattr(generation, "time", SimpleNamespace(monotonic=lambda: time.monotonic() + clock.offset,
+                                                            sleep=time.sleep))
+    client = generation.make_client()
+    count = client.messages.count_tokens
+
+    def slow_count(**kwargs):
+        if kwargs["messages"] != [{"role": "user", "content": "x"}]:  # not the probe the bound is made from
+            clock.offset += 7.5
+        return count(**kwargs)
+
+    client.messages.count_tokens = slow_count
+
+    status = generate_newsletter(newsletter_id=item.pk, token="t", client=client, sleep=lambda seconds: None)
+
+    assert fake_anthropic.message_calls == 0  # 1.5 s left of 9: an 8 s call could outlive the lease
+    assert status == Newsletter.Status.FAILED
+    assert not CostLedgerEntry.objects.filter(status="reserved").exists()  # what was reserved for it, released
 
 
 def test_the_answer_is_written_with_the_ledger_rows_locked_last(
