@@ -93,6 +93,13 @@ def request_regeneration(*, newsletter: Newsletter) -> Newsletter:
         if current.batch.budget_stopped or current.batch.status == Batch.Status.BUDGET_EXHAUSTED:
             raise ReviewRefused("This batch was stopped by its budget: resume the batch (with a higher budget) "
                                 "to draft its items again.")
+        if current.batch.delivery == Batch.Delivery.ECONOMY:
+            if not current.batch.is_finished:
+                raise ReviewRefused("This batch's drafts are still with Anthropic's batch service: ask for a new "
+                                    "draft once the batch has finished.")
+            # Drafting tasks take only items of batches drafted now; a new draft is one call, drafted now (as
+            # resuming an economy batch does).
+            Batch.objects.filter(pk=current.batch_id).update(delivery=Batch.Delivery.NOW)
         previous = {"status": current.status, "error": current.error, "reviewed_by": current.reviewed_by_id,
                     "reviewed_at": current.reviewed_at}
         Newsletter.objects.filter(pk=current.pk).update(

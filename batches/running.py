@@ -150,7 +150,9 @@ def final_status(*, batch: Batch) -> tuple[str, str]:
     )
     drafted, failed, skipped = counts["drafted"], counts["failed"], counts["skipped"]
     summary = f"{drafted} drafted, {failed} failed, {skipped} skipped by the budget"
-    if batch.overrun_usd > 0:
+    # An overrun stops the batch (budget_stopped); once resumed, the batch's overrun is history and tells only why
+    # it stopped if it stopped again.
+    if batch.overrun_usd > 0 and (skipped or batch.budget_stopped):
         return Batch.Status.BUDGET_EXHAUSTED, (
             f"Stopped: answered calls cost ${batch.overrun_usd} more than was reserved for them, so no further call "
             f"was made ({summary})."

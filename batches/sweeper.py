@@ -86,7 +86,9 @@ def republish_waiting_items(*, now: datetime.datetime, report: SweepReport) -> N
     """Items waiting in line for longer than SWEEP_STALE_SECONDS: their message may be lost (a broker restart)."""
     stale = now - datetime.timedelta(seconds=settings.SWEEP_STALE_SECONDS)
     # Economy items are never published as drafting tasks: their batch's submission takes them (batches.economy).
-    waiting = Newsletter.objects.filter(status=Newsletter.Status.PENDING, batch__status=Batch.Status.RUNNING,
+    # A finished batch's items wait too when an editor asked for a new draft of one.
+    waiting = Newsletter.objects.filter(status=Newsletter.Status.PENDING,
+                                        batch__status__in=(Batch.Status.RUNNING, *Batch.FINAL_STATUSES),
                                         batch__delivery=Batch.Delivery.NOW).filter(
         Q(queued_at__lt=stale) | Q(queued_at__isnull=True, created_at__lt=stale)
     )

@@ -313,6 +313,21 @@ def test_usage_above_the_reservation_is_recorded_and_stops_the_batch_as_an_overr
     assert fake_anthropic.message_calls == 1
 
 
+def test_a_batch_resumed_after_an_overrun_that_then_drafts_everything_ends_done(
+    fake_anthropic, topics_in_every_category, runbatch
+):
+    fake_anthropic.enqueue(Fault(kind="over_usage", seconds=100))
+    first = runbatch("--size", "3")
+    assert (first.returncode, first.report["status"]) == (3, "budget_exhausted")
+
+    resumed = runbatch("--resume", str(first.report["batch"]))
+
+    batch = Batch.objects.get(pk=first.report["batch"])
+    assert Counter(batch.newsletters.values_list("status", flat=True)) == {"generated": 3}
+    assert (resumed.returncode, batch.status) == (0, Batch.Status.DONE), batch.status_reason
+    assert batch.overrun_usd > 0  # the overrun stays on record; it no longer says why the batch stopped
+
+
 @pytest.mark.parametrize("shape", sorted(UNREADABLE_BODIES))
 def test_an_unreadable_answer_is_retried_and_its_reservation_kept(fake_anthropic, topics_in_every_category, shape):
     fake_anthropic.enqueue(Fault(kind="unreadable", message=shape))
@@ -388,6 +403,68 @@ def test_an_editor_can_ask_for_a_new_draft_of_an_interrupted_item(topics_in_ever
 
     item.refresh_from_db()
     assert item.status == Newsletter.Status.PENDING and item.lease_expires_at is None
+
+
+def finished(batch: Batch) -> Newsletter:
+    """The batch's one item drafted and the batch closed, as after a run."""
+    item = batch.newsletters.get()
+    Newsletter.objects.filter(pk=item.pk).update(status=Newsletter.Status.GENERATED, subject="s", body_markdown="b")
+    running.finalize_batch(batch_id=batch.pk)
+    assert Batch.objects.get(pk=batch.pk).status == Batch.Status.DONE
+    return item
+
+
+def test_a_new_draft_asked_for_in_a_finished_batch_whose_message_was_lost_is_published_again(
+    topics_in_every_category, published, settings, monkeypatch
+):
+    from batches.review import request_regeneration
+
+    settings.SWEEP_STALE_SECONDS = 60
+    item = finished(started_batch())
+    request_regeneration(newsletter=item)
+    published["items"].clear()  # the broker lost it
+    Newsletter.objects.filter(pk=item.pk).update(queued_at=timezone.now() - timedelta(seconds=600))
+
+    report = sweep()
+
+    assert published["items"] == [item.pk]
+    assert report.republished_items == 1
+
+
+def test_a_new_draft_asked_for_in_a_finished_economy_batch_is_drafted(
+    fake_anthropic, topics_in_every_category, monkeypatch, django_capture_on_commit_callbacks
+):
+    from batches.review import request_regeneration
+
+    monkeypatch.setattr(run_batch, "apply_async", lambda args, **kw: None)
+    batch = running.create_batch(size=1, budget_usd=Decimal("40"), delivery=Batch.Delivery.ECONOMY)
+    item = finished(running.start_batch(batch_id=batch.pk))
+    monkeypatch.setattr(generate_newsletter_task, "apply_async",
+                        lambda args, **kw: generate_newsletter_task.apply(args=args))
+
+    with django_capture_on_commit_callbacks(execute=True):
+        request_regeneration(newsletter=item)
+
+    item.refresh_from_db()
+    assert item.status == Newsletter.Status.GENERATED and item.subject != "s"
+    assert fake_anthropic.message_calls == 1
+
+
+def test_a_new_draft_is_refused_while_an_economy_batch_is_still_with_the_batch_service(
+    topics_in_every_category, monkeypatch
+):
+    from batches.review import ReviewRefused, request_regeneration
+
+    monkeypatch.setattr(run_batch, "apply_async", lambda args, **kw: None)
+    batch = running.start_batch(batch_id=running.create_batch(
+        size=1, budget_usd=Decimal("40"), delivery=Batch.Delivery.ECONOMY).pk)
+    item = batch.newsletters.get()
+    Newsletter.objects.filter(pk=item.pk).update(status=Newsletter.Status.FAILED, error="x")
+
+    with pytest.raises(ReviewRefused, match="still with Anthropic's batch service"):
+        request_regeneration(newsletter=item)
+
+    assert Newsletter.objects.get(pk=item.pk).status == Newsletter.Status.FAILED
 
 
 # --- followers that end ----------------------------------------------------------------------------
