@@ -63,7 +63,15 @@ _AUTOLINK = re.compile(r"<([a-zA-Z][a-zA-Z0-9+.-]{1,31}):[^\s<>]*>")
 _LINK = re.compile(r"(!?)\[((?:[^\[\]\n]|\[[^\]\n]*\])*)\]\(\s*(<[^<>\n]*>|(?:[^\s()]|\([^\s()]*\))*)"
                    r"(?:\s+(?:\"[^\"\n]*\"|'[^'\n]*'|\([^)\n]*\)))?\s*\)")
 _REFERENCE = re.compile(r"^ {0,3}\[[^\]\n]+\]:[ \t]*(<[^<>\n]*>|\S+).*$\n?", re.M)
-_CODE_SPAN = re.compile(r"(`+)[^`].*?\1", re.S)
+_ANGLE = re.compile(rf"(?P<autolink>{_AUTOLINK.pattern})|(?P<tag>{_TAG.pattern})|<")
+_BLOCK_TAG = re.compile(r"</?(?:p|h[1-6]|hr|blockquote|ul|ol|li|table|thead|tbody|tr|th|td|pre)\b")
+_BACKTICKS = re.compile(r"`+")
+_TAG_START = re.compile(r"<[a-zA-Z/!?]")
+_MASK = re.compile(r"\ue000(\d+)\ue001")
+# A line that CommonMark or Python-Markdown may take for a code fence.
+_MAYBE_FENCE = re.compile(r"^ {0,3}(?:`{3,}|~{3,})")
+# An info string both read alike: a bare language name (Python-Markdown takes no other words, CommonMark no backtick).
+_PLAIN_INFO = re.compile(r"[ ]*\.?[\w#.+-]*[ ]*")
 _SCHEME = re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]*):")
 
 
@@ -95,47 +103,128 @@ def _clean_link(match: re.Match) -> str:
     return match.group(0) if _safe_url(url) else text
 
 
+def _clean_angle(match: re.Match) -> str:
+    if match.group("autolink"):
+        return match.group(0) if match.group(2).lower() in URL_SCHEMES else ""
+    if match.group("tag"):
+        return _clean_tag(_TAG.fullmatch(match.group(0)))
+    return "&lt;"  # no tag: a `<` left bare could still open one for another reader (`<img src="a<b" ...>`)
+
+
 def _clean_prose(text: str) -> str:
-    text = _COMMENT.sub("", text)
-    text = _HIDDEN_ELEMENT.sub("", text)
-    text = _AUTOLINK.sub(lambda m: m.group(0) if m.group(1).lower() in URL_SCHEMES else "", text)
-    text = _TAG.sub(_clean_tag, text)
-    text = _LINK.sub(_clean_link, text)
-    return _REFERENCE.sub(lambda m: m.group(0) if _safe_url(m.group(1)) else "", text)
+    """Text with no code kept: every `<` left is an allowed tag rebuilt from its safe attributes, or an http(s)/mailto
+    autolink. Cleaning links can cut a tag open and cleaning tags can join a link up, so both run until neither
+    changes anything."""
+    while True:
+        cleaned = _LINK.sub(_clean_link, text)
+        cleaned = _REFERENCE.sub(lambda m: m.group(0) if _safe_url(m.group(1)) else "", cleaned)
+        cleaned = _ANGLE.sub(_clean_angle, _HIDDEN_ELEMENT.sub("", _COMMENT.sub("", cleaned)))
+        if cleaned == text:
+            return cleaned
+        text = cleaned
 
 
-def _clean_outside_code_spans(text: str) -> str:
-    out, last = [], 0
-    for span in _CODE_SPAN.finditer(text):
-        out += [_clean_prose(text[last:span.start()]), span.group(0)]
-        last = span.end()
-    out.append(_clean_prose(text[last:]))
-    return "".join(out)
+def _code_spans(paragraph: str) -> list[tuple[int, int]] | None:
+    """The code spans of a paragraph where CommonMark and Python-Markdown both see them: runs of backticks of equal
+    length, on one line, holding no `|` (a table row splits there first). None when any backtick could be read
+    otherwise: a run with no partner, one after a backslash, a span across lines."""
+    runs, spans, i = list(_BACKTICKS.finditer(paragraph)), [], 0
+    while i < len(runs):
+        opening = runs[i]
+        partner = next((j for j in range(i + 1, len(runs)) if len(runs[j].group()) == len(opening.group())), None)
+        if partner is None or paragraph[opening.start() - 1:opening.start()] == "\\":
+            return None
+        span = (opening.start(), runs[partner].end())
+        if "\n" in paragraph[span[0]:span[1]] or "|" in paragraph[span[0]:span[1]]:
+            return None
+        spans.append(span)
+        i = partner + 1
+    return spans
+
+
+def _plain_code_spans(paragraph: str) -> list[tuple[int, int]] | None:
+    """The code spans of a paragraph with nothing outside them that could start raw HTML (which would change how they
+    read), or None."""
+    spans = _code_spans(paragraph) if "\ue000" not in paragraph and "\ue001" not in paragraph else None
+    if spans is None:
+        return None
+    outside, last = [], 0
+    for start, end in spans:
+        outside.append(paragraph[last:start])
+        last = end
+    return None if _TAG_START.search("".join(outside) + paragraph[last:]) else spans
+
+
+def _clean_paragraph(paragraph: str) -> str | None:
+    """The paragraph cleaned, its code spans left as written where they are certainly code; None when it keeps a
+    block-level tag, which may hold the following paragraphs as raw HTML (Python-Markdown reads up to its closing
+    tag, CommonMark a `<pre>` too)."""
+    spans = _plain_code_spans(paragraph)
+    if spans:
+        code = [paragraph[start:end] for start, end in spans]
+        masked, last = [], 0
+        for n, (start, end) in enumerate(spans):
+            masked += [paragraph[last:start], f"\ue000{n}\ue001"]
+            last = end
+        cleaned = _MASK.sub(lambda m: code[int(m.group(1))], _clean_prose("".join(masked) + paragraph[last:]))
+        if _plain_code_spans(cleaned) is not None:  # dropping a link must not have joined or escaped a backtick
+            return cleaned
+    cleaned = _clean_prose(paragraph)
+    return None if _BLOCK_TAG.search(cleaned) else cleaned
+
+
+def _plain_fence(lines: list[str], start: int) -> int | None:
+    """The index of the line closing the fenced code opened at lines[start], when CommonMark and Python-Markdown
+    both read it so: opened at the margin with a plain info string and closed, at the margin, by the same run (the
+    first line CommonMark takes as closing). None otherwise."""
+    opening = re.match(r"(`{3,}|~{3,})(.*)$", lines[start])
+    if not opening or not _PLAIN_INFO.fullmatch(opening.group(2)):
+        return None
+    run = opening.group(1)
+    closing = re.compile(rf" {{0,3}}{run[0]}{{{len(run)},}}[ \t]*$")
+    for end in range(start + 1, len(lines)):
+        if closing.match(lines[end]):
+            return end if lines[end].rstrip(" ") == run else None
+    return None  # unclosed: code to the end for CommonMark, no code at all for Python-Markdown
 
 
 def sanitize_markdown(text: str) -> str:
     """The Markdown with what the preview would not show taken out: scripts and styles with their text, tags and
-    attributes outside the allowed set, links whose scheme is not http(s) or mailto, images. Code is left as
-    written (it shows as text). The preview and every export start from this, so they cannot differ."""
-    lines, chunk, out, fenced = (text or "").replace("\r\n", "\n").split("\n"), [], [], False
+    attributes outside the allowed set, links whose scheme is not http(s) or mailto, images. The preview and every
+    export start from this, so they cannot differ.
 
-    def flush() -> None:
-        if chunk:
-            out.append(_clean_outside_code_spans("\n".join(chunk)))
-            chunk.clear()
-
-    for line in lines:
-        if _FENCE.match(line):
-            if not fenced:
-                flush()
-            fenced = not fenced
-            out.append(line)
-        elif fenced:
-            out.append(line)
+    Code is left as written (it shows as text) only where CommonMark and Python-Markdown both certainly read code:
+    a text kept raw as code would be live HTML to a renderer that reads it as a paragraph. From the first fence or
+    block-level tag either might read otherwise, nothing more is kept as code and every other `<` is escaped."""
+    lines = (text or "").replace("\r\n", "\n").split("\n")
+    out: list[str] = []
+    start = i = 0  # lines[start:i]: the paragraph being read
+    raw_tag_above = False
+    while i <= len(lines):
+        at_end = i == len(lines)
+        if not at_end and lines[i].strip() and not _MAYBE_FENCE.match(lines[i]):
+            i += 1
+            continue
+        if start < i:
+            paragraph = _clean_paragraph("\n".join(lines[start:i]))
+            if paragraph is None:
+                break
+            out.append(paragraph)
+            raw_tag_above = _plain_code_spans(paragraph) is None and _TAG.search(paragraph) is not None
+            start = i
+        if at_end:
+            return "\n".join(out)
+        if not lines[i].strip():
+            end, raw_tag_above = i, False
+        elif raw_tag_above:  # a line holding only a tag opens an HTML block, which a fence right under it is part of
+            break
         else:
-            chunk.append(line)
-    flush()
-    return "\n".join(out)
+            end = _plain_fence(lines, i)
+            if end is None:
+                break
+        out += lines[i:end + 1]
+        i = start = end + 1
+    return "\n".join(out + [_clean_prose("\n".join(lines[start:]))])
 
 
 _LIST_ITEM = re.compile(r"^\s{0,3}(?:[-*+]|\d{1,3}[.)])\s+\S")

@@ -5,6 +5,7 @@ import io
 import re
 import zipfile
 
+import pytest
 from django.contrib.auth.models import User
 from django.urls import reverse
 
@@ -181,3 +182,44 @@ def test_the_email_ends_with_a_footer_and_an_unsubscribe_placeholder(make_batch)
     html = newsletter_email_html(approved(make_batch))
     footer = html[html.rindex("<tr>"):]
     assert "you subscribed" in footer and f'<a href="{UNSUBSCRIBE_PLACEHOLDER}"' in footer and "Unsubscribe" in footer
+
+
+# --- Code is kept as written only where every Markdown reader sees code -----------------------------------------
+
+PAYLOAD = "<img src=x onerror=alert(document.cookie)>"
+LIVE_HANDLER = re.compile(r"<[a-z][^<>]*\s(?:onerror|onmouseover)=", re.I)
+FAKE_CODE = {
+    # A backtick fence's info string holds no backtick: "```js`" opens no fence, the next line is a paragraph.
+    "backtick in the info string": f"Intro.\n\n```js`\n{PAYLOAD}\n",
+    # "~~~" does not close a "```" fence; the "```" that does must not open another.
+    "fence closed by the other character": f"Intro.\n\n```\n~~~\n```\n{PAYLOAD}\n",
+    # Runs of one and two backticks make no code span.
+    "code span of unequal runs": f"Intro `x {PAYLOAD} ``\n",
+    "code span across paragraphs": f"`x\n\n{PAYLOAD}\n\ny`",
+    "code span after an escaped backtick": f"\\![x](y)`{PAYLOAD}`",
+    # CommonMark reads a raw tag before a code span that starts inside it.
+    "backticks inside a tag": '<img src="`" onerror=alert(1) x="`">',
+    # An HTML block holds the fence lines under it as raw HTML.
+    "fence under a block tag": f"<p>\n```\n{PAYLOAD}\n```\n",
+    "fence under a tag alone on its line": f"<strong>\n```\n{PAYLOAD}\n```\n",
+    "tag with a < in a quoted value": '<img src=x onerror="a<b">',
+    "link cut out of an attribute": '<a title="[x](javascript:a">) " onmouseover="alert(1)" >',
+}
+
+
+@pytest.mark.parametrize("name", FAKE_CODE)
+def test_the_markdown_export_keeps_no_html_the_preview_dropped_as_code(name, editor_client, make_batch):
+    from batches.export import render_markdown
+
+    body = FAKE_CODE[name]
+    assert not LIVE_HANDLER.search(render_markdown(body))
+    exported = editor_client.get(export_url(approved(make_batch, body=body), "md")).content.decode()
+    assert not LIVE_HANDLER.search(exported), exported
+
+
+def test_fenced_code_and_inline_code_are_exported_as_written(make_batch):
+    fenced = "```html\n<script src=\"https://cdn.example/cart.js\"></script>\n<div class=\"promo\">10% off</div>\n```"
+    inline = "Add `<meta name=\"robots\" content=\"noindex\">` to thin pages, and `a < b` holds."
+    ticks = "A fence of four: ````\n```\nnested\n```\n````"
+    body = newsletter_markdown(approved(make_batch, body=f"Paste this:\n\n{fenced}\n\n{inline}\n\n{ticks}\n"))
+    assert fenced in body and inline in body and ticks in body
