@@ -45,6 +45,9 @@ ACCEPTED_TYPES = ("text/html", "text/plain")
 _READ_CHUNK = 64 * 1024
 # DNS lookups run on a small pool so that a resolver that hangs cannot hold the fetch past its deadline.
 _RESOLVER_POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="page-dns")
+# On an IPv6-only host behind NAT64 (many clouds and clusters), 64:ff9b::a00:1 reaches 10.0.0.1.
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_LOCAL_NAT64 = ipaddress.ip_network("64:ff9b:1::/48")  # a network's own translator: it may reach anything inside
 
 Resolver = Callable[[str, int, float], list[str]]
 
@@ -85,17 +88,38 @@ class AddressPolicy:
             ip = ipaddress.ip_address(address.split("%", 1)[0])
         except ValueError:
             return f"{address} is not an IP address"
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
-        if ip.is_loopback:
-            return f"it points to a loopback address ({ip})"
-        if ip.is_link_local:
-            return f"it points to a link-local address ({ip})"
-        if ip.is_private:
-            return f"it points to a private address ({ip})"
-        if not ip.is_global or ip.is_multicast:
-            return f"it points to an address that is not public ({ip})"
-        return None
+        if isinstance(ip, ipaddress.IPv6Address):
+            if ip in _LOCAL_NAT64:
+                return f"it points to a local-use NAT64 address ({ip})"
+            for carried in _carried_ipv4(ip):
+                if reason := _range_refusal(carried, f" inside {ip}"):
+                    return reason
+            if ip.ipv4_mapped is not None or ip in _NAT64:
+                return None  # only the IPv4 address it carries is ever reached
+        return _range_refusal(ip)
+
+
+def _carried_ipv4(ip: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses a connection to `ip` may end up at: IPv4-mapped, NAT64, 6to4, Teredo (server and client)."""
+    if ip.ipv4_mapped is not None:
+        return [ip.ipv4_mapped]
+    if ip in _NAT64:
+        return [ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)]
+    if ip.sixtofour is not None:
+        return [ip.sixtofour]
+    return list(ip.teredo or ())
+
+
+def _range_refusal(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, inside: str = "") -> str | None:
+    if ip.is_loopback:
+        return f"it points to a loopback address ({ip}{inside})"
+    if ip.is_link_local:
+        return f"it points to a link-local address ({ip}{inside})"
+    if ip.is_private:
+        return f"it points to a private address ({ip}{inside})"
+    if not ip.is_global or ip.is_multicast:
+        return f"it points to an address that is not public ({ip}{inside})"
+    return None
 
 
 def resolve(host: str, port: int, timeout: float) -> list[str]:

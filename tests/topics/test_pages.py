@@ -89,6 +89,12 @@ def test_every_request_names_the_reader_in_its_user_agent(pages, only_the_test_s
     ("10.1.2.3", "private"), ("172.16.0.5", "private"), ("192.168.1.20", "private"), ("fd00::7", "private"),
     ("169.254.169.254", "link-local"), ("fe80::1", "link-local"), ("::ffff:127.0.0.1", "loopback"),
     ("0.0.0.0", "private"), ("100.64.0.1", "not public"), ("224.0.0.1", "not public"),
+    # IPv6 that reaches IPv4: NAT64 (RFC 6052, and its local-use prefix), 6to4, Teredo (client 10.0.0.1)
+    ("64:ff9b::7f00:1", "loopback address (127.0.0.1 inside"), ("64:ff9b::a00:1", "private address (10.0.0.1 inside"),
+    ("64:ff9b::a9fe:a9fe", "link-local address (169.254.169.254 inside"), ("64:ff9b:1::5db8:d822", "local-use NAT64"),
+    ("2002:7f00:1::1", "loopback address (127.0.0.1 inside"),
+    ("2002:a9fe:a9fe::1", "link-local address (169.254.169.254 inside"),
+    ("2001:0:4136:e378:8000:63bf:f5ff:fffe", "private address (10.0.0.1 inside"),
 ])
 def test_the_policy_refuses_every_address_that_is_not_public(address, words):
     assert words in AddressPolicy().refusal(address, 80)
@@ -97,6 +103,8 @@ def test_the_policy_refuses_every_address_that_is_not_public(address, words):
 def test_the_policy_allows_public_addresses_and_private_ones_only_when_told():
     assert AddressPolicy().refusal("93.184.216.34", 443) is None
     assert AddressPolicy().refusal("2606:2800:220:1:248:1893:25c8:1946", 443) is None
+    assert AddressPolicy().refusal("64:ff9b::5db8:d822", 443) is None  # NAT64 of 93.184.216.34
+    assert AddressPolicy().refusal("2002:5db8:d822::1", 443) is None  # 6to4 of 93.184.216.34
     assert AddressPolicy(allow_private=True).refusal("10.1.2.3", 80) is None
 
 
@@ -117,6 +125,12 @@ def test_a_host_name_that_resolves_to_a_private_address_is_refused_before_any_co
     with pytest.raises(PageUnreadable, match="refused to fetch intranet.example: it points to a private address"):
         fetch_page("http://intranet.example/admin", policy=AddressPolicy(), resolver=resolver)
     assert asked == [("intranet.example", 80)]
+
+
+def test_a_host_name_that_resolves_to_nat64_loopback_is_refused_before_any_connection():
+    with pytest.raises(PageUnreadable, match=r"refused to fetch internal.example: .*loopback address \(127.0.0.1"):
+        fetch_page("http://internal.example/", policy=AddressPolicy(), deadline_seconds=2,
+                   resolver=lambda host, port, timeout: ["64:ff9b::7f00:1"])
 
 
 def test_a_name_resolving_to_a_public_and_a_private_address_is_refused():
