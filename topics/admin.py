@@ -181,8 +181,10 @@ class TopicAdmin(LargeListAdmin):
         return super().get_form(request, obj, **kwargs)
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
-        drafts = (_newsletter_model().objects.filter(topic_id=object_id).select_related("batch")
-                  .only("pk", "subject", "status", "batch__id", "batch__created_at").order_by("-pk")[:20])
+        drafts = None  # a draft's subject is the draft's: shown only to who may read drafts
+        if request.user.has_perm("batches.view_newsletter"):
+            drafts = (_newsletter_model().objects.filter(topic_id=object_id).select_related("batch")
+                      .only("pk", "subject", "status", "batch__id", "batch__created_at").order_by("-pk")[:20])
         extra_context = {**(extra_context or {}), "topic_drafts": drafts}
         return super().change_view(request, object_id, form_url, extra_context=extra_context)
 

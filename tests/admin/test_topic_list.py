@@ -7,6 +7,7 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from batches.models import Batch
+from tests.admin.conftest import _make_user, csrf_client
 
 TOPICS = reverse("admin:topics_topic_changelist")
 
@@ -63,6 +64,16 @@ def test_a_topic_page_links_to_its_drafts_and_their_batches(editor_client, make_
     drafts = page[page.index('id="desk-topic-drafts"'):]
     assert reverse("admin:batches_newsletter_change", args=[draft.pk]) in drafts
     assert reverse("admin:batches_batch_change", args=[draft.batch_id]) in drafts
+
+
+def test_a_topic_page_shows_no_drafts_to_staff_who_may_not_read_drafts(make_batch):
+    draft = make_batch(["generated"], status=Batch.Status.DONE).newsletters.get()
+    draft.subject = "Embargoed: our Q3 margin story"
+    draft.save(update_fields=["subject"])
+    client = csrf_client(_make_user("topics_only", permissions=("topics.view_topic",)))
+    page = client.get(reverse("admin:topics_topic_change", args=[draft.topic_id])).content.decode()
+    assert "Embargoed" not in page and 'id="desk-topic-drafts"' not in page
+    assert reverse("admin:batches_newsletter_change", args=[draft.pk]) not in page
 
 
 def test_a_draft_page_links_to_its_topic_and_batch_and_a_batch_page_to_its_topics(editor_client, make_batch):
