@@ -1,6 +1,7 @@
 """The 'New batch' page and the topics' 'Run batch' action: preview, confirm, dry run, zero candidates, broker down."""
 from __future__ import annotations
 
+import re
 from decimal import Decimal
 
 import pytest
@@ -56,6 +57,20 @@ def test_the_new_batch_page_says_how_many_candidates_were_left_out_and_why(edito
 
     assert ('2 candidates left out: <span data-reason="already_drafted">1 already drafted</span>, '
             '<span data-reason="recent_repeat">1 repeat of a recent story</span>.') in page
+
+
+def test_the_new_batch_page_names_unreviewed_topics_among_the_candidates_when_they_are_included(
+        editor_client, make_topic):
+    make_topic("Approved story about shipping rates", status="approved")
+    for n in range(3):
+        make_topic(f"Unreviewed story number {n} about ads", status="new")
+
+    def lead(query: str) -> str:
+        page = preview(editor_client, query).content.decode()
+        return " ".join(re.search(r'<p class="desk-lead">(.*?)</p>', page, re.S).group(1).split())
+
+    assert "every approved or unreviewed topic that no draft has used yet (4)" in lead("?include_new=on")
+    assert "every approved topic that no draft has used yet (1)" in lead("")
 
 
 def test_the_new_batch_page_shows_the_categories_covered(editor_client, categories, make_topic):
