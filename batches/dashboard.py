@@ -32,8 +32,14 @@ class BatchSpend:
 
     @property
     def percent(self) -> float:
+        """The true share of the budget: past 100 when the batch overran it."""
         budget = self.batch.budget_usd
-        return min(100.0, round(float(100 * self.spent_usd / budget), 1)) if budget else 0.0
+        return round(float(100 * self.spent_usd / budget), 1) if budget else 0.0
+
+    @property
+    def bar_percent(self) -> float:
+        """The share as the bar draws it: full at most."""
+        return min(100.0, self.percent)
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,16 @@ def test_the_dashboard_shows_each_batchs_spend_against_its_budget(editor_client,
         in response.content.decode()
 
 
+def test_a_batch_over_its_budget_shows_its_true_share_and_a_full_bar(editor_client, make_batch):
+    batch = make_batch(["generated"], status=Batch.Status.DONE, budget="1", cost="1.500000")
+    response = editor_client.get(DASHBOARD)
+    assert next(r for r in response.context["dashboard"].batches if r.batch.pk == batch.pk).percent == 150
+    page = response.content.decode()
+    cell = page[page.index(f'aria-label="Budget used by batch {batch.pk}"'):]
+    cell = cell[:cell.index("</td>")]
+    assert 'aria-valuenow="100.0"><span style="width: 100.0%">' in cell and "150.0%" in cell and "100.0%<" not in cell
+
+
 def test_open_reservations_count_as_spend_and_are_shown_apart(editor_client):
     spend("0.300000", status=CostLedgerEntry.Status.RESERVED)
     data = editor_client.get(DASHBOARD).context["dashboard"]
