@@ -73,6 +73,9 @@ _MAYBE_FENCE = re.compile(r"^ {0,3}(?:`{3,}|~{3,})")
 # An info string both read alike: a bare language name (Python-Markdown takes no other words, CommonMark no backtick).
 _PLAIN_INFO = re.compile(r"[ ]*\.?[\w#.+-]*[ ]*")
 _SCHEME = re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]*):")
+# An attribute list of Python-Markdown's attr_list ("# Title {: onclick=...}"), which the preview's `extra` turns into
+# attributes: one that sets anything but an id or a class is taken out (the preview drops those attributes too).
+_ATTRIBUTE_LIST = re.compile(r"\{:?[ ]*[^}\n ][^}\n]*=[^}\n]*\}")
 
 
 def _safe_url(url: str) -> bool:
@@ -119,6 +122,7 @@ def _clean_prose(text: str) -> str:
         cleaned = _LINK.sub(_clean_link, text)
         cleaned = _REFERENCE.sub(lambda m: m.group(0) if _safe_url(m.group(1)) else "", cleaned)
         cleaned = _ANGLE.sub(_clean_angle, _HIDDEN_ELEMENT.sub("", _COMMENT.sub("", cleaned)))
+        cleaned = _ATTRIBUTE_LIST.sub("", cleaned)
         if cleaned == text:
             return cleaned
         text = cleaned

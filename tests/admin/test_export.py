@@ -5,6 +5,7 @@ import io
 import re
 import zipfile
 
+import markdown
 import pytest
 from django.contrib.auth.models import User
 from django.urls import reverse
@@ -204,6 +205,9 @@ FAKE_CODE = {
     "fence under a tag alone on its line": f"<strong>\n```\n{PAYLOAD}\n```\n",
     "tag with a < in a quoted value": '<img src=x onerror="a<b">',
     "link cut out of an attribute": '<a title="[x](javascript:a">) " onmouseover="alert(1)" >',
+    # Python-Markdown's attribute lists (the preview's `extra`) set any attribute on the element before them.
+    "attribute list on a heading": "# Title {: onmouseover=alert(1) }\n\nText.",
+    "attribute list on an inline element": "Some *word*{: onerror=alert(1) } here.",
 }
 
 
@@ -215,6 +219,13 @@ def test_the_markdown_export_keeps_no_html_the_preview_dropped_as_code(name, edi
     assert not LIVE_HANDLER.search(render_markdown(body))
     exported = editor_client.get(export_url(approved(make_batch, body=body), "md")).content.decode()
     assert not LIVE_HANDLER.search(exported), exported
+    # and read by a Markdown renderer as the preview reads it (Python-Markdown with `extra`), unsanitised
+    assert not LIVE_HANDLER.search(markdown.markdown(exported, extensions=["extra"])), exported
+
+
+def test_an_attribute_list_of_only_an_id_and_a_class_is_kept(make_batch):
+    body = newsletter_markdown(approved(make_batch, body="## Shipping {: #shipping .section }\n\nRates rose."))
+    assert "## Shipping {: #shipping .section }" in body
 
 
 def test_fenced_code_and_inline_code_are_exported_as_written(make_batch):
