@@ -94,8 +94,14 @@ class SpendDashboard:
 
     @property
     def monthly_percent(self) -> int | None:
+        """The true share of the monthly cap: past 100 when an overrun took the month over it."""
         cap = self.monthly_cap_usd
-        return None if not cap else min(100, round(100 * self.month_usd / cap))
+        return None if not cap else round(100 * self.month_usd / cap)
+
+    @property
+    def monthly_bar_percent(self) -> int | None:
+        """The share as the bar draws it: full at most."""
+        return None if self.monthly_percent is None else min(100, self.monthly_percent)
 
     @property
     def period_usd(self) -> Decimal:
