@@ -201,7 +201,7 @@ class TopicAdmin(LargeListAdmin):
         return CategoryOnlyForm
 
     def annotate_page(self, request, objects: list[Topic]) -> None:
-        annotate_use(objects)
+        annotate_use(objects, user=request.user)
 
     @admin.display(description="used")
     def use(self, obj: Topic):
@@ -310,10 +310,11 @@ class TopicAdmin(LargeListAdmin):
                           "page lists what was read, and what could not be and why.", messages.SUCCESS)
 
 
-def annotate_use(topics) -> None:
+def annotate_use(topics, *, user) -> None:
     """Set `desk_use` on each topic of a list page: three indexed queries for the page, whatever its length and
-    whatever the size of the tables."""
+    whatever the size of the tables. A draft or a batch is linked only for a user who may view it."""
     topics = list(topics)
+    draft_links, batch_links = user.has_perm("batches.view_newsletter"), user.has_perm("batches.view_batch")
     if not topics:
         return
     Newsletter = _newsletter_model()
@@ -336,12 +337,13 @@ def annotate_use(topics) -> None:
         item = latest.get(topic.pk)
         if item is not None and item.status in Newsletter.DRAFTED_STATUSES:
             label = Newsletter.Status(item.status).label
-            topic.desk_use = TopicUse("drafted", reverse("admin:batches_newsletter_change", args=[item.pk]),
-                                      f"{label}: open the draft (batch #{item.batch_id})")
+            topic.desk_use = TopicUse(
+                "drafted", reverse("admin:batches_newsletter_change", args=[item.pk]) if draft_links else "",
+                f"{label}: open the draft (batch #{item.batch_id})" if draft_links else f"{label} (batch #{item.batch_id})")
         elif item is not None:
-            topic.desk_use = TopicUse(f"in batch #{item.batch_id}",
-                                      reverse("admin:batches_batch_change", args=[item.batch_id]),
-                                      "Being drafted now")
+            topic.desk_use = TopicUse(
+                f"in batch #{item.batch_id}",
+                reverse("admin:batches_batch_change", args=[item.batch_id]) if batch_links else "", "Being drafted now")
         else:
             index = recent.repeated(topic.title, skip=positions.get(topic.pk, ()))
             topic.desk_use = (TopicUse("repeat", note=f"Repeats a story drafted recently: {drafted[index][1]}")

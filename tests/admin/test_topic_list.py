@@ -76,6 +76,21 @@ def test_a_topic_page_shows_no_drafts_to_staff_who_may_not_read_drafts(make_batc
     assert reverse("admin:batches_newsletter_change", args=[draft.pk]) not in page
 
 
+def test_the_topic_list_links_drafts_and_batches_only_for_staff_who_may_view_them(editor_client, make_batch):
+    drafted = make_batch(["generated"], status=Batch.Status.DONE).newsletters.get()
+    drafting = make_batch(["generating"], status=Batch.Status.RUNNING).newsletters.get()
+    draft_url = reverse("admin:batches_newsletter_change", args=[drafted.pk])
+    batch_url = reverse("admin:batches_batch_change", args=[drafting.batch_id])
+    topics_only = csrf_client(_make_user("topics_only", permissions=("topics.view_topic",)))
+
+    page = topics_only.get(reverse("admin:topics_topic_changelist")).content.decode()
+    editor_page = editor_client.get(reverse("admin:topics_topic_changelist")).content.decode()
+
+    assert draft_url not in page and batch_url not in page
+    assert ">drafted<" in page and f">in batch #{drafting.batch_id}<" in page  # what became of them, still said
+    assert draft_url in editor_page and batch_url in editor_page
+
+
 def test_a_draft_page_links_to_its_topic_and_batch_and_a_batch_page_to_its_topics(editor_client, make_batch):
     draft = make_batch(["generated"], status=Batch.Status.DONE).newsletters.get()
     page = editor_client.get(reverse("admin:batches_newsletter_change", args=[draft.pk])).content.decode()
