@@ -82,17 +82,18 @@ class CategoryAdmin(admin.ModelAdmin):
 
     # The fallback category is where a topic matching no keyword goes: it can be renamed and given keywords, but
     # not deleted or re-slugged, or every such topic would have nowhere to go.
+    @staticmethod
+    def _is_fallback(obj: Category | None) -> bool:
+        return obj is not None and obj.slug == FALLBACK_CATEGORY_SLUG
+
     def has_delete_permission(self, request, obj=None):
-        if obj is not None and obj.slug == FALLBACK_CATEGORY_SLUG:
-            return False
-        return super().has_delete_permission(request, obj)
+        return not self._is_fallback(obj) and super().has_delete_permission(request, obj)
 
     def get_readonly_fields(self, request, obj=None):
-        return ("slug",) if obj is not None and obj.slug == FALLBACK_CATEGORY_SLUG else ()
+        return ("slug",) if self._is_fallback(obj) else ()
 
     def get_prepopulated_fields(self, request, obj=None):
-        return {} if obj is not None and obj.slug == FALLBACK_CATEGORY_SLUG else super().get_prepopulated_fields(
-            request, obj)
+        return {} if self._is_fallback(obj) else super().get_prepopulated_fields(request, obj)
 
     @admin.display(description="keywords")
     def keyword_count(self, obj: Category) -> int:
@@ -337,9 +338,10 @@ def annotate_use(topics, *, user) -> None:
         item = latest.get(topic.pk)
         if item is not None and item.status in Newsletter.DRAFTED_STATUSES:
             label = Newsletter.Status(item.status).label
-            topic.desk_use = TopicUse(
-                "drafted", reverse("admin:batches_newsletter_change", args=[item.pk]) if draft_links else "",
-                f"{label}: open the draft (batch #{item.batch_id})" if draft_links else f"{label} (batch #{item.batch_id})")
+            topic.desk_use = (
+                TopicUse("drafted", reverse("admin:batches_newsletter_change", args=[item.pk]),
+                         f"{label}: open the draft (batch #{item.batch_id})") if draft_links
+                else TopicUse("drafted", note=f"{label} (batch #{item.batch_id})"))
         elif item is not None:
             topic.desk_use = TopicUse(
                 f"in batch #{item.batch_id}",

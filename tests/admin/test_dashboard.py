@@ -79,7 +79,8 @@ def test_a_month_over_its_cap_shows_its_true_share_and_a_full_bar(editor_client,
     spend("5.000000")  # an overrun can take the month past its cap
     page = editor_client.get(DASHBOARD).content.decode()
     assert "125% of the $4.00 cap · $0.00 left" in page
-    assert 'aria-label="Monthly cap used" aria-valuemin="0" aria-valuemax="100" aria-valuenow="100"><span style="width: 100%">' in page
+    assert ('aria-label="Monthly cap used" aria-valuemin="0" aria-valuemax="100" aria-valuenow="100">'
+            '<span style="width: 100%">') in page
 
 
 def test_the_chart_is_an_inline_svg_with_a_bar_for_each_of_the_last_30_days(editor_client):

@@ -105,7 +105,9 @@ def test_it_leaves_an_empty_url_empty():
     assert canonical_url("") == ""
 
 
-@pytest.mark.parametrize("url", ["https://www.tiktok.com:99999/@dtc/video/1", "https://shop.example:abc/x", "http://[x"])
+@pytest.mark.parametrize("url", [
+    "https://www.tiktok.com:99999/@dtc/video/1", "https://shop.example:abc/x", "http://[x",
+])
 def test_a_url_that_does_not_parse_is_its_own_canonical_form(url):
     assert canonical_url(f"  {url} ") == url
 
@@ -123,7 +125,8 @@ def test_a_canonical_url_always_fits_its_column(url):
 
 TRICKY_TITLES = [
     *[title for pair in SAME_STORY + DIFFERENT_STORIES for title in pair],
-    "Tariffs, tariffs, tariffs!", "México: envíos más caros", "Почта России поднимает тарифы", "Shopify’s “new” checkout",
+    "Tariffs, tariffs, tariffs!", "México: envíos más caros", "Почта России поднимает тарифы",
+    "Shopify’s “new” checkout",
     "Sales sales sales - sales?", "Zoll: Zoll-Regeln ändern sich",
     "", "   ", "?", "Is it? yes - no", "U.S. sellers... 7.8%. BFCM!", "Ünïcödé café — straße: 3 ways to ship",
     "KELVIN \u212a and \u0130stanbul", "Tabs\tand\nnewlines - in titles? here", "a title with a \x00 separator in it",
@@ -193,7 +196,8 @@ LONG_TOLD = ("USPS Ground Advantage rate increase hits small sellers hardest wit
 
 
 @pytest.mark.parametrize(("stored", "incoming"), [
-    ([LONG_TOLD], [SHORT_TOLD]), ([SHORT_TOLD], [LONG_TOLD]), ([], [LONG_TOLD, SHORT_TOLD]), ([], [SHORT_TOLD, LONG_TOLD]),
+    ([LONG_TOLD], [SHORT_TOLD]), ([SHORT_TOLD], [LONG_TOLD]),
+    ([], [LONG_TOLD, SHORT_TOLD]), ([], [SHORT_TOLD, LONG_TOLD]),
 ], ids=["long stored", "short stored", "long first in one run", "short first in one run"])
 def test_a_title_held_whole_in_one_of_more_than_twelve_rarer_words_is_found(stored, incoming):
     # The long title's twelve rarest words are all its own: the short one's words are among its commonest.
@@ -226,7 +230,8 @@ def test_letters_of_any_script_are_words():
 
 
 def test_curly_quotes_and_dashes_separate_words_as_their_ascii_forms_do():
-    assert normalize_title("Shopify’s “new” checkout — thoughts") == normalize_title('Shopify\'s "new" checkout - thoughts')
+    curly, straight = "Shopify’s “new” checkout — thoughts", 'Shopify\'s "new" checkout - thoughts'
+    assert normalize_title(curly) == normalize_title(straight)
 
 
 def test_short_titles_are_compared_whole_as_is_near_duplicate_does():

@@ -304,7 +304,8 @@ def test_the_topic_keeps_the_engagement_each_source_reported(categories) -> None
 
 def test_stories_told_in_other_scripts_are_matched_by_their_words(categories) -> None:
     russian = "Почта России поднимает тарифы на доставку посылок"
-    store(candidate(russian, url="https://a.example/1"), candidate(russian, source="tubelab", url="https://b.example/2"),
+    store(candidate(russian, url="https://a.example/1"),
+          candidate(russian, source="tubelab", url="https://b.example/2"),
           candidate("Shopify повышает комиссии для продавцов", url="https://a.example/3"),
           candidate("Shopify 如何提高转化率", source="tubelab", url="https://b.example/4"))
 

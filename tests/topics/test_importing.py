@@ -408,7 +408,8 @@ def test_skip_invalid_skips_a_csv_row_with_a_field_larger_than_the_csv_modules_d
     "https://example.com/?q=" + "\u00e9" * 300,  # 323 characters; percent-encoded, its canonical form 1,823
 ])
 def test_a_valid_url_never_stores_a_canonical_url_longer_than_its_column(tmp_path, categories, url):
-    path = write_json(tmp_path / "topics.json", [{"title": "ok", "external_id": "ok"}, {"title": "long url", "url": url}])
+    records = [{"title": "ok", "external_id": "ok"}, {"title": "long url", "url": url}]
+    path = write_json(tmp_path / "topics.json", records)
 
     import_topics(path=path)
 
